@@ -1,0 +1,489 @@
+//! The job file: one TOML document that fixes every choice of an experiment.
+//!
+//! Parsing is strict (`deny_unknown_fields`, kebab-case keys) and every error names the file.
+//! Relative paths in a job file are resolved against the directory of the job file, so a job can be
+//! run from any working directory. The resolved job serialises to canonical JSON whose SHA-256 is the
+//! job's identity: outputs record it, and a rerun with another config is detected by it.
+
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+/// Errors from reading or validating a job file. Each names the file and, where it can, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read job file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid job file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid job file {path}: `{key}` {problem}")]
+    Invalid { path: PathBuf, key: &'static str, problem: String },
+}
+
+/// The job file as written. See `configs/` for documented examples.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawJob {
+    run: RawRun,
+    dataset: RawDataset,
+    #[serde(default)]
+    preprocess: Preprocess,
+    backbone: RawBackbone,
+    #[serde(default)]
+    extract: ExtractSettings,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawRun {
+    /// A short name for the experiment, used in reports.
+    name: String,
+    /// Where outputs go: a local path (relative to the job file) or a `file://` URL.
+    output: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawDataset {
+    /// Folder whose sub-folders are labels. A list tries each in turn and takes the first that exists.
+    #[serde(default)]
+    root: Vec<String>,
+    /// Text file with one image path per line (relative paths are relative to the list file).
+    list: Option<String>,
+    /// CSV manifest with a header `path,label[,split]` (relative paths relative to the manifest).
+    manifest: Option<String>,
+    /// With `root`: the label folders to take; default all sub-folders.
+    #[serde(default)]
+    labels: Vec<String>,
+    /// Labels of the normal (defect-free) class.
+    #[serde(default)]
+    normal: Vec<String>,
+    /// With `root`: file extensions taken as images (case-insensitive).
+    #[serde(default = "default_extensions")]
+    extensions: Vec<String>,
+    /// Shown when the data cannot be found: where to get it and how to lay it out.
+    #[serde(default)]
+    source_hint: String,
+}
+
+fn default_extensions() -> Vec<String> {
+    ["jpg", "jpeg", "png", "bmp", "tif", "tiff", "webp"].iter().map(|s| s.to_string()).collect()
+}
+
+/// How a non-square image reaches the network's square (or any) input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AspectPolicy {
+    /// Resize to exactly `resize` (height, width), ignoring the aspect ratio, then centre-crop to `crop`.
+    /// The reference recipe's choice; nothing of the image is lost but shapes are distorted.
+    Stretch,
+    /// Resize so that the shorter side equals the shorter side of `resize`, keeping the aspect ratio,
+    /// then centre-crop to `crop` (torchvision's `Resize(int)`); the borders of long images are lost.
+    ShorterSide,
+}
+
+/// Image pre-processing before the backbone. Missing keys take the recipe's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Preprocess {
+    /// Size `[height, width]` to resize to before cropping.
+    pub resize: [u32; 2],
+    /// Size `[height, width]` of the centre crop fed to the network; at most `resize`.
+    pub crop: [u32; 2],
+    /// Policy for images whose aspect ratio differs from `resize`'s.
+    pub aspect: AspectPolicy,
+    /// Images with a side shorter than this many pixels are rejected as bad input.
+    pub min_side: u32,
+    /// Images with more pixels than this are refused before decoding (decompression bombs).
+    pub max_pixels: u64,
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Preprocess {
+            resize: [256, 256],
+            crop: [224, 224],
+            aspect: AspectPolicy::Stretch,
+            min_side: 32,
+            max_pixels: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The CNN backbones padim knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackboneKind {
+    /// ResNet-18 (He et al. 2016), the reference recipe's backbone: 64 + 128 + 256 = 448 channels.
+    Resnet18,
+    /// Wide-ResNet-50-2 (Zagoruyko & Komodakis 2016), the PaDiM paper's best: 256 + 512 + 1024 channels.
+    WideResnet50_2,
+    /// EfficientNet-Lite0 (Tan & Le 2019, Lite variant): 24 + 40 + 112 = 176 channels.
+    EfficientnetLite0,
+}
+
+impl BackboneKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackboneKind::Resnet18 => "resnet18",
+            BackboneKind::WideResnet50_2 => "wide-resnet50-2",
+            BackboneKind::EfficientnetLite0 => "efficientnet-lite0",
+        }
+    }
+}
+
+/// Where in each stage the features are tapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tap {
+    /// The output of the last block of each stage (after the residual add and activation): the
+    /// PaDiM paper's and anomalib's choice.
+    BlockOutput,
+    /// The last batch normalisation of each stage, before the residual add and activation: MATLAB's
+    /// example (`bn2b_branch2b` etc.).
+    LastBn,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct RawBackbone {
+    /// Which network.
+    name: BackboneKind,
+    /// Safetensors weights file made by `scripts/export_weights.py` (relative to the job file).
+    weights: String,
+    /// Expected SHA-256 of the weights file; a mismatch stops the run.
+    sha256: Option<String>,
+    /// Feature tap point.
+    #[serde(default = "default_tap")]
+    tap: Tap,
+}
+
+fn default_tap() -> Tap {
+    Tap::BlockOutput
+}
+
+/// Device for the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            other => Err(format!("unknown device `{other}`: use auto, cpu or cuda")),
+        }
+    }
+}
+
+/// Parquet compression of the embeddings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    None,
+    Snappy,
+    Zstd,
+}
+
+/// Settings of the `extract` stage. Missing keys take their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct ExtractSettings {
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Where the backbone runs.
+    pub device: DeviceChoice,
+    /// CPU threads for the backbone; 0 means all cores.
+    pub threads: usize,
+    /// Record unreadable images in the output and go on, instead of stopping before publishing.
+    pub skip_bad: bool,
+    /// Compression of the embedding columns.
+    pub compression: Compression,
+    /// Target size of a Parquet row group in MiB; row groups always hold whole images.
+    pub row_group_mib: usize,
+}
+
+impl Default for ExtractSettings {
+    fn default() -> Self {
+        ExtractSettings {
+            batch_size: 32,
+            device: DeviceChoice::Auto,
+            threads: 0,
+            skip_bad: false,
+            compression: Compression::None,
+            row_group_mib: 64,
+        }
+    }
+}
+
+/// Where the images come from, resolved to absolute paths.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum DatasetSource {
+    /// Sub-folders of `root` are labels.
+    Folders { root: PathBuf, labels: Vec<String>, extensions: Vec<String> },
+    /// One image path per line.
+    List { path: PathBuf },
+    /// CSV `path,label[,split]`.
+    Manifest { path: PathBuf },
+}
+
+/// The dataset part of a resolved job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Dataset {
+    pub source: DatasetSource,
+    pub normal: Vec<String>,
+}
+
+/// The backbone part of a resolved job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Backbone {
+    pub kind: BackboneKind,
+    pub weights: PathBuf,
+    pub sha256: Option<String>,
+    pub tap: Tap,
+}
+
+/// A validated job with every path resolved: what the stages receive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Job {
+    pub name: String,
+    /// The run prefix: an absolute local path or a URL.
+    pub output: String,
+    pub dataset: Dataset,
+    pub preprocess: Preprocess,
+    pub backbone: Backbone,
+    pub extract: ExtractSettings,
+}
+
+impl Job {
+    /// Reads, parses and validates a job file.
+    pub fn load(path: &Path) -> Result<Job, ConfigError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Job::parse(&text, path)
+    }
+
+    /// Parses and validates job text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Job, ConfigError> {
+        let raw: RawJob = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = std::path::absolute(&base).unwrap_or(base);
+        resolve(raw, &base, path)
+    }
+
+    /// Canonical JSON of the resolved job.
+    pub fn to_canonical_json(&self) -> String {
+        // Serialising a struct is deterministic: fields in declaration order, no maps.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// SHA-256 of the canonical JSON: the job's identity.
+    pub fn hash(&self) -> String {
+        crate::hash::sha256_hex(self.to_canonical_json().as_bytes())
+    }
+}
+
+fn invalid(path: &Path, key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { path: path.to_path_buf(), key, problem: problem.into() }
+}
+
+fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
+    if raw.run.name.trim().is_empty() {
+        return Err(invalid(path, "run.name", "must not be empty"));
+    }
+    let output = resolve_location(&raw.run.output, base);
+
+    let sources = [!raw.dataset.root.is_empty(), raw.dataset.list.is_some(), raw.dataset.manifest.is_some()];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(invalid(path, "dataset", "needs exactly one of `root`, `list` or `manifest`"));
+    }
+    let source = if !raw.dataset.root.is_empty() {
+        let candidates: Vec<PathBuf> = raw.dataset.root.iter().map(|r| base.join(r)).collect();
+        let root = candidates.iter().find(|c| c.is_dir()).cloned().ok_or_else(|| {
+            let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+            let hint = if raw.dataset.source_hint.is_empty() {
+                String::new()
+            } else {
+                format!(". {}", raw.dataset.source_hint)
+            };
+            invalid(path, "dataset.root", format!("names no existing folder (tried {}){hint}", tried.join(", ")))
+        })?;
+        let extensions = raw.dataset.extensions.iter().map(|e| e.trim_start_matches('.').to_lowercase()).collect();
+        DatasetSource::Folders { root, labels: raw.dataset.labels.clone(), extensions }
+    } else if let Some(list) = &raw.dataset.list {
+        DatasetSource::List { path: base.join(list) }
+    } else if let Some(manifest) = &raw.dataset.manifest {
+        DatasetSource::Manifest { path: base.join(manifest) }
+    } else {
+        unreachable!("exactly one source was checked above")
+    };
+
+    let pre = raw.preprocess;
+    if pre.resize.contains(&0) || pre.crop.contains(&0) {
+        return Err(invalid(path, "preprocess", "sizes must be positive"));
+    }
+    if pre.crop[0] > pre.resize[0] || pre.crop[1] > pre.resize[1] {
+        return Err(invalid(path, "preprocess.crop", format!("{:?} is larger than resize {:?}", pre.crop, pre.resize)));
+    }
+    if pre.crop[0] % 32 != 0 || pre.crop[1] % 32 != 0 {
+        return Err(invalid(
+            path,
+            "preprocess.crop",
+            format!("{:?} must be a multiple of 32 in both sides so that the feature grids of all stages align", pre.crop),
+        ));
+    }
+    if pre.max_pixels == 0 {
+        return Err(invalid(path, "preprocess.max-pixels", "must be positive"));
+    }
+
+    if let Some(sha) = &raw.backbone.sha256 {
+        if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(invalid(path, "backbone.sha256", "must be 64 hexadecimal digits"));
+        }
+    }
+    let backbone = Backbone {
+        kind: raw.backbone.name,
+        weights: base.join(&raw.backbone.weights),
+        sha256: raw.backbone.sha256.map(|s| s.to_lowercase()),
+        tap: raw.backbone.tap,
+    };
+
+    let extract = raw.extract;
+    if extract.batch_size == 0 {
+        return Err(invalid(path, "extract.batch-size", "must be at least 1"));
+    }
+    if extract.row_group_mib == 0 {
+        return Err(invalid(path, "extract.row-group-mib", "must be at least 1"));
+    }
+
+    Ok(Job {
+        name: raw.run.name,
+        output,
+        dataset: Dataset { source, normal: raw.dataset.normal },
+        preprocess: pre,
+        backbone,
+        extract,
+    })
+}
+
+/// A location is kept as a URL when it has a scheme, else made an absolute local path.
+fn resolve_location(location: &str, base: &Path) -> String {
+    if location.contains("://") {
+        location.to_string()
+    } else {
+        let joined = base.join(location);
+        let joined = std::path::absolute(&joined).unwrap_or(joined);
+        normalize(&joined).display().to_string()
+    }
+}
+
+/// Removes `.` and `..` components lexically, so that recorded paths are readable.
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_job(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("job.toml");
+        std::fs::write(&path, body).unwrap();
+        path
+    }
+
+    const MINIMAL: &str = r#"
+[run]
+name = "t"
+output = "out"
+[dataset]
+root = ["missing", "data"]
+normal = ["good"]
+[backbone]
+name = "resnet18"
+weights = "w.safetensors"
+"#;
+
+    #[test]
+    fn resolves_paths_against_the_job_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let job = Job::load(&write_job(dir.path(), MINIMAL)).unwrap();
+        let root = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(job.output, root.join("out").display().to_string());
+        assert_eq!(job.backbone.weights, root.join("w.safetensors"));
+        assert!(matches!(&job.dataset.source, DatasetSource::Folders { root: r, .. } if r.ends_with("data")));
+        assert_eq!(job.preprocess, Preprocess::default());
+        assert_eq!(job.backbone.tap, Tap::BlockOutput);
+        assert_eq!(job.hash().len(), 64);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let body = MINIMAL.replace("[backbone]", "[backbone]\nwieghts = 1");
+        let path = write_job(dir.path(), &body);
+        let message = Job::load(&path).unwrap_err().to_string();
+        assert!(message.contains("job.toml"), "{message}");
+        assert!(message.contains("wieghts"), "{message}");
+    }
+
+    #[test]
+    fn missing_data_lists_candidates_and_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = MINIMAL.replace("normal =", "source-hint = \"get it from X\"\nnormal =");
+        let message = Job::load(&write_job(dir.path(), &body)).unwrap_err().to_string();
+        assert!(message.contains("dataset.root"), "{message}");
+        assert!(message.contains("missing") && message.contains("get it from X"), "{message}");
+    }
+
+    #[test]
+    fn crop_larger_than_resize_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let body = format!("{MINIMAL}\n[preprocess]\nresize = [256, 256]\ncrop = [288, 224]\naspect = \"stretch\"\nmin-side = 8\nmax-pixels = 100\n");
+        let message = Job::load(&write_job(dir.path(), &body)).unwrap_err().to_string();
+        assert!(message.contains("preprocess.crop"), "{message}");
+    }
+
+    #[test]
+    fn hash_changes_with_any_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let a = Job::load(&write_job(dir.path(), MINIMAL)).unwrap();
+        let b = Job::load(&write_job(dir.path(), &format!("{MINIMAL}\n[extract]\nbatch-size = 8\n"))).unwrap();
+        assert_eq!(b.extract.batch_size, 8);
+        assert_eq!(b.extract.threads, ExtractSettings::default().threads);
+        assert_ne!(a.hash(), b.hash());
+        let mut c = a.clone();
+        c.backbone.tap = Tap::LastBn;
+        assert_ne!(a.hash(), c.hash());
+    }
+}

@@ -1,0 +1,249 @@
+//! Listing the images of a dataset: folders whose names are labels, a list of files, or a manifest.
+//!
+//! The listing is deterministic (sorted by label, then by path) so that image ids and shard
+//! assignments are the same on every machine that sees the same files.
+
+use crate::config::{Dataset, DatasetSource};
+use std::path::{Path, PathBuf};
+
+/// One image of the dataset. `id` is its position in the sorted listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRecord {
+    pub id: u32,
+    pub path: PathBuf,
+    pub label: String,
+    /// The split named by a manifest, if any.
+    pub split: Option<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DatasetError {
+    #[error("cannot read {path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("{path}, line {line}: {problem}")]
+    Line { path: PathBuf, line: usize, problem: String },
+    #[error("label folder {path} does not exist; the job's `dataset.labels` names it")]
+    MissingLabel { path: PathBuf },
+    #[error("the dataset at {path} holds no images (looked for extensions {extensions:?})")]
+    Empty { path: PathBuf, extensions: Vec<String> },
+    #[error("{path} is listed twice in the dataset ({first} and {second})")]
+    Duplicate { path: PathBuf, first: String, second: String },
+}
+
+/// Lists the images of `dataset`, sorted and numbered.
+pub fn list_images(dataset: &Dataset) -> Result<Vec<ImageRecord>, DatasetError> {
+    let mut entries: Vec<(String, PathBuf, Option<String>, String)> = match &dataset.source {
+        DatasetSource::Folders { root, labels, extensions } => list_folders(root, labels, extensions)?,
+        DatasetSource::List { path } => list_file(path)?,
+        DatasetSource::Manifest { path } => list_manifest(path)?,
+    };
+    entries.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
+    for pair in entries.windows(2) {
+        if pair[0].1 == pair[1].1 {
+            return Err(DatasetError::Duplicate {
+                path: pair[0].1.clone(),
+                first: pair[0].3.clone(),
+                second: pair[1].3.clone(),
+            });
+        }
+    }
+    Ok(entries
+        .into_iter()
+        .enumerate()
+        .map(|(id, (label, path, split, _))| ImageRecord { id: id as u32, path, label, split })
+        .collect())
+}
+
+type Entry = (String, PathBuf, Option<String>, String);
+
+fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
+    let io = |source| DatasetError::Io { path: dir.to_path_buf(), source };
+    let mut paths = Vec::new();
+    for entry in std::fs::read_dir(dir).map_err(io)? {
+        paths.push(entry.map_err(io)?.path());
+    }
+    paths.sort();
+    Ok(paths)
+}
+
+fn list_folders(root: &Path, labels: &[String], extensions: &[String]) -> Result<Vec<Entry>, DatasetError> {
+    let label_dirs: Vec<(String, PathBuf)> = if labels.is_empty() {
+        read_dir_sorted(root)?
+            .into_iter()
+            .filter(|p| p.is_dir())
+            .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p)))
+            .collect()
+    } else {
+        let mut dirs = Vec::new();
+        for label in labels {
+            let dir = root.join(label);
+            if !dir.is_dir() {
+                return Err(DatasetError::MissingLabel { path: dir });
+            }
+            dirs.push((label.clone(), dir));
+        }
+        dirs
+    };
+    let mut entries = Vec::new();
+    for (label, dir) in label_dirs {
+        let mut stack = vec![dir];
+        while let Some(dir) = stack.pop() {
+            for path in read_dir_sorted(&dir)? {
+                if path.is_dir() {
+                    stack.push(path);
+                } else if has_extension(&path, extensions) {
+                    let origin = format!("folder {}", dir.display());
+                    entries.push((label.clone(), path, None, origin));
+                }
+            }
+        }
+    }
+    if entries.is_empty() {
+        return Err(DatasetError::Empty { path: root.to_path_buf(), extensions: extensions.to_vec() });
+    }
+    Ok(entries)
+}
+
+fn has_extension(path: &Path, extensions: &[String]) -> bool {
+    path.extension()
+        .map(|e| e.to_string_lossy().to_lowercase())
+        .is_some_and(|e| extensions.iter().any(|x| *x == e))
+}
+
+/// The label of a listed file is the name of the folder that holds it.
+fn parent_label(path: &Path) -> String {
+    path.parent()
+        .and_then(Path::file_name)
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+fn list_file(list: &Path) -> Result<Vec<Entry>, DatasetError> {
+    let text = std::fs::read_to_string(list).map_err(|source| DatasetError::Io { path: list.to_path_buf(), source })?;
+    let base = list.parent().unwrap_or(Path::new("."));
+    let mut entries = Vec::new();
+    for (index, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let path = crate::config::normalize(&base.join(line));
+        if !path.is_file() {
+            return Err(DatasetError::Line {
+                path: list.to_path_buf(),
+                line: index + 1,
+                problem: format!("{} is not a file", path.display()),
+            });
+        }
+        let origin = format!("{} line {}", list.display(), index + 1);
+        entries.push((parent_label(&path), path, None, origin));
+    }
+    if entries.is_empty() {
+        return Err(DatasetError::Empty { path: list.to_path_buf(), extensions: vec![] });
+    }
+    Ok(entries)
+}
+
+fn list_manifest(manifest: &Path) -> Result<Vec<Entry>, DatasetError> {
+    let io = |source| DatasetError::Io { path: manifest.to_path_buf(), source };
+    let file = std::fs::File::open(manifest).map_err(io)?;
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
+    let line_error = |line: usize, problem: String| DatasetError::Line { path: manifest.to_path_buf(), line, problem };
+    let headers = reader.headers().map_err(|e| line_error(1, e.to_string()))?.clone();
+    let column = |name: &str| headers.iter().position(|h| h == name);
+    let path_col = column("path").ok_or_else(|| line_error(1, "the header has no `path` column".into()))?;
+    let label_col = column("label").ok_or_else(|| line_error(1, "the header has no `label` column".into()))?;
+    let split_col = column("split");
+    let base = manifest.parent().unwrap_or(Path::new("."));
+    let mut entries = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index + 2;
+        let record = record.map_err(|e| line_error(line, e.to_string()))?;
+        let field = |col: usize| record.get(col).unwrap_or("").to_string();
+        let path = crate::config::normalize(&base.join(field(path_col)));
+        if !path.is_file() {
+            return Err(line_error(line, format!("{} is not a file", path.display())));
+        }
+        let label = field(label_col);
+        if label.is_empty() {
+            return Err(line_error(line, "the label is empty".into()));
+        }
+        let split = split_col.map(field).filter(|s| !s.is_empty());
+        let origin = format!("{} line {line}", manifest.display());
+        entries.push((label, path, split, origin));
+    }
+    if entries.is_empty() {
+        return Err(DatasetError::Empty { path: manifest.to_path_buf(), extensions: vec![] });
+    }
+    Ok(entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"x").unwrap();
+    }
+
+    fn folders(root: &Path, labels: &[&str]) -> Dataset {
+        Dataset {
+            source: DatasetSource::Folders {
+                root: root.to_path_buf(),
+                labels: labels.iter().map(|s| s.to_string()).collect(),
+                extensions: vec!["jpg".into(), "png".into()],
+            },
+            normal: vec!["good".into()],
+        }
+    }
+
+    #[test]
+    fn folders_are_labels_sorted_and_numbered() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["good/b.jpg", "good/a.JPG", "bad/z.png", "bad/sub/y.jpg", "bad/notes.txt"] {
+            touch(&dir.path().join(name));
+        }
+        let images = list_images(&folders(dir.path(), &[])).unwrap();
+        let names: Vec<(u32, String, String)> = images
+            .iter()
+            .map(|r| (r.id, r.label.clone(), r.path.strip_prefix(dir.path()).unwrap().display().to_string()))
+            .collect();
+        assert_eq!(
+            names,
+            vec![
+                (0, "bad".into(), "bad/sub/y.jpg".into()),
+                (1, "bad".into(), "bad/z.png".into()),
+                (2, "good".into(), "good/a.JPG".into()),
+                (3, "good".into(), "good/b.jpg".into()),
+            ]
+        );
+        assert!(matches!(list_images(&folders(dir.path(), &["nope"])), Err(DatasetError::MissingLabel { .. })));
+    }
+
+    #[test]
+    fn manifest_errors_name_file_and_line() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(&dir.path().join("x/a.jpg"));
+        let manifest = dir.path().join("m.csv");
+        std::fs::write(&manifest, "path,label,split\nx/a.jpg,good,train\nx/missing.jpg,good,test\n").unwrap();
+        let dataset = Dataset { source: DatasetSource::Manifest { path: manifest }, normal: vec![] };
+        let message = list_images(&dataset).unwrap_err().to_string();
+        assert!(message.contains("m.csv, line 3") && message.contains("missing.jpg"), "{message}");
+    }
+
+    #[test]
+    fn list_labels_by_parent_folder_and_rejects_duplicates() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(&dir.path().join("ok/a.jpg"));
+        let list = dir.path().join("files.txt");
+        std::fs::write(&list, "# comment\nok/a.jpg\n\n").unwrap();
+        let dataset = Dataset { source: DatasetSource::List { path: list.clone() }, normal: vec![] };
+        let images = list_images(&dataset).unwrap();
+        assert_eq!(images.len(), 1);
+        assert_eq!(images[0].label, "ok");
+        std::fs::write(&list, "ok/a.jpg\nok/../ok/a.jpg\n").unwrap();
+        let message = list_images(&dataset).unwrap_err().to_string();
+        assert!(message.contains("listed twice"), "{message}");
+    }
+}

@@ -1,0 +1,37 @@
+//! The `extract` stage of padim, and the only crate that links libtorch.
+//!
+//! - [`preprocess`]: decoding and torchvision-equivalent resizing, cropping and normalisation.
+//! - [`weights`]: strict loading of safetensors exports of PyTorch `state_dict`s.
+//! - [`backbone`]: ResNet-18, Wide-ResNet-50-2 and EfficientNet-Lite0 trunks with PaDiM's taps.
+//! - [`stage`]: the stage itself: images of a dataset shard to a Parquet embeddings table.
+//!
+//! PaDiM: Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection and
+//! Localization", ICPR 2020 workshops, arXiv:2011.08785.
+
+pub mod backbone;
+pub mod preprocess;
+pub mod stage;
+pub mod weights;
+
+pub use backbone::Backbone;
+pub use preprocess::{ImageError, Preprocessor};
+pub use stage::{ExtractError, ExtractOptions, ExtractSummary, run_extract};
+pub use weights::WeightsError;
+
+/// Resolves a device choice against what this machine has.
+pub fn select_device(choice: padim_core::config::DeviceChoice) -> Result<tch::Device, String> {
+    use padim_core::config::DeviceChoice;
+    match choice {
+        DeviceChoice::Cpu => Ok(tch::Device::Cpu),
+        DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
+        DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
+        DeviceChoice::Cuda => Err("CUDA was asked for (--device cuda) but libtorch finds no CUDA device".into()),
+    }
+}
+
+/// Sets libtorch's intra-op threads; 0 keeps libtorch's default (all cores).
+pub fn set_threads(threads: usize) {
+    if threads > 0 {
+        tch::set_num_threads(threads as i32);
+    }
+}

@@ -1,0 +1,250 @@
+//! The extract stage: a shard of a dataset's images to Parquet embeddings, an image table, a
+//! manifest and a done marker, under `<run>/extract/`.
+
+use crate::backbone::{self, Backbone};
+use crate::preprocess::{ImageError, Prepared, Preprocessor};
+use crate::weights::{WeightsError, verify_checksum};
+use padim_core::config::{Compression, Job};
+use padim_core::dataset::{DatasetError, ImageRecord, list_images};
+use padim_core::{Progress, Shard};
+use padim_store::{
+    DoneMarker, EmbeddingMeta, EmbeddingWriter, ImageRow, ImageStatus, LayerInfo, Store, StoreError, WriterSettings,
+    write_image_table,
+};
+use rayon::prelude::*;
+use std::collections::BTreeMap;
+use tch::Tensor;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error(transparent)]
+    Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Weights(#[from] WeightsError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Device(String),
+    #[error(
+        "{count} bad image(s); nothing was published. Fix or remove them, or rerun with --skip-bad to \
+         record them as skipped:\n{list}"
+    )]
+    BadImages { count: usize, list: String, errors: Vec<ImageError> },
+    #[error(
+        "{url} was made by another job configuration (config hash {found}, this job has {expected}); \
+         use another output location, or --force to overwrite it"
+    )]
+    ConfigMismatch { url: String, found: String, expected: String },
+}
+
+/// Choices of one invocation that are not part of the experiment's identity.
+#[derive(Debug, Clone, Default)]
+pub struct ExtractOptions {
+    /// Redo a shard even if a done marker says it is finished.
+    pub force: bool,
+}
+
+/// What a run of the stage did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExtractSummary {
+    pub shard: Shard,
+    pub images: usize,
+    pub skipped: usize,
+    /// True when a matching done marker was found and nothing was recomputed.
+    pub already_done: bool,
+    pub embeddings_key: String,
+    pub images_key: String,
+}
+
+/// Keys of a shard's outputs under the run location.
+pub fn output_keys(shard: Shard) -> (String, String, String, String) {
+    let tag = shard.tag();
+    (
+        format!("extract/embeddings-{tag}.parquet"),
+        format!("extract/images-{tag}.parquet"),
+        format!("extract/manifest-{tag}.json"),
+        format!("extract/done-{tag}.json"),
+    )
+}
+
+/// Runs the extract stage for one shard of the job's dataset.
+pub fn run_extract(job: &Job, shard: Shard, options: &ExtractOptions, progress: &dyn Progress) -> Result<ExtractSummary, ExtractError> {
+    let span = tracing::info_span!("extract", shard = %shard, job = %job.name);
+    let _entered = span.enter();
+    let store = Store::open(&job.output)?;
+    let (embeddings_key, images_key, manifest_key, done_key) = output_keys(shard);
+    let config_hash = job.hash();
+
+    if let Some(marker) = DoneMarker::read(&store, &done_key)? {
+        if marker.config_hash == config_hash && !options.force {
+            tracing::info!(url = %store.url_of(&done_key), "shard already done; skipping");
+            return Ok(ExtractSummary {
+                shard,
+                images: marker.counts.get("images").copied().unwrap_or(0) as usize,
+                skipped: marker.counts.get("skipped").copied().unwrap_or(0) as usize,
+                already_done: true,
+                embeddings_key,
+                images_key,
+            });
+        }
+        if marker.config_hash != config_hash && !options.force {
+            return Err(ExtractError::ConfigMismatch {
+                url: store.url_of(&done_key),
+                found: marker.config_hash,
+                expected: config_hash,
+            });
+        }
+        // Forced: withdraw the marker first so that a crash from here on never leaves a stale one.
+        store.delete(&done_key)?;
+    }
+
+    let all_images = list_images(&job.dataset)?;
+    let images = &all_images[shard.range(all_images.len())];
+    tracing::info!(images = images.len(), total = all_images.len(), "listed dataset");
+
+    let weights_sha256 = verify_checksum(&job.backbone.weights, job.backbone.sha256.as_deref())?;
+    let device = crate::select_device(job.extract.device).map_err(ExtractError::Device)?;
+    crate::set_threads(job.extract.threads);
+    let net = Backbone::load(job.backbone.kind, &job.backbone.weights, job.backbone.tap, device)?;
+    let (mean, std) = net.normalization();
+    let preprocessor = Preprocessor::new(job.preprocess.clone(), mean, std);
+    let meta = embedding_meta(job, &weights_sha256, &config_hash, shard);
+
+    let settings = WriterSettings {
+        compression: match job.extract.compression {
+            Compression::None => "none",
+            Compression::Snappy => "snappy",
+            Compression::Zstd => "zstd",
+        },
+        row_group_bytes: job.extract.row_group_mib << 20,
+    };
+    let mut writer = EmbeddingWriter::create(&store, &embeddings_key, meta.clone(), settings)?;
+    let (input_h, input_w) = preprocessor.input_size();
+
+    let mut rows: Vec<ImageRow> = Vec::with_capacity(images.len());
+    let mut bad: Vec<ImageError> = Vec::new();
+    progress.start("extract", images.len() as u64);
+    for chunk in images.chunks(job.extract.batch_size) {
+        // Decoding and resizing in parallel; the network then uses all cores on its own.
+        let loaded: Vec<(&ImageRecord, Result<(Prepared, Vec<u8>), ImageError>)> =
+            chunk.par_iter().map(|record| (record, preprocessor.load(&record.path))).collect();
+        let mut batch_ids = Vec::with_capacity(chunk.len());
+        let mut batch_pixels = Vec::with_capacity(chunk.len() * 3 * (input_h * input_w) as usize);
+        for (record, result) in loaded {
+            match result {
+                Ok((prepared, bytes)) => {
+                    rows.push(image_row(record, &bytes, prepared.width, prepared.height, None));
+                    batch_ids.push(record.id);
+                    batch_pixels.extend_from_slice(&prepared.pixels);
+                }
+                Err(error) => {
+                    progress.note(&error.to_string());
+                    tracing::warn!(%error, "bad image");
+                    let bytes = std::fs::read(&record.path).unwrap_or_default();
+                    rows.push(image_row(record, &bytes, 0, 0, Some(&error)));
+                    bad.push(error);
+                }
+            }
+        }
+        // In the default strict mode the first bad image stops the network; the rest are still
+        // checked so that one run reports every bad file.
+        let strict_failed = !job.extract.skip_bad && !bad.is_empty();
+        if !strict_failed && !batch_ids.is_empty() {
+            let input = Tensor::from_slice(&batch_pixels).view([batch_ids.len() as i64, 3, input_h as i64, input_w as i64]);
+            let embedding = net.embed(&input);
+            let values = Vec::<f32>::try_from(embedding.flatten(0, -1))
+                .map_err(|e| ExtractError::Device(format!("cannot copy embeddings from libtorch: {e}")))?;
+            writer.write(&batch_ids, &values)?;
+        }
+        progress.advance(chunk.len() as u64);
+    }
+    progress.finish();
+
+    if !job.extract.skip_bad && !bad.is_empty() {
+        drop(writer);
+        let list = bad.iter().map(|e| format!("  {e}")).collect::<Vec<_>>().join("\n");
+        return Err(ExtractError::BadImages { count: bad.len(), list, errors: bad });
+    }
+    let n_rows = writer.finish()?;
+    write_image_table(&store, &images_key, &rows)?;
+
+    let skipped = bad.len();
+    let ok = images.len() - skipped;
+    let manifest = serde_json::json!({
+        "stage": "extract",
+        "shard": shard.to_string(),
+        "config-hash": config_hash,
+        "config": serde_json::from_str::<serde_json::Value>(&job.to_canonical_json()).unwrap_or_default(),
+        "padim-version": env!("CARGO_PKG_VERSION"),
+        "libtorch-version": "2.13.0",
+        "device": format!("{device:?}"),
+        "weights-sha256": weights_sha256,
+        "embeddings": meta,
+        "images": ok,
+        "skipped": skipped,
+        "image-table": images_key,
+    });
+    let manifest_bytes = serde_json::to_vec_pretty(&manifest).unwrap_or_default();
+    store.put(&manifest_key, manifest_bytes)?;
+
+    let counts = BTreeMap::from([
+        ("images".to_string(), ok as u64),
+        ("skipped".to_string(), skipped as u64),
+        ("rows".to_string(), n_rows),
+    ]);
+    let marker = DoneMarker {
+        stage: "extract".into(),
+        shard: shard.to_string(),
+        config_hash,
+        files: vec![embeddings_key.clone(), images_key.clone(), manifest_key],
+        counts,
+    };
+    marker.write(&store, &done_key)?;
+    tracing::info!(images = ok, skipped, "extract shard done");
+    Ok(ExtractSummary { shard, images: ok, skipped, already_done: false, embeddings_key, images_key })
+}
+
+fn image_row(record: &ImageRecord, bytes: &[u8], width: u32, height: u32, error: Option<&ImageError>) -> ImageRow {
+    ImageRow {
+        image: record.id,
+        path: record.path.display().to_string(),
+        label: record.label.clone(),
+        split: record.split.clone(),
+        bytes: bytes.len() as u64,
+        sha256: if bytes.is_empty() { String::new() } else { padim_core::hash::sha256_hex(bytes) },
+        width,
+        height,
+        status: if error.is_some() { ImageStatus::Skipped } else { ImageStatus::Ok },
+        error: error.map(|e| format!("{}: {e}", e.reason())),
+    }
+}
+
+/// The metadata recorded in the embeddings file.
+pub fn embedding_meta(job: &Job, weights_sha256: &str, config_hash: &str, shard: Shard) -> EmbeddingMeta {
+    let channels = backbone::feature_channels(job.backbone.kind);
+    let names = backbone::feature_layers(job.backbone.kind, job.backbone.tap);
+    let mut first_channel = 0;
+    let mut layers = Vec::new();
+    for ((name, channels), stride) in names.into_iter().zip(channels).zip([4usize, 8, 16]) {
+        layers.push(LayerInfo { name, channels: channels as usize, stride, first_channel });
+        first_channel += channels as usize;
+    }
+    let [input_height, input_width] = job.preprocess.crop.map(|v| v as usize);
+    EmbeddingMeta {
+        format_version: EmbeddingMeta::FORMAT_VERSION,
+        backbone: job.backbone.kind.name().to_string(),
+        weights_sha256: weights_sha256.to_string(),
+        tap: match job.backbone.tap {
+            padim_core::config::Tap::BlockOutput => "block-output".into(),
+            padim_core::config::Tap::LastBn => "last-bn".into(),
+        },
+        layers,
+        input_height,
+        input_width,
+        grid_height: input_height / 4,
+        grid_width: input_width / 4,
+        n_channels: first_channel,
+        config_hash: config_hash.to_string(),
+        shard: shard.to_string(),
+    }
+}

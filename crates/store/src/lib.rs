@@ -1,0 +1,41 @@
+//! The one crate of padim that talks to object storage and encodes Parquet.
+//!
+//! Every output is addressed by a location (a local path or a URL) and a relative key under it.
+//! Single objects are written with atomic puts; Parquet files are streamed with multipart uploads
+//! that become visible only when complete (object_store stages local files and renames them). A stage
+//! marks a shard finished with a done marker written last, so a reader that finds the marker finds
+//! every file it lists complete.
+
+mod embeddings;
+mod images;
+mod location;
+mod marker;
+
+pub use embeddings::{
+    EmbeddingBatch, EmbeddingMeta, EmbeddingReader, EmbeddingWriter, LayerInfo, WriterSettings,
+    channel_column, EMBEDDINGS_META_KEY,
+};
+pub use images::{ImageRow, ImageStatus, read_image_table, write_image_table};
+pub use location::Store;
+pub use marker::DoneMarker;
+
+use std::path::PathBuf;
+
+/// Storage and Parquet errors; each names the object (or file) involved.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("invalid storage location `{location}`: {message}")]
+    Location { location: String, message: String },
+    #[error("storage error at {url}: {message}")]
+    Object { url: String, message: String },
+    #[error("Parquet error in {url}: {message}")]
+    Parquet { url: String, message: String },
+    #[error("{url} is not a padim embeddings file: {message}")]
+    Format { url: String, message: String },
+    #[error("{url} already exists")]
+    AlreadyExists { url: String },
+    #[error("cannot create the IO runtime: {0}")]
+    Runtime(String),
+    #[error("local file {path}: {message}")]
+    Local { path: PathBuf, message: String },
+}

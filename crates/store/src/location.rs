@@ -1,0 +1,179 @@
+//! Locations and the object store behind them.
+
+use crate::StoreError;
+use bytes::Bytes;
+use futures::TryStreamExt;
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use std::sync::Arc;
+use tokio::runtime::Runtime;
+
+/// A run prefix in an object store: local folder or URL. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<dyn ObjectStore>,
+    prefix: ObjectPath,
+    url: String,
+    runtime: Arc<Runtime>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("url", &self.url).finish()
+    }
+}
+
+impl Store {
+    /// Opens a location: an absolute or relative local path, or a `file://` URL.
+    pub fn open(location: &str) -> Result<Store, StoreError> {
+        let location_error = |message: String| StoreError::Location { location: location.to_string(), message };
+        let url = if location.contains("://") {
+            url::Url::parse(location).map_err(|e| location_error(e.to_string()))?
+        } else {
+            let path = std::path::absolute(location).map_err(|e| location_error(e.to_string()))?;
+            url::Url::from_directory_path(&path).map_err(|()| location_error("not an absolute path".into()))?
+        };
+        let (inner, prefix) = match url.scheme() {
+            "file" => {
+                let path = url.to_file_path().map_err(|()| location_error("not a local file URL".into()))?;
+                std::fs::create_dir_all(&path).map_err(|e| location_error(format!("cannot create {}: {e}", path.display())))?;
+                let store = object_store::local::LocalFileSystem::new_with_prefix(&path)
+                    .map_err(|e| location_error(e.to_string()))?;
+                (Arc::new(store) as Arc<dyn ObjectStore>, ObjectPath::default())
+            }
+            other => {
+                return Err(location_error(format!(
+                    "the `{other}` scheme is not supported; use a local path or file://"
+                )));
+            }
+        };
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("padim-io")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Runtime(e.to_string()))?;
+        let url = url.as_str().trim_end_matches('/').to_string();
+        Ok(Store { inner, prefix, url, runtime: Arc::new(runtime) })
+    }
+
+    /// The location as given, normalised to a URL (no trailing slash).
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The URL of `key` under this location, for messages.
+    pub fn url_of(&self, key: &str) -> String {
+        format!("{}/{key}", self.url)
+    }
+
+    pub(crate) fn object_path(&self, key: &str) -> ObjectPath {
+        let mut path = self.prefix.clone();
+        for part in key.split('/').filter(|p| !p.is_empty()) {
+            path = path.clone().join(part);
+        }
+        path
+    }
+
+    pub(crate) fn inner(&self) -> Arc<dyn ObjectStore> {
+        self.inner.clone()
+    }
+
+    pub(crate) fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    fn object_error(&self, key: &str, error: impl std::fmt::Display) -> StoreError {
+        StoreError::Object { url: self.url_of(key), message: error.to_string() }
+    }
+
+    /// Writes `bytes` to `key` atomically, replacing any object there.
+    pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.object_path(key);
+        self.block_on(self.inner.put(&path, PutPayload::from(bytes)))
+            .map(|_| ())
+            .map_err(|e| self.object_error(key, e))
+    }
+
+    /// Writes `bytes` to `key` atomically only if nothing is there yet.
+    pub fn put_if_absent(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
+        let path = self.object_path(key);
+        let options = PutOptions { mode: PutMode::Create, ..PutOptions::default() };
+        match self.block_on(self.inner.put_opts(&path, PutPayload::from(bytes), options)) {
+            Ok(_) => Ok(()),
+            Err(object_store::Error::AlreadyExists { .. }) => Err(StoreError::AlreadyExists { url: self.url_of(key) }),
+            Err(e) => Err(self.object_error(key, e)),
+        }
+    }
+
+    /// Reads `key`, or `None` if it does not exist.
+    pub fn get(&self, key: &str) -> Result<Option<Bytes>, StoreError> {
+        let path = self.object_path(key);
+        self.block_on(async {
+            match self.inner.get(&path).await {
+                Ok(result) => result.bytes().await.map(Some),
+                Err(object_store::Error::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .map_err(|e| self.object_error(key, e))
+    }
+
+    /// Whether `key` exists.
+    pub fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        let path = self.object_path(key);
+        match self.block_on(self.inner.head(&path)) {
+            Ok(_) => Ok(true),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.object_error(key, e)),
+        }
+    }
+
+    /// Keys (relative to this location) of every object under `key_prefix`, sorted.
+    pub fn list(&self, key_prefix: &str) -> Result<Vec<String>, StoreError> {
+        let path = self.object_path(key_prefix);
+        let objects: Vec<object_store::ObjectMeta> = self
+            .block_on(self.inner.list(Some(&path)).try_collect())
+            .map_err(|e| self.object_error(key_prefix, e))?;
+        let prefix = self.prefix.as_ref();
+        let mut keys: Vec<String> = objects
+            .into_iter()
+            .map(|meta| {
+                let full = meta.location.as_ref().to_string();
+                full.strip_prefix(prefix).unwrap_or(&full).trim_start_matches('/').to_string()
+            })
+            .collect();
+        keys.sort();
+        Ok(keys)
+    }
+
+    /// Deletes `key`; a missing object is not an error.
+    pub fn delete(&self, key: &str) -> Result<(), StoreError> {
+        let path = self.object_path(key);
+        match self.block_on(self.inner.delete(&path)) {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
+            Err(e) => Err(self.object_error(key, e)),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn put_get_list_and_create_if_absent() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("run").display().to_string()).unwrap();
+        store.put("a/x.json", b"1".to_vec()).unwrap();
+        store.put("a/y.json", b"2".to_vec()).unwrap();
+        assert_eq!(store.get("a/x.json").unwrap().unwrap().as_ref(), b"1");
+        assert!(store.get("a/none").unwrap().is_none());
+        assert_eq!(store.list("a").unwrap(), vec!["a/x.json".to_string(), "a/y.json".to_string()]);
+        assert!(matches!(store.put_if_absent("a/x.json", b"3".to_vec()), Err(StoreError::AlreadyExists { .. })));
+        assert!(dir.path().join("run/a/y.json").is_file());
+        let by_url = Store::open(&format!("file://{}", dir.path().join("run").display())).unwrap();
+        assert!(by_url.exists("a/y.json").unwrap());
+        assert!(Store::open("gopher://x").is_err());
+    }
+}
