@@ -1,0 +1,89 @@
+//! The Rust backbones against PyTorch on the same input tensor, with seeded random weights (and
+//! randomised BatchNorm statistics) exported at test time by scripts/export_weights.py.
+
+mod common;
+
+use padim_core::config::{BackboneKind, Tap};
+use padim_extract::Backbone;
+
+fn check(kind: BackboneKind, tap: Tap, seed: u64) {
+    tch::set_num_threads(2);
+    let dir = tempfile::tempdir().unwrap();
+    let weights = common::random_weights(dir.path(), kind.name(), seed);
+    let reference = dir.path().join("reference.safetensors");
+    let tap_name = if tap == Tap::LastBn { "last-bn" } else { "block-output" };
+    common::run_script(
+        "reference.py",
+        &[
+            "features",
+            "--backbone",
+            kind.name(),
+            "--weights",
+            weights.to_str().unwrap(),
+            "--tap",
+            tap_name,
+            "--seed",
+            &seed.to_string(),
+            "--out",
+            reference.to_str().unwrap(),
+        ],
+    );
+    let expected = common::read_tensors(&reference);
+    let net = Backbone::load(kind, &weights, tap, tch::Device::Cpu).unwrap();
+    let input = &expected["input"];
+    let padim_extract::backbone::FeatureMaps(maps) = net.features(input);
+    for (map, name) in maps.iter().zip(["f1", "f2", "f3"]) {
+        let diff = common::max_abs_diff(map, &expected[name]);
+        let scale = common::max_abs(&expected[name]);
+        eprintln!("{} {tap_name} {name}: max |diff| {diff:.2e} (max |value| {scale:.2})", kind.name());
+        assert!(diff <= 1e-4, "{} {tap_name} {name}: max abs difference {diff} > 1e-4", kind.name());
+    }
+    let embedding = net.embed(input);
+    assert!(common::max_abs_diff(&embedding, &expected["embedding"]) <= 1e-4);
+    if tap == Tap::BlockOutput {
+        let logits = net.logits(input);
+        let diff = common::max_abs_diff(&logits, &expected["logits"]);
+        assert!(diff <= 1e-4, "{} logits: {diff}", kind.name());
+    }
+}
+
+#[test]
+fn resnet18_matches_pytorch() {
+    check(BackboneKind::Resnet18, Tap::BlockOutput, 1);
+}
+
+#[test]
+fn resnet18_last_bn_matches_pytorch() {
+    check(BackboneKind::Resnet18, Tap::LastBn, 2);
+}
+
+#[test]
+fn wide_resnet50_2_matches_pytorch() {
+    check(BackboneKind::WideResnet50_2, Tap::BlockOutput, 3);
+}
+
+#[test]
+fn efficientnet_lite0_matches_pytorch() {
+    check(BackboneKind::EfficientnetLite0, Tap::BlockOutput, 4);
+}
+
+#[test]
+fn efficientnet_lite0_last_bn_matches_pytorch() {
+    check(BackboneKind::EfficientnetLite0, Tap::LastBn, 5);
+}
+
+#[test]
+fn wrong_weights_name_every_problem() {
+    let dir = tempfile::tempdir().unwrap();
+    let weights = common::random_weights(dir.path(), "resnet18", 0);
+    let error = Backbone::load(BackboneKind::EfficientnetLite0, &weights, Tap::BlockOutput, tch::Device::Cpu)
+        .err()
+        .expect("resnet weights must not load as efficientnet")
+        .to_string();
+    assert!(error.contains(weights.to_str().unwrap()), "{error}");
+    assert!(error.contains("missing tensors") && error.contains("_conv_stem.weight"), "{error}");
+    assert!(error.contains("unexpected tensors") && error.contains("layer1.0.conv1.weight"), "{error}");
+    let missing = dir.path().join("none.safetensors");
+    let error = Backbone::load(BackboneKind::Resnet18, &missing, Tap::BlockOutput, tch::Device::Cpu).err().unwrap().to_string();
+    assert!(error.contains("none.safetensors") && error.contains("make weights"), "{error}");
+}

