@@ -167,8 +167,13 @@ pub fn decode_rgb8(path: &Path, bytes: &[u8], settings: &Preprocess) -> Result<i
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| ImageError::Read { path: path_buf(), message: e.to_string() })?;
-    if reader.format().is_none() {
+    let format = reader.format();
+    if format.is_none() {
         return Err(ImageError::UnknownFormat { path: path_buf() });
+    }
+    if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
+        // The JPEG decoder fills a truncated scan with grey instead of failing; PIL refuses it.
+        return Err(ImageError::Decode { path: path_buf(), message: "the JPEG data ends before its end-of-image marker".into() });
     }
     let (width, height) = reader
         .into_dimensions()
@@ -194,9 +199,32 @@ pub fn decode_rgb8(path: &Path, bytes: &[u8], settings: &Preprocess) -> Result<i
     })
 }
 
+/// Whether a JPEG stream has an end-of-image marker (FF D9) after its last start-of-scan (FF DA).
+///
+/// Inside entropy-coded data a 0xFF byte is always followed by 0x00 or a restart marker, so FF D9
+/// after the last scan header is the true end of the image; an embedded EXIF thumbnail's markers come
+/// before the main scan. Trailing bytes after the marker are allowed, as decoders ignore them.
+pub fn jpeg_is_complete(bytes: &[u8]) -> bool {
+    let last_scan = bytes.windows(2).rposition(|w| w == [0xFF, 0xDA]);
+    match last_scan {
+        Some(start) => bytes[start..].windows(2).any(|w| w == [0xFF, 0xD9]),
+        None => false,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn truncated_jpeg_is_detected() {
+        let complete = [0xFF, 0xD8, 0xFF, 0xDA, 1, 2, 0xFF, 0x00, 3, 0xFF, 0xD9, 0, 0];
+        assert!(jpeg_is_complete(&complete));
+        assert!(!jpeg_is_complete(&complete[..9]));
+        // A thumbnail's end marker before the main scan does not count.
+        let thumbnail_only = [0xFF, 0xD8, 0xFF, 0xDA, 1, 0xFF, 0xD9, 0xFF, 0xDA, 5, 6];
+        assert!(!jpeg_is_complete(&thumbnail_only));
+    }
 
     #[test]
     fn python_round_is_half_to_even() {

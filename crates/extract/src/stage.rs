@@ -124,10 +124,13 @@ pub fn run_extract(job: &Job, shard: Shard, options: &ExtractOptions, progress: 
     let mut rows: Vec<ImageRow> = Vec::with_capacity(images.len());
     let mut bad: Vec<ImageError> = Vec::new();
     progress.start("extract", images.len() as u64);
+    let (mut decode_time, mut network_time, mut write_time) = (0f64, 0f64, 0f64);
     for chunk in images.chunks(job.extract.batch_size) {
+        let clock = std::time::Instant::now();
         // Decoding and resizing in parallel; the network then uses all cores on its own.
         let loaded: Vec<(&ImageRecord, Result<(Prepared, Vec<u8>), ImageError>)> =
             chunk.par_iter().map(|record| (record, preprocessor.load(&record.path))).collect();
+        decode_time += clock.elapsed().as_secs_f64();
         let mut batch_ids = Vec::with_capacity(chunk.len());
         let mut batch_pixels = Vec::with_capacity(chunk.len() * 3 * (input_h * input_w) as usize);
         for (record, result) in loaded {
@@ -150,15 +153,20 @@ pub fn run_extract(job: &Job, shard: Shard, options: &ExtractOptions, progress: 
         // checked so that one run reports every bad file.
         let strict_failed = !job.extract.skip_bad && !bad.is_empty();
         if !strict_failed && !batch_ids.is_empty() {
+            let clock = std::time::Instant::now();
             let input = Tensor::from_slice(&batch_pixels).view([batch_ids.len() as i64, 3, input_h as i64, input_w as i64]);
             let embedding = net.embed(&input);
             let values = Vec::<f32>::try_from(embedding.flatten(0, -1))
                 .map_err(|e| ExtractError::Device(format!("cannot copy embeddings from libtorch: {e}")))?;
+            network_time += clock.elapsed().as_secs_f64();
+            let clock = std::time::Instant::now();
             writer.write(&batch_ids, &values)?;
+            write_time += clock.elapsed().as_secs_f64();
         }
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
+    tracing::info!(decode_s = decode_time, network_s = network_time, write_s = write_time, "extract loop timings");
 
     if !job.extract.skip_bad && !bad.is_empty() {
         drop(writer);

@@ -134,8 +134,10 @@ impl EmbeddingWriter {
             .set_key_value_metadata(Some(vec![KeyValue::new(EMBEDDINGS_META_KEY.to_string(), meta_json)]));
         for channel in 0..meta.n_channels {
             let column = parquet::schema::types::ColumnPath::from(channel_column(channel));
+            // Min/max statistics of embedding values prune nothing and cost a pass over the data.
             properties = properties
                 .set_column_dictionary_enabled(column.clone(), false)
+                .set_column_statistics_enabled(column.clone(), EnabledStatistics::None)
                 .set_column_encoding(column, Encoding::PLAIN);
         }
         let properties = properties.build();
