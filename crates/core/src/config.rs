@@ -269,8 +269,8 @@ pub struct Job {
 impl Job {
     /// Reads, parses and validates a job file.
     pub fn load(path: &Path) -> Result<Job, ConfigError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
         Job::parse(&text, path)
     }
 
@@ -338,21 +338,24 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
     if pre.crop[0] > pre.resize[0] || pre.crop[1] > pre.resize[1] {
         return Err(invalid(path, "preprocess.crop", format!("{:?} is larger than resize {:?}", pre.crop, pre.resize)));
     }
-    if pre.crop[0] % 32 != 0 || pre.crop[1] % 32 != 0 {
+    if !pre.crop[0].is_multiple_of(32) || !pre.crop[1].is_multiple_of(32) {
         return Err(invalid(
             path,
             "preprocess.crop",
-            format!("{:?} must be a multiple of 32 in both sides so that the feature grids of all stages align", pre.crop),
+            format!(
+                "{:?} must be a multiple of 32 in both sides so that the feature grids of all stages align",
+                pre.crop
+            ),
         ));
     }
     if pre.max_pixels == 0 {
         return Err(invalid(path, "preprocess.max-pixels", "must be positive"));
     }
 
-    if let Some(sha) = &raw.backbone.sha256 {
-        if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) {
-            return Err(invalid(path, "backbone.sha256", "must be 64 hexadecimal digits"));
-        }
+    if let Some(sha) = &raw.backbone.sha256
+        && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(invalid(path, "backbone.sha256", "must be 64 hexadecimal digits"));
     }
     let backbone = Backbone {
         kind: raw.backbone.name,
@@ -468,7 +471,9 @@ weights = "w.safetensors"
     fn crop_larger_than_resize_is_rejected() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
-        let body = format!("{MINIMAL}\n[preprocess]\nresize = [256, 256]\ncrop = [288, 224]\naspect = \"stretch\"\nmin-side = 8\nmax-pixels = 100\n");
+        let body = format!(
+            "{MINIMAL}\n[preprocess]\nresize = [256, 256]\ncrop = [288, 224]\naspect = \"stretch\"\nmin-side = 8\nmax-pixels = 100\n"
+        );
         let message = Job::load(&write_job(dir.path(), &body)).unwrap_err().to_string();
         assert!(message.contains("preprocess.crop"), "{message}");
     }

@@ -105,17 +105,12 @@ fn list_folders(root: &Path, labels: &[String], extensions: &[String]) -> Result
 }
 
 fn has_extension(path: &Path, extensions: &[String]) -> bool {
-    path.extension()
-        .map(|e| e.to_string_lossy().to_lowercase())
-        .is_some_and(|e| extensions.iter().any(|x| *x == e))
+    path.extension().map(|e| e.to_string_lossy().to_lowercase()).is_some_and(|e| extensions.contains(&e))
 }
 
 /// The label of a listed file is the name of the folder that holds it.
 fn parent_label(path: &Path) -> String {
-    path.parent()
-        .and_then(Path::file_name)
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 fn list_file(list: &Path) -> Result<Vec<Entry>, DatasetError> {

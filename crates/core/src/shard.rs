@@ -55,9 +55,7 @@ impl FromStr for Shard {
     type Err = ShardError;
 
     fn from_str(text: &str) -> Result<Shard, ShardError> {
-        let (index, count) = text
-            .split_once('/')
-            .ok_or_else(|| ShardError::Syntax(text.to_string()))?;
+        let (index, count) = text.split_once('/').ok_or_else(|| ShardError::Syntax(text.to_string()))?;
         let index = index.trim().parse().map_err(|_| ShardError::Syntax(text.to_string()))?;
         let count = count.trim().parse().map_err(|_| ShardError::Syntax(text.to_string()))?;
         Shard::new(index, count)

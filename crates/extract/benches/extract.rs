@@ -42,7 +42,8 @@ fn main() {
     let batch = 32usize;
     tch::set_num_threads(threads as i32);
     let dir = tempfile::tempdir().unwrap();
-    let wanted = std::env::var("PADIM_BENCH_BACKBONES").unwrap_or_else(|_| "efficientnet-lite0,resnet18,wide-resnet50-2".into());
+    let wanted =
+        std::env::var("PADIM_BENCH_BACKBONES").unwrap_or_else(|_| "efficientnet-lite0,resnet18,wide-resnet50-2".into());
 
     println!("extract throughput, {threads} threads, batch {batch}, {n_images} images of 224x224 (images/s)");
     println!("{:<20} {:>10} {:>14} {:>16} {:>10}", "backbone", "padim", "torch eager", "torch chan-last", "ratio");
@@ -55,7 +56,15 @@ fn main() {
         } else {
             let out = dir.path().join(format!("{}.safetensors", kind.name()));
             let script = root().join("scripts/export_weights.py");
-            python(&[script.to_str().unwrap(), "--backbone", kind.name(), "--source", "random", "--out", out.to_str().unwrap()]);
+            python(&[
+                script.to_str().unwrap(),
+                "--backbone",
+                kind.name(),
+                "--source",
+                "random",
+                "--out",
+                out.to_str().unwrap(),
+            ]);
             out
         };
         let net = Backbone::load(kind, &weights, Tap::BlockOutput, tch::Device::Cpu).unwrap();
@@ -106,7 +115,8 @@ fn inputs(net: &Backbone, n_images: usize) -> tch::Tensor {
     let (mean, std) = net.normalization();
     let preprocessor = Preprocessor::new(Preprocess::default(), mean, std);
     let data = root().join("../shared/data/concrete-crack/Negative");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&data).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
+    let mut files: Vec<PathBuf> =
+        std::fs::read_dir(&data).map(|d| d.map(|e| e.unwrap().path()).collect()).unwrap_or_default();
     files.sort();
     if files.len() < n_images {
         println!("({} absent: random inputs)", data.display());

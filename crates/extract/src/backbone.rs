@@ -194,8 +194,8 @@ impl ConvBn {
             // Fold in f64 so that the fused weights are as exact as f32 allows.
             let scale = gamma.to_kind(tch::Kind::Double) / (var.to_kind(tch::Kind::Double) + eps).sqrt();
             let weight = (weight.to_kind(tch::Kind::Double) * scale.view([-1, 1, 1, 1])).to_kind(tch::Kind::Float);
-            let bias = (beta.to_kind(tch::Kind::Double) - mean.to_kind(tch::Kind::Double) * &scale)
-                .to_kind(tch::Kind::Float);
+            let bias =
+                (beta.to_kind(tch::Kind::Double) - mean.to_kind(tch::Kind::Double) * &scale).to_kind(tch::Kind::Float);
             let weight = if channels_last { to_channels_last(&weight) } else { weight.contiguous() };
             ConvBn { weight, bias, kernel, stride, groups, padding }
         })
@@ -351,7 +351,10 @@ impl ResNet {
                         conv("conv3", "bn3", width, out_channels, 1, 1),
                     ]
                 } else {
-                    vec![conv("conv1", "bn1", in_channels, planes, 3, stride), conv("conv2", "bn2", planes, planes, 3, 1)]
+                    vec![
+                        conv("conv1", "bn1", in_channels, planes, 3, stride),
+                        conv("conv2", "bn2", planes, planes, 3, 1),
+                    ]
                 };
                 let downsample = (stride != 1 || in_channels != out_channels)
                     .then(|| conv("downsample.0", "downsample.1", in_channels, out_channels, 1, stride));

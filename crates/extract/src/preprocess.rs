@@ -78,7 +78,8 @@ impl Preprocessor {
 
     /// Reads and pre-processes a file; `bytes` are returned for checksums.
     pub fn load(&self, path: &Path) -> Result<(Prepared, Vec<u8>), ImageError> {
-        let bytes = std::fs::read(path).map_err(|e| ImageError::Read { path: path.to_path_buf(), message: e.to_string() })?;
+        let bytes =
+            std::fs::read(path).map_err(|e| ImageError::Read { path: path.to_path_buf(), message: e.to_string() })?;
         let prepared = self.prepare(path, &bytes)?;
         Ok((prepared, bytes))
     }
@@ -173,11 +174,13 @@ pub fn decode_rgb8(path: &Path, bytes: &[u8], settings: &Preprocess) -> Result<i
     }
     if format == Some(image::ImageFormat::Jpeg) && !jpeg_is_complete(bytes) {
         // The JPEG decoder fills a truncated scan with grey instead of failing; PIL refuses it.
-        return Err(ImageError::Decode { path: path_buf(), message: "the JPEG data ends before its end-of-image marker".into() });
+        return Err(ImageError::Decode {
+            path: path_buf(),
+            message: "the JPEG data ends before its end-of-image marker".into(),
+        });
     }
-    let (width, height) = reader
-        .into_dimensions()
-        .map_err(|e| ImageError::Decode { path: path_buf(), message: e.to_string() })?;
+    let (width, height) =
+        reader.into_dimensions().map_err(|e| ImageError::Decode { path: path_buf(), message: e.to_string() })?;
     let pixels = width as u64 * height as u64;
     if pixels > settings.max_pixels {
         return Err(ImageError::TooLarge { path: path_buf(), width, height, pixels, max_pixels: settings.max_pixels });

@@ -15,6 +15,9 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 use tch::Tensor;
 
+/// A pre-processed image and its file's bytes, or why it could not be used.
+type LoadResult = Result<(Prepared, Vec<u8>), ImageError>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
     #[error(transparent)]
@@ -68,7 +71,12 @@ pub fn output_keys(shard: Shard) -> (String, String, String, String) {
 }
 
 /// Runs the extract stage for one shard of the job's dataset.
-pub fn run_extract(job: &Job, shard: Shard, options: &ExtractOptions, progress: &dyn Progress) -> Result<ExtractSummary, ExtractError> {
+pub fn run_extract(
+    job: &Job,
+    shard: Shard,
+    options: &ExtractOptions,
+    progress: &dyn Progress,
+) -> Result<ExtractSummary, ExtractError> {
     let span = tracing::info_span!("extract", shard = %shard, job = %job.name);
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
@@ -128,7 +136,7 @@ pub fn run_extract(job: &Job, shard: Shard, options: &ExtractOptions, progress: 
     for chunk in images.chunks(job.extract.batch_size) {
         let clock = std::time::Instant::now();
         // Decoding and resizing in parallel; the network then uses all cores on its own.
-        let loaded: Vec<(&ImageRecord, Result<(Prepared, Vec<u8>), ImageError>)> =
+        let loaded: Vec<(&ImageRecord, LoadResult)> =
             chunk.par_iter().map(|record| (record, preprocessor.load(&record.path))).collect();
         decode_time += clock.elapsed().as_secs_f64();
         let mut batch_ids = Vec::with_capacity(chunk.len());
@@ -154,7 +162,8 @@ pub fn run_extract(job: &Job, shard: Shard, options: &ExtractOptions, progress: 
         let strict_failed = !job.extract.skip_bad && !bad.is_empty();
         if !strict_failed && !batch_ids.is_empty() {
             let clock = std::time::Instant::now();
-            let input = Tensor::from_slice(&batch_pixels).view([batch_ids.len() as i64, 3, input_h as i64, input_w as i64]);
+            let input =
+                Tensor::from_slice(&batch_pixels).view([batch_ids.len() as i64, 3, input_h as i64, input_w as i64]);
             let embedding = net.embed(&input);
             let values = Vec::<f32>::try_from(embedding.flatten(0, -1))
                 .map_err(|e| ExtractError::Device(format!("cannot copy embeddings from libtorch: {e}")))?;

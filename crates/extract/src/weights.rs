@@ -40,10 +40,7 @@ impl Weights {
             ));
         }
         let tensors = Tensor::read_safetensors(path).map_err(|e| read_error(e.to_string()))?;
-        let tensors = tensors
-            .into_iter()
-            .map(|(name, tensor)| (name, tensor.to_kind(Kind::Float)))
-            .collect();
+        let tensors = tensors.into_iter().map(|(name, tensor)| (name, tensor.to_kind(Kind::Float))).collect();
         Ok(Weights { path: path.to_path_buf(), tensors, device, missing: Vec::new(), shapes: Vec::new() })
     }
 
@@ -94,11 +91,9 @@ pub fn verify_checksum(path: &Path, expected: Option<&str>) -> Result<String, We
     let actual = padim_core::hash::sha256_file(path)
         .map_err(|e| WeightsError::Read { path: path.to_path_buf(), message: e.to_string() })?;
     match expected {
-        Some(expected) if expected != actual => Err(WeightsError::Checksum {
-            path: path.to_path_buf(),
-            actual,
-            expected: expected.to_string(),
-        }),
+        Some(expected) if expected != actual => {
+            Err(WeightsError::Checksum { path: path.to_path_buf(), actual, expected: expected.to_string() })
+        }
         _ => Ok(actual),
     }
 }

@@ -1,6 +1,7 @@
 //! Helpers shared by the extract crate's integration tests: the project's Python (PyTorch reference)
 //! and paths of the repository.
-#![allow(dead_code)]
+// Tests may unwrap and print: a failure is the point, and the output is the measurement.
+#![allow(clippy::unwrap_used, clippy::print_stderr, dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -18,16 +19,9 @@ pub fn python() -> PathBuf {
 
 /// Runs a script of `scripts/` with the project's Python and returns its standard output.
 pub fn run_script(script: &str, args: &[&str]) -> String {
-    let output = Command::new(python())
-        .arg(root().join("scripts").join(script))
-        .args(args)
-        .output()
-        .expect("run python");
-    assert!(
-        output.status.success(),
-        "{script} {args:?} failed:\n{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    let output =
+        Command::new(python()).arg(root().join("scripts").join(script)).args(args).output().expect("run python");
+    assert!(output.status.success(), "{script} {args:?} failed:\n{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
 

@@ -1,10 +1,12 @@
 //! Decoding every supported kind of image against PIL, and every kind of bad input through the
 //! extract stage: each error names the file, strict mode publishes nothing, `skip-bad` records.
+// Tests may unwrap and print: a failure is the point, and the output is the measurement.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 
-use padim_core::config::{BackboneKind, Job, Preprocess};
 use padim_core::NoProgress;
+use padim_core::config::{BackboneKind, Job, Preprocess};
 use padim_extract::preprocess::decode_rgb8;
 use padim_extract::{ExtractError, ExtractOptions, ImageError, run_extract};
 use padim_store::{ImageStatus, Store, read_image_table};
@@ -123,7 +125,10 @@ fn bad_images_stop_the_stage_naming_every_file_and_publish_nothing() {
     assert_eq!(*count, expected.len(), "{message}");
     for (name, reason) in &expected {
         assert!(message.contains(name), "{name} not named in: {message}");
-        assert!(errors.iter().any(|e| e.reason() == *reason && e.to_string().contains(name)), "{name}: {reason}: {message}");
+        assert!(
+            errors.iter().any(|e| e.reason() == *reason && e.to_string().contains(name)),
+            "{name}: {reason}: {message}"
+        );
     }
     assert!(message.contains("--skip-bad"), "{message}");
     // Nothing under the run location looks like output.

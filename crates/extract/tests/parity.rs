@@ -1,5 +1,7 @@
 //! The Rust backbones against PyTorch on the same input tensor, with seeded random weights (and
 //! randomised BatchNorm statistics) exported at test time by scripts/export_weights.py.
+// Tests may unwrap and print: a failure is the point, and the output is the measurement.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 
@@ -84,6 +86,7 @@ fn wrong_weights_name_every_problem() {
     assert!(error.contains("missing tensors") && error.contains("_conv_stem.weight"), "{error}");
     assert!(error.contains("unexpected tensors") && error.contains("layer1.0.conv1.weight"), "{error}");
     let missing = dir.path().join("none.safetensors");
-    let error = Backbone::load(BackboneKind::Resnet18, &missing, Tap::BlockOutput, tch::Device::Cpu).err().unwrap().to_string();
+    let error =
+        Backbone::load(BackboneKind::Resnet18, &missing, Tap::BlockOutput, tch::Device::Cpu).err().unwrap().to_string();
     assert!(error.contains("none.safetensors") && error.contains("make weights"), "{error}");
 }

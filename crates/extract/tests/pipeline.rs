@@ -1,6 +1,8 @@
 //! The whole pre-processing + embedding path on real images against a PyTorch pipeline built from
 //! torchvision transforms (PIL decoding and resizing), and the pretrained EfficientNet-Lite0 on real
 //! photographs.
+// Tests may unwrap and print: a failure is the point, and the output is the measurement.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod common;
 
@@ -91,7 +93,15 @@ fn run_both(
     dir: &std::path::Path,
 ) -> (tch::Tensor, std::collections::HashMap<String, tch::Tensor>) {
     let out = dir.join("pipeline.safetensors");
-    let mut args = vec!["pipeline", "--backbone", "efficientnet-lite0", "--weights", weights.to_str().unwrap(), "--out", out.to_str().unwrap()];
+    let mut args = vec![
+        "pipeline",
+        "--backbone",
+        "efficientnet-lite0",
+        "--weights",
+        weights.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
     args.extend(paths.iter().map(|p| p.to_str().unwrap()));
     common::run_script("reference.py", &args);
     (rust_inputs(preprocessor, paths), common::read_tensors(&out))
@@ -100,21 +110,22 @@ fn run_both(
 #[test]
 fn pretrained_lite0_recognises_real_photographs() {
     let photos = common::root().join(".cache/photos");
-    assert!(photos.join("eagle.jpg").is_file(), "{} missing: run `make setup` (Debian's darknet package ships them)", photos.display());
+    assert!(
+        photos.join("eagle.jpg").is_file(),
+        "{} missing: run `make setup` (Debian's darknet package ships them)",
+        photos.display()
+    );
     tch::set_num_threads(2);
-    let net = Backbone::load(BackboneKind::EfficientnetLite0, &lite0_weights(), Tap::BlockOutput, tch::Device::Cpu).unwrap();
+    let net =
+        Backbone::load(BackboneKind::EfficientnetLite0, &lite0_weights(), Tap::BlockOutput, tch::Device::Cpu).unwrap();
     let (mean, std) = net.normalization();
     let preprocessor = Preprocessor::new(Preprocess::default(), mean, std);
     // ImageNet-1k class ids. The photographs' subjects that ImageNet has a class for: a dog
     // (ids 151-268 are dog breeds), a bald eagle (22), a beach kite-flying scene (seashore 978 or
     // parachute 701), a person with a dog (a dog breed). ImageNet has no giraffe or generic horse.
     let dogs: Vec<i64> = (151..=268).collect();
-    let cases: [(&str, Vec<i64>); 4] = [
-        ("dog.jpg", dogs.clone()),
-        ("eagle.jpg", vec![22]),
-        ("kite.jpg", vec![978, 701]),
-        ("person.jpg", dogs),
-    ];
+    let cases: [(&str, Vec<i64>); 4] =
+        [("dog.jpg", dogs.clone()), ("eagle.jpg", vec![22]), ("kite.jpg", vec![978, 701]), ("person.jpg", dogs)];
     for (name, accepted) in cases {
         let input = rust_inputs(&preprocessor, &[photos.join(name)]);
         let top5: Vec<i64> = Vec::try_from(net.logits(&input).topk(5, 1, true, true).1.flatten(0, -1)).unwrap();

@@ -13,10 +13,10 @@ use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
 // ParquetObjectReader is deprecated in favour of a hand-written AsyncFileReader over object_store;
 // it still does exactly what is needed here (ranged, coalesced GETs), so it stays until it is removed.
+use object_store::buffered::BufWriter;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStream;
-use object_store::buffered::BufWriter;
 use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
 use parquet::basic::{Compression as ParquetCompression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -119,7 +119,8 @@ impl EmbeddingWriter {
         let schema = meta.schema();
         let bytes_per_image = meta.n_patches() * (meta.n_channels * 4 + 8);
         let images_per_group = (settings.row_group_bytes / bytes_per_image.max(1)).max(1);
-        let meta_json = serde_json::to_string(&meta).map_err(|e| StoreError::Format { url: url.clone(), message: e.to_string() })?;
+        let meta_json = serde_json::to_string(&meta)
+            .map_err(|e| StoreError::Format { url: url.clone(), message: e.to_string() })?;
         let compression = match settings.compression {
             "snappy" => ParquetCompression::SNAPPY,
             "zstd" => ParquetCompression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
@@ -168,7 +169,11 @@ impl EmbeddingWriter {
         if embeddings.len() != expected {
             return Err(StoreError::Format {
                 url: self.url.clone(),
-                message: format!("a batch of {} images needs {expected} values, got {}", image_ids.len(), embeddings.len()),
+                message: format!(
+                    "a batch of {} images needs {expected} values, got {}",
+                    image_ids.len(),
+                    embeddings.len()
+                ),
             });
         }
         let n_rows = image_ids.len() * n_patches;
@@ -240,7 +245,8 @@ async fn write_loop(
     receiver: Receiver<Message>,
     url: String,
 ) -> Result<u64, StoreError> {
-    let parquet_error = |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
+    let parquet_error =
+        |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
     let mut rows = 0u64;
     loop {
         // The receiver blocks this IO thread only, which has nothing else to do meanwhile.
@@ -290,9 +296,15 @@ pub struct EmbeddingReader {
 impl EmbeddingReader {
     /// Opens `key`; `channels` selects embedding channels (all when `None`); each batch holds up to
     /// `images_per_batch` images.
-    pub fn open(store: &Store, key: &str, channels: Option<&[usize]>, images_per_batch: usize) -> Result<Self, StoreError> {
+    pub fn open(
+        store: &Store,
+        key: &str,
+        channels: Option<&[usize]>,
+        images_per_batch: usize,
+    ) -> Result<Self, StoreError> {
         let url = store.url_of(key);
-        let parquet_error = |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
+        let parquet_error =
+            |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(store.inner(), store.object_path(key));
         let builder = store.block_on(ParquetRecordBatchStreamBuilder::new(reader)).map_err(parquet_error)?;
@@ -302,13 +314,20 @@ impl EmbeddingReader {
             .key_value_metadata()
             .and_then(|kv| kv.iter().find(|kv| kv.key == EMBEDDINGS_META_KEY))
             .and_then(|kv| kv.value.clone())
-            .ok_or_else(|| StoreError::Format { url: url.clone(), message: format!("no `{EMBEDDINGS_META_KEY}` metadata") })?;
+            .ok_or_else(|| StoreError::Format {
+                url: url.clone(),
+                message: format!("no `{EMBEDDINGS_META_KEY}` metadata"),
+            })?;
         let meta: EmbeddingMeta = serde_json::from_str(&meta_json)
             .map_err(|e| StoreError::Format { url: url.clone(), message: format!("bad metadata: {e}") })?;
         if meta.format_version > EmbeddingMeta::FORMAT_VERSION {
             return Err(StoreError::Format {
                 url,
-                message: format!("format version {} is newer than this padim understands ({})", meta.format_version, EmbeddingMeta::FORMAT_VERSION),
+                message: format!(
+                    "format version {} is newer than this padim understands ({})",
+                    meta.format_version,
+                    EmbeddingMeta::FORMAT_VERSION
+                ),
             });
         }
         let channels: Vec<usize> = match channels {
@@ -316,7 +335,10 @@ impl EmbeddingReader {
             None => (0..meta.n_channels).collect(),
         };
         if let Some(bad) = channels.iter().find(|&&c| c >= meta.n_channels) {
-            return Err(StoreError::Format { url, message: format!("channel {bad} requested, the file has {}", meta.n_channels) });
+            return Err(StoreError::Format {
+                url,
+                message: format!("channel {bad} requested, the file has {}", meta.n_channels),
+            });
         }
         // Root columns: 0 = image, then channels at 3 + c. The projection returns them in file order.
         let mut roots: Vec<usize> = channels.iter().map(|c| c + 3).collect();
@@ -345,7 +367,10 @@ impl EmbeddingReader {
         let n_patches = self.meta.n_patches();
         let format_error = |message: String| StoreError::Format { url: self.url.clone(), message };
         if batch.num_rows() % n_patches != 0 {
-            return Err(format_error(format!("a batch of {} rows is not whole images of {n_patches} patches", batch.num_rows())));
+            return Err(format_error(format!(
+                "a batch of {} rows is not whole images of {n_patches} patches",
+                batch.num_rows()
+            )));
         }
         let n_images = batch.num_rows() / n_patches;
         let ids = batch
@@ -439,7 +464,7 @@ mod tests {
         let store = Store::open(&dir.path().display().to_string()).unwrap();
         let settings = WriterSettings { compression: "none", row_group_bytes: 1 };
         let mut writer = EmbeddingWriter::create(&store, "emb.parquet", meta(), settings).unwrap();
-        writer.write(&[1], &vec![0.5; 30]).unwrap();
+        writer.write(&[1], &[0.5; 30]).unwrap();
         assert!(writer.write(&[1], &[0.5; 3]).is_err());
         drop(writer);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();

@@ -60,7 +60,8 @@ fn schema() -> Arc<Schema> {
 /// Writes the table to `key` atomically (it is small: encoded in memory, then one put).
 pub fn write_image_table(store: &Store, key: &str, rows: &[ImageRow]) -> Result<(), StoreError> {
     let url = store.url_of(key);
-    let parquet_error = |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
+    let parquet_error =
+        |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
     let strings = |f: &dyn Fn(&ImageRow) -> Option<String>| -> ArrayRef {
         Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<Option<String>>>()))
     };
@@ -98,10 +99,18 @@ pub fn read_image_table(store: &Store, key: &str) -> Result<Vec<ImageRow>, Store
         let batch = batch.map_err(|e| StoreError::Parquet { url: url.clone(), message: e.to_string() })?;
         let column = |name: &str| batch.column_by_name(name).ok_or_else(|| format_error(format!("no column `{name}`")));
         let u32s = |name: &str| -> Result<UInt32Array, StoreError> {
-            column(name)?.as_any().downcast_ref::<UInt32Array>().cloned().ok_or_else(|| format_error(format!("`{name}` is not UInt32")))
+            column(name)?
+                .as_any()
+                .downcast_ref::<UInt32Array>()
+                .cloned()
+                .ok_or_else(|| format_error(format!("`{name}` is not UInt32")))
         };
         let strs = |name: &str| -> Result<StringArray, StoreError> {
-            column(name)?.as_any().downcast_ref::<StringArray>().cloned().ok_or_else(|| format_error(format!("`{name}` is not Utf8")))
+            column(name)?
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .cloned()
+                .ok_or_else(|| format_error(format!("`{name}` is not Utf8")))
         };
         let (image, width, height) = (u32s("image")?, u32s("width")?, u32s("height")?);
         let (path, label, split, sha, status, error) =

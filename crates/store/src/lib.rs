@@ -12,8 +12,8 @@ mod location;
 mod marker;
 
 pub use embeddings::{
-    EmbeddingBatch, EmbeddingMeta, EmbeddingReader, EmbeddingWriter, LayerInfo, WriterSettings,
-    channel_column, EMBEDDINGS_META_KEY,
+    EMBEDDINGS_META_KEY, EmbeddingBatch, EmbeddingMeta, EmbeddingReader, EmbeddingWriter, LayerInfo, WriterSettings,
+    channel_column,
 };
 pub use images::{ImageRow, ImageStatus, read_image_table, write_image_table};
 pub use location::Store;

@@ -36,7 +36,8 @@ impl Store {
         let (inner, prefix) = match url.scheme() {
             "file" => {
                 let path = url.to_file_path().map_err(|()| location_error("not a local file URL".into()))?;
-                std::fs::create_dir_all(&path).map_err(|e| location_error(format!("cannot create {}: {e}", path.display())))?;
+                std::fs::create_dir_all(&path)
+                    .map_err(|e| location_error(format!("cannot create {}: {e}", path.display())))?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&path)
                     .map_err(|e| location_error(e.to_string()))?;
                 (Arc::new(store) as Arc<dyn ObjectStore>, ObjectPath::default())
@@ -90,9 +91,7 @@ impl Store {
     /// Writes `bytes` to `key` atomically, replacing any object there.
     pub fn put(&self, key: &str, bytes: Vec<u8>) -> Result<(), StoreError> {
         let path = self.object_path(key);
-        self.block_on(self.inner.put(&path, PutPayload::from(bytes)))
-            .map(|_| ())
-            .map_err(|e| self.object_error(key, e))
+        self.block_on(self.inner.put(&path, PutPayload::from(bytes))).map(|_| ()).map_err(|e| self.object_error(key, e))
     }
 
     /// Writes `bytes` to `key` atomically only if nothing is there yet.
@@ -132,9 +131,8 @@ impl Store {
     /// Keys (relative to this location) of every object under `key_prefix`, sorted.
     pub fn list(&self, key_prefix: &str) -> Result<Vec<String>, StoreError> {
         let path = self.object_path(key_prefix);
-        let objects: Vec<object_store::ObjectMeta> = self
-            .block_on(self.inner.list(Some(&path)).try_collect())
-            .map_err(|e| self.object_error(key_prefix, e))?;
+        let objects: Vec<object_store::ObjectMeta> =
+            self.block_on(self.inner.list(Some(&path)).try_collect()).map_err(|e| self.object_error(key_prefix, e))?;
         let prefix = self.prefix.as_ref();
         let mut keys: Vec<String> = objects
             .into_iter()

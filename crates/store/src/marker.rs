@@ -23,15 +23,17 @@ impl DoneMarker {
     pub fn read(store: &Store, key: &str) -> Result<Option<DoneMarker>, StoreError> {
         match store.get(key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
-                .map(Some)
-                .map_err(|e| StoreError::Object { url: store.url_of(key), message: format!("corrupt done marker: {e}") }),
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Object {
+                url: store.url_of(key),
+                message: format!("corrupt done marker: {e}"),
+            }),
         }
     }
 
     /// Writes the marker atomically.
     pub fn write(&self, store: &Store, key: &str) -> Result<(), StoreError> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| StoreError::Object { url: store.url_of(key), message: e.to_string() })?;
+        let json = serde_json::to_vec_pretty(self)
+            .map_err(|e| StoreError::Object { url: store.url_of(key), message: e.to_string() })?;
         store.put(key, json)
     }
 }

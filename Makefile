@@ -1,0 +1,59 @@
+# padim: make targets for setup, the stages, tests and benchmarks. `make help` lists them.
+
+SHELL := /bin/bash
+JOB ?= configs/concrete-crack-lite0.toml
+SHARD ?= 0/1
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PADIM := $(or $(CARGO_TARGET_DIR),target)/release/padim
+LITE0_WEIGHTS := weights/efficientnet-lite0.safetensors
+PHOTOS := .cache/photos/eagle.jpg
+SETUP_STAMP := $(VENV)/.padim-setup-$(shell sha256sum scripts/requirements.txt | cut -c1-12)
+export LIBTORCH ?= $(abspath $(VENV))/lib/python3.11/site-packages/torch
+
+.PHONY: help setup weights build run extract test lint bench clean
+
+help: ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
+
+setup: $(SETUP_STAMP) weights $(PHOTOS) ## Install everything the build and the tests need (idempotent).
+
+$(SETUP_STAMP): scripts/requirements.txt
+	@command -v python3 >/dev/null || { echo "python3 (3.11) is needed"; exit 1; }
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+	rm -f $(VENV)/.padim-setup-* && touch $@
+
+weights: $(LITE0_WEIGHTS) ## Export the pretrained EfficientNet-Lite0 weights to safetensors.
+
+$(LITE0_WEIGHTS): $(SETUP_STAMP) scripts/export_weights.py
+	$(PYTHON) scripts/export_weights.py --backbone efficientnet-lite0 --out $@
+
+# Real photographs with ImageNet subjects, shipped by Debian's darknet package (only its data is used).
+$(PHOTOS):
+	mkdir -p .cache/deb .cache/photos
+	cd .cache/deb && { ls darknet_*.deb >/dev/null 2>&1 || apt-get download darknet || { apt-get update -qq && apt-get download darknet; }; }
+	dpkg-deb -x .cache/deb/darknet_*.deb .cache/deb/root
+	cp .cache/deb/root/usr/share/darknet/data/*.jpg .cache/photos/
+
+build: $(SETUP_STAMP) ## Build the padim binary (release).
+	cargo build --release -p padim-cli
+
+run: extract ## Run the main job (until fit/score/report exist: its extract stage).
+
+extract: setup build ## Extract embeddings: make extract JOB=... SHARD=i/n
+	$(PADIM) extract $(JOB) --shard $(SHARD)
+
+test: setup ## Run every test (release build: the parity tests run real networks).
+	cargo test --release --workspace
+
+lint: ## Formatting and clippy, warnings as errors.
+	cargo fmt --all --check
+	cargo clippy --release --workspace --all-targets -- -D warnings
+
+bench: setup ## Benchmarks, as ratios against PyTorch in the same run.
+	cargo bench -p padim-extract --bench extract
+
+clean: ## Remove build outputs and runs (keeps the Python environment and weights).
+	cargo clean
+	rm -rf runs

@@ -1,0 +1,144 @@
+//! End to end: the real `padim` binary on real images, two shards, reruns, and outputs opened by
+//! pyarrow and polars.
+// Tests may unwrap and print: a failure is the point, and the output is the measurement.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+use padim_store::{EmbeddingReader, Store};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+fn padim(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_padim")).args(args).arg("--quiet").output().unwrap()
+}
+
+fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "padim failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn write_job(dir: &Path, batch_size: usize) -> PathBuf {
+    let text = format!(
+        r#"
+[run]
+name = "e2e"
+output = "file://{}/run"
+[dataset]
+root = ["data"]
+normal = ["Negative"]
+[backbone]
+name = "efficientnet-lite0"
+weights = "{}"
+sha256 = "1298ba18629d38f93a582b4a773d204c5674ba5bce72802dfa7e78e4ffbc0994"
+[extract]
+batch-size = {batch_size}
+threads = 2
+"#,
+        dir.display(),
+        root().join("weights/efficientnet-lite0.safetensors").display()
+    );
+    let path = dir.join("job.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn two_shards_rerun_and_open_in_pyarrow_and_polars() {
+    let shared = root().join("../shared/data/concrete-crack");
+    if !shared.is_dir() {
+        eprintln!("{} is absent: the end-to-end test has no real images to run on", shared.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for label in ["Negative", "Positive"] {
+        let target = dir.path().join("data").join(label);
+        std::fs::create_dir_all(&target).unwrap();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(shared.join(label)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for file in files.iter().take(5) {
+            std::fs::copy(file, target.join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    let job = write_job(dir.path(), 4);
+    let job_arg = job.to_str().unwrap();
+
+    let config = stdout(&padim(&["config", job_arg]));
+    assert!(config.contains("\"hash\"") && config.contains("efficientnet-lite0"), "{config}");
+
+    for shard in ["0/2", "1/2"] {
+        let out = stdout(&padim(&["extract", job_arg, "--shard", shard]));
+        assert!(out.contains(&format!("extract {shard} done: 5 images, 0 skipped")), "{out}");
+    }
+    let again = stdout(&padim(&["extract", job_arg, "--shard", "0/2"]));
+    assert!(again.contains("already done"), "{again}");
+
+    // Another configuration at the same location is refused, then forced.
+    let changed = write_job(dir.path(), 2);
+    let refused = padim(&["extract", changed.to_str().unwrap(), "--shard", "0/2"]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && message.contains("another job configuration") && message.contains("--force"),
+        "{message}"
+    );
+    let forced = stdout(&padim(&["extract", changed.to_str().unwrap(), "--shard", "0/2", "--force"]));
+    assert!(forced.contains("extract 0/2 done"), "{forced}");
+
+    let run = dir.path().join("run");
+    let store = Store::open(run.to_str().unwrap()).unwrap();
+    let keys = store.list("extract").unwrap();
+    for tag in ["00000-of-00002", "00001-of-00002"] {
+        for kind in ["embeddings", "images"] {
+            assert!(keys.contains(&format!("extract/{kind}-{tag}.parquet")), "{keys:?}");
+        }
+        assert!(keys.contains(&format!("extract/done-{tag}.json")), "{keys:?}");
+    }
+
+    // pyarrow and polars read the files; their projected channel agrees with padim's own reader.
+    let channel = 100usize;
+    let embeddings = run.join("extract/embeddings-00001-of-00002.parquet");
+    let images = run.join("extract/images-00001-of-00002.parquet");
+    let python = root().join(".venv/bin/python");
+    let output = Command::new(python)
+        .arg(root().join("scripts/inspect_embeddings.py"))
+        .args([embeddings.to_str().unwrap(), images.to_str().unwrap(), &channel.to_string()])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let summary: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(summary["rows"], 5 * 56 * 56);
+    assert_eq!(summary["columns"], 3 + 176);
+    assert_eq!(summary["backbone"], "efficientnet-lite0");
+    assert_eq!(summary["grid"], serde_json::json!([56, 56]));
+    assert_eq!((summary["max_y"].as_u64(), summary["max_x"].as_u64()), (Some(55), Some(55)));
+    assert_eq!(summary["images"], 5);
+
+    let mut reader =
+        EmbeddingReader::open(&store, "extract/embeddings-00001-of-00002.parquet", Some(&[channel]), 2).unwrap();
+    let mut n_images = 0;
+    while let Some(batch) = reader.next_batch().unwrap() {
+        for (i, id) in batch.image_ids.iter().enumerate() {
+            let ours: f64 = batch.values[i * 3136..(i + 1) * 3136].iter().map(|&v| v as f64).sum();
+            let theirs = summary["sums"][id.to_string()].as_f64().unwrap();
+            assert!((ours - theirs).abs() <= 1e-6 * ours.abs().max(1.0), "image {id}: {ours} vs {theirs}");
+            n_images += 1;
+        }
+    }
+    assert_eq!(n_images, 5);
+    // Shard 1 of 2 holds the second half of the sorted listing: ids 5..10 (all Positive).
+    assert!(summary["sums"].as_object().unwrap().keys().all(|k| (5..10).contains(&k.parse::<u32>().unwrap())));
+}
+
+#[test]
+fn bad_job_file_names_file_and_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("job.toml");
+    std::fs::write(&path, "[run]\nname = \"x\"\noutput = \"o\"\nbogus = 1\n").unwrap();
+    let output = padim(&["extract", path.to_str().unwrap()]);
+    let message = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(message.contains("job.toml") && message.contains("bogus"), "{message}");
+}
