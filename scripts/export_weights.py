@@ -104,7 +104,9 @@ def main():
     tensors = {name: tensor.detach().contiguous() for name, tensor in state.items()}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     partial = args.out + ".partial"
-    save_file(tensors, partial, metadata={"backbone": args.backbone, "source": args.source})
+    # No metadata: safetensors serialises a metadata map in an unspecified order, which would make the
+    # file (and the SHA-256 a job pins) differ from run to run.
+    save_file(tensors, partial)
     os.replace(partial, args.out)
     digest = hashlib.sha256(open(args.out, "rb").read()).hexdigest()
     print(f"{digest}  {args.out}")

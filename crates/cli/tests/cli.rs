@@ -32,7 +32,7 @@ normal = ["Negative"]
 [backbone]
 name = "efficientnet-lite0"
 weights = "{}"
-sha256 = "1298ba18629d38f93a582b4a773d204c5674ba5bce72802dfa7e78e4ffbc0994"
+sha256 = "f46ec1c3cb680f7b6e592fd971a28f301ca2deef2db22f51ce7d8e69c6b5d28e"
 [extract]
 batch-size = {batch_size}
 threads = 2
@@ -141,4 +141,22 @@ fn bad_job_file_names_file_and_key() {
     let message = String::from_utf8_lossy(&output.stderr);
     assert!(!output.status.success());
     assert!(message.contains("job.toml") && message.contains("bogus"), "{message}");
+}
+
+#[test]
+fn shipped_jobs_are_valid() {
+    if !root().join("../shared/data/concrete-crack").is_dir() && !root().join("data/concrete-crack").is_dir() {
+        eprintln!("no concrete-crack data: the shipped jobs cannot resolve their dataset here");
+        return;
+    }
+    let mut n_jobs = 0;
+    for entry in std::fs::read_dir(root().join("configs")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let job = padim_core::Job::load(&path).unwrap_or_else(|e| panic!("{e}"));
+            assert!(job.output.contains(&job.name), "{}: output should be named after the job", path.display());
+            n_jobs += 1;
+        }
+    }
+    assert!(n_jobs >= 2);
 }
