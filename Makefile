@@ -11,12 +11,22 @@ PHOTOS := .cache/photos/eagle.jpg
 SETUP_STAMP := $(VENV)/.padim-setup-$(shell sha256sum scripts/requirements.txt | cut -c1-12)
 export LIBTORCH ?= $(abspath $(VENV))/lib/python3.11/site-packages/torch
 
-.PHONY: help setup weights build run extract test lint bench clean
+.PHONY: help setup system weights build run extract test lint bench clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: $(SETUP_STAMP) weights $(PHOTOS) ## Install everything the build and the tests need (idempotent).
+setup: system $(SETUP_STAMP) weights $(PHOTOS) ## Install everything the build and the tests need (idempotent).
+
+# Debian packages: OpenBLAS (BLAS and LAPACK for the fit and score numerics).
+DEBIAN_PACKAGES := libopenblas-dev
+system: ## Install the Debian packages the build needs (as root, or with sudo).
+	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		sudo=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+		echo "installing $$missing"; \
+		$$sudo apt-get update -qq && $$sudo apt-get install -y -q $$missing; \
+	fi
 
 $(SETUP_STAMP): scripts/requirements.txt
 	@command -v python3 >/dev/null || { echo "python3 (3.11) is needed"; exit 1; }

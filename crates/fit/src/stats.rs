@@ -1,0 +1,412 @@
+//! Per-patch running mean and co-moment matrices, in f64.
+//!
+//! For a batch B of `n_b` embeddings at one patch with mean `m_b` and co-moment
+//! `C_b = sum (x - m_b)(x - m_b)^T`, and the running state (`n_a`, `m_a`, `M_a`), Chan, Golub and
+//! LeVeque's pairwise update ("Updating formulae and a pairwise algorithm for computing sample
+//! variances", 1979) gives, with `n = n_a + n_b` and `delta = m_b - m_a`:
+//!
+//! ```text
+//! m = m_a + delta * n_b / n
+//! M = M_a + C_b + delta delta^T * n_a n_b / n
+//! ```
+//!
+//! The same formula merges two partial states, so shards accumulate separately and combine into the
+//! statistics of one pass. Memory is `n_patches * d * (d + 1) * 8` bytes for `d` tracked channels,
+//! independent of the number of images.
+
+use crate::subset::ChannelSubset;
+use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray_linalg::InverseC;
+use rayon::prelude::*;
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum StatsError {
+    #[error("image {image}: embedding value {value} at channel {channel}, patch {patch} is not finite")]
+    NonFinite { image: u32, channel: usize, patch: usize, value: f32 },
+    #[error("a batch of {n_images} images needs {expected} values, got {got}")]
+    Shape { n_images: usize, expected: usize, got: usize },
+    #[error("cannot merge statistics of different shapes or channels ({0})")]
+    Incompatible(String),
+    #[error("{0} training image(s): the covariance needs at least 2")]
+    TooFewImages(u64),
+    #[error("the covariance of patch {patch} is not positive definite; raise epsilon (now {epsilon})")]
+    Singular { patch: usize, epsilon: f64 },
+    #[error("channel subset is not within the accumulated channels")]
+    Subset,
+}
+
+/// Streaming statistics of every patch over the tracked channels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PatchStats {
+    n_patches: usize,
+    channels: ChannelSubset,
+    count: u64,
+    /// `[n_patches, d]`.
+    mean: Vec<f64>,
+    /// `[n_patches, d, d]`, full symmetric matrices.
+    comoment: Vec<f64>,
+}
+
+/// Bytes of state for `n_patches` patches and `d` channels.
+pub fn state_bytes(n_patches: usize, d: usize) -> u64 {
+    (n_patches as u64) * (d as u64) * (d as u64 + 1) * 8
+}
+
+impl PatchStats {
+    pub fn new(n_patches: usize, channels: ChannelSubset) -> PatchStats {
+        let d = channels.len();
+        PatchStats {
+            n_patches,
+            channels,
+            count: 0,
+            mean: vec![0.0; n_patches * d],
+            comoment: vec![0.0; n_patches * d * d],
+        }
+    }
+
+    /// Rebuilds a state from its parts (e.g. read back from storage).
+    pub fn from_parts(
+        n_patches: usize,
+        channels: ChannelSubset,
+        count: u64,
+        mean: Vec<f64>,
+        comoment: Vec<f64>,
+    ) -> Result<PatchStats, StatsError> {
+        let d = channels.len();
+        if mean.len() != n_patches * d || comoment.len() != n_patches * d * d {
+            return Err(StatsError::Incompatible(format!(
+                "{} means and {} co-moments for {n_patches} patches of {d} channels",
+                mean.len(),
+                comoment.len()
+            )));
+        }
+        Ok(PatchStats { n_patches, channels, count, mean, comoment })
+    }
+
+    pub fn n_patches(&self) -> usize {
+        self.n_patches
+    }
+
+    pub fn channels(&self) -> &ChannelSubset {
+        &self.channels
+    }
+
+    pub fn count(&self) -> u64 {
+        self.count
+    }
+
+    pub fn mean(&self) -> &[f64] {
+        &self.mean
+    }
+
+    pub fn comoment(&self) -> &[f64] {
+        &self.comoment
+    }
+
+    /// Adds a batch: `values` is `[image_ids.len(), d, n_patches]` in C order (the tracked channels,
+    /// in order). A non-finite value is an error naming the image; the state is then unchanged.
+    pub fn update(&mut self, image_ids: &[u32], values: &[f32]) -> Result<(), StatsError> {
+        let (n, d, n_patches) = (image_ids.len(), self.channels.len(), self.n_patches);
+        let expected = n * d * n_patches;
+        if values.len() != expected {
+            return Err(StatsError::Shape { n_images: n, expected, got: values.len() });
+        }
+        if let Some(position) = values.iter().position(|v| !v.is_finite()) {
+            return Err(StatsError::NonFinite {
+                image: image_ids[position / (d * n_patches)],
+                channel: self.channels.channels()[(position / n_patches) % d],
+                patch: position % n_patches,
+                value: values[position],
+            });
+        }
+        if n == 0 {
+            return Ok(());
+        }
+        let (n_a, n_b) = (self.count as f64, n as f64);
+        self.mean.par_chunks_mut(d).zip(self.comoment.par_chunks_mut(d * d)).enumerate().for_each(
+            |(patch, (mean, comoment))| {
+                let mut x = Array2::<f64>::zeros((n, d));
+                for (image, mut row) in x.axis_iter_mut(Axis(0)).enumerate() {
+                    for (channel, value) in row.iter_mut().enumerate() {
+                        *value = values[(image * d + channel) * n_patches + patch] as f64;
+                    }
+                }
+                let batch_mean = x.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(d));
+                x -= &batch_mean;
+                let batch_comoment = x.t().dot(&x);
+                merge_into(
+                    ArrayViewMut1::from(mean),
+                    ArrayViewMut2::from_shape((d, d), comoment).expect("d x d"),
+                    n_a,
+                    batch_mean.view(),
+                    &batch_comoment,
+                    n_b,
+                );
+            },
+        );
+        self.count += n as u64;
+        Ok(())
+    }
+
+    /// Merges another partial state over the same patches and channels into this one.
+    pub fn merge(&mut self, other: &PatchStats) -> Result<(), StatsError> {
+        if self.n_patches != other.n_patches || self.channels != other.channels {
+            return Err(StatsError::Incompatible(format!(
+                "{} patches x {} channels vs {} x {}",
+                self.n_patches,
+                self.channels.len(),
+                other.n_patches,
+                other.channels.len()
+            )));
+        }
+        if other.count == 0 {
+            return Ok(());
+        }
+        let d = self.channels.len();
+        let (n_a, n_b) = (self.count as f64, other.count as f64);
+        self.mean
+            .par_chunks_mut(d)
+            .zip(self.comoment.par_chunks_mut(d * d))
+            .zip(other.mean.par_chunks(d).zip(other.comoment.par_chunks(d * d)))
+            .for_each(|((mean, comoment), (other_mean, other_comoment))| {
+                let other_comoment = Array2::from_shape_vec((d, d), other_comoment.to_vec()).expect("d x d");
+                merge_into(
+                    ArrayViewMut1::from(mean),
+                    ArrayViewMut2::from_shape((d, d), comoment).expect("d x d"),
+                    n_a,
+                    ArrayView1::from(other_mean),
+                    &other_comoment,
+                    n_b,
+                );
+            });
+        self.count += other.count;
+        Ok(())
+    }
+
+    /// The unbiased covariance (divided by N - 1) of one patch over `positions` of the tracked
+    /// channels, plus `epsilon` on the diagonal.
+    pub fn covariance(&self, patch: usize, positions: &[usize], epsilon: f64) -> Result<Array2<f64>, StatsError> {
+        if self.count < 2 {
+            return Err(StatsError::TooFewImages(self.count));
+        }
+        let d = self.channels.len();
+        let k = positions.len();
+        let base = patch * d * d;
+        let scale = 1.0 / (self.count as f64 - 1.0);
+        let mut cov = Array2::<f64>::zeros((k, k));
+        for (i, &pi) in positions.iter().enumerate() {
+            for (j, &pj) in positions.iter().enumerate() {
+                cov[[i, j]] = self.comoment[base + pi * d + pj] * scale;
+            }
+            cov[[i, i]] += epsilon;
+        }
+        Ok(cov)
+    }
+
+    /// The Gaussians of `subset` (a subset of the tracked channels): means and inverse covariances
+    /// (through a Cholesky factorisation), per patch, in parallel.
+    pub fn gaussians(&self, subset: &ChannelSubset, epsilon: f64) -> Result<Gaussians, StatsError> {
+        let positions = subset.positions_in(&self.channels).ok_or(StatsError::Subset)?;
+        if self.count < 2 {
+            return Err(StatsError::TooFewImages(self.count));
+        }
+        let (d, k) = (self.channels.len(), positions.len());
+        let precisions: Result<Vec<Vec<f64>>, StatsError> = (0..self.n_patches)
+            .into_par_iter()
+            .map(|patch| {
+                let cov = self.covariance(patch, &positions, epsilon)?;
+                let inverse = cov.invc().map_err(|_| StatsError::Singular { patch, epsilon })?;
+                // The inverse is symmetric in exact arithmetic; make it so in floating point.
+                let symmetric = (&inverse + &inverse.t()) * 0.5;
+                Ok(symmetric.iter().copied().collect())
+            })
+            .collect();
+        let mut mean = Vec::with_capacity(self.n_patches * k);
+        for patch in 0..self.n_patches {
+            mean.extend(positions.iter().map(|&p| self.mean[patch * d + p]));
+        }
+        Ok(Gaussians {
+            channels: subset.clone(),
+            n_patches: self.n_patches,
+            count: self.count,
+            epsilon,
+            mean,
+            precision: precisions?.into_iter().flatten().collect(),
+        })
+    }
+}
+
+/// Chan's pairwise update of one patch's (mean, co-moment) with another's.
+fn merge_into(
+    mut mean: ArrayViewMut1<f64>,
+    mut comoment: ArrayViewMut2<f64>,
+    n_a: f64,
+    other_mean: ArrayView1<f64>,
+    other_comoment: &Array2<f64>,
+    n_b: f64,
+) {
+    let n = n_a + n_b;
+    let delta = &other_mean - &mean;
+    let weight = n_a * n_b / n;
+    comoment += other_comoment;
+    let d = delta.len();
+    for i in 0..d {
+        for j in 0..d {
+            comoment[[i, j]] += delta[i] * delta[j] * weight;
+        }
+    }
+    mean.scaled_add(n_b / n, &delta);
+}
+
+/// Fitted per-patch Gaussians of one channel subset.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Gaussians {
+    pub channels: ChannelSubset,
+    pub n_patches: usize,
+    pub count: u64,
+    pub epsilon: f64,
+    /// `[n_patches, k]`.
+    pub mean: Vec<f64>,
+    /// `[n_patches, k, k]`: inverse covariances.
+    pub precision: Vec<f64>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Two-pass reference: mean, then the sum of outer products of deviations.
+    fn two_pass(values: &[f32], n: usize, d: usize, n_patches: usize, patch: usize) -> (Vec<f64>, Vec<f64>) {
+        let x = |i: usize, c: usize| values[(i * d + c) * n_patches + patch] as f64;
+        let mean: Vec<f64> = (0..d).map(|c| (0..n).map(|i| x(i, c)).sum::<f64>() / n as f64).collect();
+        let mut comoment = vec![0.0; d * d];
+        for i in 0..n {
+            for a in 0..d {
+                for b in 0..d {
+                    comoment[a * d + b] += (x(i, a) - mean[a]) * (x(i, b) - mean[b]);
+                }
+            }
+        }
+        (mean, comoment)
+    }
+
+    fn close(a: &[f64], b: &[f64]) -> bool {
+        let scale = b.iter().fold(1.0f64, |m, v| m.max(v.abs()));
+        a.iter().zip(b).all(|(x, y)| (x - y).abs() <= 1e-9 * scale)
+    }
+
+    fn data(n: usize, d: usize, n_patches: usize, seed: u64) -> Vec<f32> {
+        // A deterministic generator with an offset, so that the mean is far from zero (the case
+        // where naive sums lose precision).
+        let mut state = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+        (0..n * d * n_patches)
+            .map(|_| {
+                state = state.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                100.0 + ((state >> 33) as f32 / (1u64 << 31) as f32) * 4.0 - 2.0
+            })
+            .collect()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(48))]
+
+        /// Any split of the images into batches, accumulated in any grouping and merged in any
+        /// order, equals the two-pass statistics.
+        #[test]
+        fn merging_in_any_grouping_equals_one_pass(
+            n in 2usize..24, d in 1usize..6, n_patches in 1usize..4, seed in 0u64..1000,
+            cuts in proptest::collection::vec(0usize..24, 0..5), reverse in any::<bool>(),
+        ) {
+            let values = data(n, d, n_patches, seed);
+            let ids: Vec<u32> = (0..n as u32).collect();
+            let channels = ChannelSubset::all(d);
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c % n).chain([0, n]).collect();
+            cuts.sort_unstable();
+            cuts.dedup();
+            let mut parts: Vec<PatchStats> = cuts.windows(2).map(|w| {
+                let mut part = PatchStats::new(n_patches, channels.clone());
+                let slice = &values[w[0] * d * n_patches..w[1] * d * n_patches];
+                part.update(&ids[w[0]..w[1]], slice).unwrap();
+                part
+            }).collect();
+            if reverse { parts.reverse(); }
+            let mut merged = PatchStats::new(n_patches, channels.clone());
+            for part in &parts { merged.merge(part).unwrap(); }
+            let mut one_pass = PatchStats::new(n_patches, channels);
+            one_pass.update(&ids, &values).unwrap();
+            prop_assert_eq!(merged.count(), n as u64);
+            for patch in 0..n_patches {
+                let (mean, comoment) = two_pass(&values, n, d, n_patches, patch);
+                for state in [&merged, &one_pass] {
+                    prop_assert!(close(&state.mean()[patch * d..(patch + 1) * d], &mean));
+                    prop_assert!(close(&state.comoment()[patch * d * d..(patch + 1) * d * d], &comoment));
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn epsilon_makes_rank_deficient_covariances_invertible() {
+        // 3 images, 5 channels: rank at most 2. Plus one constant patch.
+        let (n, d, n_patches) = (3, 5, 2);
+        let mut values = data(n, d, n_patches, 3);
+        for image in 0..n {
+            for channel in 0..d {
+                values[(image * d + channel) * n_patches + 1] = 0.5;
+            }
+        }
+        let mut stats = PatchStats::new(n_patches, ChannelSubset::all(d));
+        stats.update(&[0, 1, 2], &values).unwrap();
+        assert!(matches!(stats.gaussians(&ChannelSubset::all(d), 0.0), Err(StatsError::Singular { .. })));
+        let fitted = stats.gaussians(&ChannelSubset::all(d), 0.01).unwrap();
+        for patch in 0..n_patches {
+            let cov = stats.covariance(patch, &[0, 1, 2, 3, 4], 0.01).unwrap();
+            let precision =
+                Array2::from_shape_vec((d, d), fitted.precision[patch * d * d..(patch + 1) * d * d].to_vec()).unwrap();
+            let identity = cov.dot(&precision);
+            for i in 0..d {
+                for j in 0..d {
+                    let want = if i == j { 1.0 } else { 0.0 };
+                    assert!((identity[[i, j]] - want).abs() < 1e-8, "patch {patch}: {identity}");
+                }
+            }
+        }
+        // The constant patch: covariance exactly epsilon * I, precision 100 * I.
+        assert!((fitted.precision[d * d] - 100.0).abs() < 1e-9);
+    }
+
+    #[test]
+    fn non_finite_values_name_the_image() {
+        let (d, n_patches) = (2, 3);
+        let mut values = vec![1.0f32; 2 * d * n_patches];
+        values[d * n_patches + n_patches + 2] = f32::NAN; // image index 1, channel 1, patch 2
+        let mut stats = PatchStats::new(n_patches, ChannelSubset::explicit(vec![4, 9], 10).unwrap());
+        let error = stats.update(&[17, 42], &values).unwrap_err();
+        assert!(matches!(error, StatsError::NonFinite { image: 42, channel: 9, patch: 2, .. }), "{error}");
+        assert!(error.to_string().contains("image 42"));
+        assert_eq!(stats.count(), 0);
+    }
+
+    #[test]
+    fn subset_covariance_is_the_sub_matrix() {
+        let (n, d, n_patches) = (10, 4, 1);
+        let values = data(n, d, n_patches, 9);
+        let ids: Vec<u32> = (0..n as u32).collect();
+        let mut full = PatchStats::new(n_patches, ChannelSubset::all(d));
+        full.update(&ids, &values).unwrap();
+        // Accumulating only channels 1 and 3 gives the same covariance as the sub-matrix.
+        let subset = ChannelSubset::explicit(vec![1, 3], d).unwrap();
+        let mut projected = Vec::new();
+        for image in 0..n {
+            for &channel in subset.channels() {
+                projected.push(values[(image * d + channel) * n_patches]);
+            }
+        }
+        let mut small = PatchStats::new(n_patches, subset.clone());
+        small.update(&ids, &projected).unwrap();
+        let a = full.gaussians(&subset, 0.01).unwrap();
+        let b = small.gaussians(&subset, 0.01).unwrap();
+        assert!(close(&a.mean, &b.mean) && close(&a.precision, &b.precision));
+    }
+}
