@@ -122,6 +122,38 @@ def cmd_png(args):
         Image.open(path).convert("RGB").save(os.path.join(args.out_dir, name))
 
 
+def cmd_fit(args):
+    """The recipe's fit in plain PyTorch (f64) from the embeddings table, compared with padim's model:
+    prints the largest relative differences of the means and the inverse covariances."""
+    import glob
+    import json as _json
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from safetensors.numpy import load_file as load_numpy
+
+    images = pq.read_table(glob.glob(f"{args.run_dir}/extract/images-*.parquet")).to_pydict()
+    train = {i for i, label, status in zip(images["image"], images["label"], images["status"]) if label in args.normal and status == "ok"}
+    model = load_numpy(f"{args.run_dir}/fit/model-{args.subset}.safetensors")
+    channels = model["channels"].tolist()
+    columns = [f"c{c:04d}" for c in channels]
+    table = pq.read_table(sorted(glob.glob(f"{args.run_dir}/extract/embeddings-*.parquet")), columns=["image"] + columns)
+    ids = table.column("image").to_numpy()
+    values = np.stack([table.column(c).to_numpy() for c in columns], axis=-1)  # [rows, k]
+    keep = np.isin(ids, list(train))
+    n_patches = model["mean"].shape[0]
+    x = torch.from_numpy(values[keep].reshape(-1, n_patches, len(channels))).double()  # [N, P, k]
+    n = x.shape[0]
+    mean = x.mean(0)
+    centered = x - mean
+    cov = torch.einsum("npi,npj->pij", centered, centered) / (n - 1) + args.epsilon * torch.eye(len(channels), dtype=torch.float64)
+    precision = torch.linalg.inv(cov)
+    ours_mean = torch.from_numpy(model["mean"]).double()
+    ours_precision = torch.from_numpy(model["precision"]).double()
+    rel = lambda a, b: float(((a - b).abs().max() / b.abs().max()).item())
+    print(_json.dumps({"n": n, "mean": rel(ours_mean, mean), "precision": rel(ours_precision, precision)}))
+
+
 def cmd_classify(args):
     model = load_model(args.backbone, args.weights)
     x = load_images(args.images, args.backbone)
@@ -178,6 +210,13 @@ def main():
     p.add_argument("--out-dir", required=True)
     p.add_argument("images", nargs="+")
     p.set_defaults(run=cmd_png)
+
+    p = sub.add_parser("fit")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--subset", required=True)
+    p.add_argument("--epsilon", type=float, default=0.01)
+    p.add_argument("--normal", nargs="+", required=True)
+    p.set_defaults(run=cmd_fit)
 
     p = sub.add_parser("classify", parents=[common])
     p.add_argument("images", nargs="+")

@@ -45,6 +45,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Fit the per-patch Gaussians of every channel subset from the extracted embeddings.
+    Fit {
+        /// The job file.
+        job: PathBuf,
+        /// Redo the fit even if it is marked done, or marked done by another configuration.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the resolved job (every default filled in, every path absolute) and its hash.
     Config {
         /// The job file.
@@ -89,6 +97,19 @@ fn run(cli: Cli) -> Result<()> {
             write_stdout(&format!(
                 "extract {shard} {verb}: {} images, {} skipped -> {}/{}",
                 summary.images, summary.skipped, job.output, summary.embeddings_key
+            ));
+            Ok(())
+        }
+        Command::Fit { job, force } => {
+            let job = Job::load(&job)?;
+            let reporter = progress::Bars::new(cli.quiet);
+            let summary = padim_fit::run_fit(&job, &padim_fit::FitOptions { force }, &reporter)
+                .with_context(|| format!("fit of job `{}`", job.name))?;
+            let verb = if summary.already_done { "already done" } else { "done" };
+            write_stdout(&format!(
+                "fit {verb}: {} training images -> {}",
+                summary.n_train,
+                summary.models.iter().map(|m| format!("{}/{m}", job.output)).collect::<Vec<_>>().join(", ")
             ));
             Ok(())
         }

@@ -160,3 +160,54 @@ fn shipped_jobs_are_valid() {
     }
     assert!(n_jobs >= 2);
 }
+
+/// Extract and fit on a few dozen real images; the model equals a plain PyTorch fit (f64) of the same
+/// embeddings, and loads in Python with `safetensors` alone.
+#[test]
+fn fit_matches_pytorch_on_real_embeddings() {
+    let shared = root().join("../shared/data/concrete-crack");
+    if !shared.is_dir() {
+        eprintln!("{} is absent: the fit reference test has no real images to run on", shared.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (label, n) in [("Negative", 24), ("Positive", 4)] {
+        let target = dir.path().join("data").join(label);
+        std::fs::create_dir_all(&target).unwrap();
+        let mut files: Vec<PathBuf> =
+            std::fs::read_dir(shared.join(label)).unwrap().map(|e| e.unwrap().path()).collect();
+        files.sort();
+        for file in files.iter().take(n) {
+            std::fs::copy(file, target.join(file.file_name().unwrap())).unwrap();
+        }
+    }
+    let job = write_job(dir.path(), 8);
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    text.push_str(
+        "[fit]\nepsilon = 0.01\nbatch-images = 5\nsubsets = [{ name = \"r40\", count = 40, seed = 3 }, { name = \"all\", all = true }]\n",
+    );
+    std::fs::write(&job, text).unwrap();
+    let job_arg = job.to_str().unwrap();
+    for shard in ["0/2", "1/2"] {
+        stdout(&padim(&["extract", job_arg, "--shard", shard]));
+    }
+    let out = stdout(&padim(&["fit", job_arg]));
+    assert!(out.contains("fit done: 24 training images"), "{out}");
+    assert!(stdout(&padim(&["fit", job_arg])).contains("already done"));
+
+    let run = dir.path().join("run");
+    for subset in ["r40", "all"] {
+        let output = Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("scripts/reference.py"))
+            .args(["fit", "--run-dir", run.to_str().unwrap(), "--subset", subset, "--normal", "Negative"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        eprintln!("{subset}: {result}");
+        assert_eq!(result["n"], 24);
+        // The model stores f32: relative 1e-4 of the largest value bounds f32 rounding.
+        assert!(result["mean"].as_f64().unwrap() <= 1e-4, "{result}");
+        assert!(result["precision"].as_f64().unwrap() <= 1e-4, "{result}");
+    }
+}

@@ -30,6 +30,8 @@ struct RawJob {
     backbone: RawBackbone,
     #[serde(default)]
     extract: ExtractSettings,
+    #[serde(default)]
+    fit: FitSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -223,6 +225,55 @@ impl Default for ExtractSettings {
     }
 }
 
+/// One channel subset to fit a model for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SubsetSpec {
+    /// Names the model file (`fit/model-NAME.safetensors`).
+    pub name: String,
+    /// Number of channels sampled at random without replacement...
+    pub count: Option<usize>,
+    /// ...with this seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// Or an explicit list of embedding channels.
+    pub channels: Option<Vec<usize>>,
+    /// Or every channel.
+    #[serde(default)]
+    pub all: bool,
+}
+
+/// Settings of the `fit` stage. Missing keys take their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct FitSettings {
+    /// Added to the covariance diagonal so that it is invertible (the recipe's 0.01).
+    pub epsilon: f64,
+    /// The models to fit; one pass over the embeddings serves all of them.
+    pub subsets: Vec<SubsetSpec>,
+    /// Labels of the training images; default the dataset's `normal` labels.
+    pub train_labels: Vec<String>,
+    /// With a dataset that names splits: only images of this split train.
+    pub train_split: Option<String>,
+    /// Images read per batch.
+    pub batch_images: usize,
+    /// Refuse to start when the accumulated statistics would need more memory than this.
+    pub memory_budget_gib: f64,
+}
+
+impl Default for FitSettings {
+    fn default() -> Self {
+        FitSettings {
+            epsilon: 0.01,
+            subsets: vec![SubsetSpec { name: "all".into(), count: None, seed: 0, channels: None, all: true }],
+            train_labels: Vec::new(),
+            train_split: None,
+            batch_images: 32,
+            memory_budget_gib: 8.0,
+        }
+    }
+}
+
 /// Where the images come from, resolved to absolute paths.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
@@ -264,6 +315,7 @@ pub struct Job {
     pub preprocess: Preprocess,
     pub backbone: Backbone,
     pub extract: ExtractSettings,
+    pub fit: FitSettings,
 }
 
 impl Job {
@@ -293,6 +345,25 @@ impl Job {
     /// SHA-256 of the canonical JSON: the job's identity.
     pub fn hash(&self) -> String {
         crate::hash::sha256_hex(self.to_canonical_json().as_bytes())
+    }
+
+    /// The identity of the extract stage's outputs: everything that changes them (dataset,
+    /// pre-processing, backbone, extract settings) and nothing downstream, so that changing the fit
+    /// settings does not invalidate extracted embeddings.
+    pub fn extract_hash(&self) -> String {
+        let upstream = serde_json::json!({
+            "dataset": self.dataset,
+            "preprocess": self.preprocess,
+            "backbone": self.backbone,
+            "extract": self.extract,
+        });
+        crate::hash::sha256_hex(upstream.to_string().as_bytes())
+    }
+
+    /// The identity of the fit stage's outputs: the extract identity and the fit settings.
+    pub fn fit_hash(&self) -> String {
+        let upstream = serde_json::json!({ "extract": self.extract_hash(), "fit": self.fit });
+        crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 }
 
@@ -364,6 +435,40 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
         tap: raw.backbone.tap,
     };
 
+    let fit = raw.fit;
+    if !(fit.epsilon >= 0.0 && fit.epsilon.is_finite()) {
+        return Err(invalid(path, "fit.epsilon", "must be a finite number >= 0"));
+    }
+    if fit.batch_images == 0 {
+        return Err(invalid(path, "fit.batch-images", "must be at least 1"));
+    }
+    if fit.memory_budget_gib.is_nan() || fit.memory_budget_gib <= 0.0 {
+        return Err(invalid(path, "fit.memory-budget-gib", "must be positive"));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for subset in &fit.subsets {
+        let kinds = [subset.count.is_some(), subset.channels.is_some(), subset.all];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err(invalid(
+                path,
+                "fit.subsets",
+                format!(
+                    "subset `{}` needs exactly one of `count` (with `seed`), `channels` or `all = true`",
+                    subset.name
+                ),
+            ));
+        }
+        if subset.name.is_empty() || !subset.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(invalid(
+                path,
+                "fit.subsets",
+                format!("subset name `{}` must be letters, digits, - or _", subset.name),
+            ));
+        }
+        if !names.insert(subset.name.clone()) {
+            return Err(invalid(path, "fit.subsets", format!("subset name `{}` is used twice", subset.name)));
+        }
+    }
     let extract = raw.extract;
     if extract.batch_size == 0 {
         return Err(invalid(path, "extract.batch-size", "must be at least 1"));
@@ -379,6 +484,7 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
         preprocess: pre,
         backbone,
         extract,
+        fit,
     })
 }
 

@@ -81,7 +81,7 @@ pub fn run_extract(
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
     let (embeddings_key, images_key, manifest_key, done_key) = output_keys(shard);
-    let config_hash = job.hash();
+    let config_hash = job.extract_hash();
 
     if let Some(marker) = DoneMarker::read(&store, &done_key)? {
         if marker.config_hash == config_hash && !options.force {

@@ -7,8 +7,11 @@
 //!
 //! This crate does no IO: callers feed it embeddings and store what it returns.
 
+pub mod model;
+pub mod stage;
 pub mod stats;
 pub mod subset;
 
+pub use stage::{FitError, FitOptions, FitSummary, run_fit};
 pub use stats::{Gaussians, PatchStats, StatsError};
 pub use subset::ChannelSubset;

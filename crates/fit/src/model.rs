@@ -1,0 +1,237 @@
+//! Safetensors encodings of partial statistics and of fitted models.
+//!
+//! A model file holds `channels` (I64 `[k]`), `mean` (F32 `[n_patches, k]`) and `precision` (F32
+//! `[n_patches, k, k]`, the inverse covariances), and one metadata entry `padim` whose value is the
+//! JSON of [`ModelInfo`]. One entry keeps the header's bytes deterministic (safetensors writes a
+//! metadata map in unspecified order). It loads in Python with `safetensors` alone.
+
+use crate::stats::{Gaussians, PatchStats};
+use crate::subset::ChannelSubset;
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// The metadata key of padim's JSON.
+pub const METADATA_KEY: &str = "padim";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("not a padim {kind} file: {message}")]
+    Format { kind: &'static str, message: String },
+}
+
+/// What a model is and where it came from.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct ModelInfo {
+    pub format_version: u32,
+    pub subset: String,
+    pub backbone: String,
+    pub weights_sha256: String,
+    pub tap: String,
+    /// Names of the tapped layers, in embedding order.
+    pub layers: Vec<String>,
+    pub input_height: usize,
+    pub input_width: usize,
+    pub grid_height: usize,
+    pub grid_width: usize,
+    /// Channels of the full embedding the subset was taken from.
+    pub embedding_channels: usize,
+    pub epsilon: f64,
+    pub n_train_images: u64,
+    pub config_hash: String,
+}
+
+impl ModelInfo {
+    pub const FORMAT_VERSION: u32 = 1;
+}
+
+fn le_bytes_f64(values: &[f64]) -> Vec<u8> {
+    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn le_bytes_f32(values: impl Iterator<Item = f64>) -> Vec<u8> {
+    values.flat_map(|v| (v as f32).to_le_bytes()).collect()
+}
+
+fn le_bytes_i64(values: impl Iterator<Item = i64>) -> Vec<u8> {
+    values.flat_map(|v| v.to_le_bytes()).collect()
+}
+
+fn serialize(
+    tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>,
+    metadata: String,
+    kind: &'static str,
+) -> Result<Vec<u8>, ModelError> {
+    let format = |e: safetensors::SafeTensorError| ModelError::Format { kind, message: e.to_string() };
+    let views: Vec<(&str, TensorView<'_>)> = tensors
+        .iter()
+        .map(|(name, dtype, shape, data)| Ok((*name, TensorView::new(*dtype, shape.clone(), data).map_err(format)?)))
+        .collect::<Result<_, ModelError>>()?;
+    let info = HashMap::from([(METADATA_KEY.to_string(), metadata)]);
+    safetensors::tensor::serialize(views, Some(info)).map_err(format)
+}
+
+/// Encodes a fitted model.
+pub fn encode_model(gaussians: &Gaussians, info: &ModelInfo) -> Result<Vec<u8>, ModelError> {
+    let (p, k) = (gaussians.n_patches, gaussians.channels.len());
+    let json = serde_json::to_string(info).map_err(|e| ModelError::Format { kind: "model", message: e.to_string() })?;
+    serialize(
+        vec![
+            ("channels", Dtype::I64, vec![k], le_bytes_i64(gaussians.channels.channels().iter().map(|&c| c as i64))),
+            ("mean", Dtype::F32, vec![p, k], le_bytes_f32(gaussians.mean.iter().copied())),
+            ("precision", Dtype::F32, vec![p, k, k], le_bytes_f32(gaussians.precision.iter().copied())),
+        ],
+        json,
+        "model",
+    )
+}
+
+/// A model read back: f32 means and precisions as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Model {
+    pub info: ModelInfo,
+    pub channels: Vec<usize>,
+    /// `[n_patches, k]`.
+    pub mean: Vec<f32>,
+    /// `[n_patches, k, k]`.
+    pub precision: Vec<f32>,
+}
+
+impl Model {
+    pub fn n_patches(&self) -> usize {
+        self.info.grid_height * self.info.grid_width
+    }
+}
+
+fn metadata(bytes: &[u8], kind: &'static str) -> Result<String, ModelError> {
+    let (_, header) =
+        SafeTensors::read_metadata(bytes).map_err(|e| ModelError::Format { kind, message: e.to_string() })?;
+    header
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get(METADATA_KEY).cloned())
+        .ok_or(ModelError::Format { kind, message: format!("no `{METADATA_KEY}` metadata") })
+}
+
+fn tensor<'a>(
+    file: &'a SafeTensors<'a>,
+    name: &str,
+    dtype: Dtype,
+    shape: &[usize],
+    kind: &'static str,
+) -> Result<&'a [u8], ModelError> {
+    let view = file.tensor(name).map_err(|e| ModelError::Format { kind, message: format!("`{name}`: {e}") })?;
+    if view.dtype() != dtype || view.shape() != shape {
+        return Err(ModelError::Format {
+            kind,
+            message: format!("`{name}` is {:?} {:?}, expected {dtype:?} {shape:?}", view.dtype(), view.shape()),
+        });
+    }
+    Ok(view.data())
+}
+
+/// Decodes a model file.
+pub fn decode_model(bytes: &[u8]) -> Result<Model, ModelError> {
+    let kind = "model";
+    let format = |message: String| ModelError::Format { kind, message };
+    let info: ModelInfo =
+        serde_json::from_str(&metadata(bytes, kind)?).map_err(|e| format(format!("bad metadata: {e}")))?;
+    if info.format_version > ModelInfo::FORMAT_VERSION {
+        return Err(format(format!("format version {} is newer than this padim's", info.format_version)));
+    }
+    let file = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
+    let k = file.tensor("channels").map_err(|e| format(e.to_string()))?.shape().first().copied().unwrap_or(0);
+    let p = info.grid_height * info.grid_width;
+    let channels = tensor(&file, "channels", Dtype::I64, &[k], kind)?
+        .chunks_exact(8)
+        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
+        .collect();
+    let floats = |data: &[u8]| -> Vec<f32> {
+        data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default())).collect()
+    };
+    let mean = floats(tensor(&file, "mean", Dtype::F32, &[p, k], kind)?);
+    let precision = floats(tensor(&file, "precision", Dtype::F32, &[p, k, k], kind)?);
+    Ok(Model { info, channels, mean, precision })
+}
+
+/// Encodes partial statistics (f64, exact) with `metadata` JSON.
+pub fn encode_partial(stats: &PatchStats, metadata: String) -> Result<Vec<u8>, ModelError> {
+    let (p, d) = (stats.n_patches(), stats.channels().len());
+    serialize(
+        vec![
+            ("count", Dtype::I64, vec![1], le_bytes_i64(std::iter::once(stats.count() as i64))),
+            ("channels", Dtype::I64, vec![d], le_bytes_i64(stats.channels().channels().iter().map(|&c| c as i64))),
+            ("mean", Dtype::F64, vec![p, d], le_bytes_f64(stats.mean())),
+            ("comoment", Dtype::F64, vec![p, d, d], le_bytes_f64(stats.comoment())),
+        ],
+        metadata,
+        "partial statistics",
+    )
+}
+
+/// Decodes partial statistics and their metadata JSON.
+pub fn decode_partial(bytes: &[u8], n_patches: usize) -> Result<(PatchStats, String), ModelError> {
+    let kind = "partial statistics";
+    let format = |message: String| ModelError::Format { kind, message };
+    let json = metadata(bytes, kind)?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
+    let d = file.tensor("channels").map_err(|e| format(e.to_string()))?.shape().first().copied().unwrap_or(0);
+    let ints = |data: &[u8]| -> Vec<i64> {
+        data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default())).collect()
+    };
+    let doubles = |data: &[u8]| -> Vec<f64> {
+        data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default())).collect()
+    };
+    let count = ints(tensor(&file, "count", Dtype::I64, &[1], kind)?)[0] as u64;
+    let channels: Vec<usize> =
+        ints(tensor(&file, "channels", Dtype::I64, &[d], kind)?).into_iter().map(|c| c as usize).collect();
+    let mean = doubles(tensor(&file, "mean", Dtype::F64, &[n_patches, d], kind)?);
+    let comoment = doubles(tensor(&file, "comoment", Dtype::F64, &[n_patches, d, d], kind)?);
+    let channels = ChannelSubset::explicit(channels, usize::MAX).map_err(format)?;
+    let stats =
+        PatchStats::from_parts(n_patches, channels, count, mean, comoment).map_err(|e| format(e.to_string()))?;
+    Ok((stats, json))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn partial_and_model_round_trip() {
+        let channels = ChannelSubset::explicit(vec![2, 5, 7], 10).unwrap();
+        let mut stats = PatchStats::new(4, channels.clone());
+        let values: Vec<f32> = (0..5 * 3 * 4).map(|i| ((i * 37) % 11) as f32 * 0.3).collect();
+        stats.update(&[0, 1, 2, 3, 4], &values).unwrap();
+        let bytes = encode_partial(&stats, "{\"x\":1}".into()).unwrap();
+        let (back, json) = decode_partial(&bytes, 4).unwrap();
+        assert_eq!(back, stats);
+        assert_eq!(json, "{\"x\":1}");
+        assert_eq!(encode_partial(&back, json).unwrap(), bytes, "encoding is deterministic");
+
+        let subset = ChannelSubset::explicit(vec![2, 7], 10).unwrap();
+        let gaussians = stats.gaussians(&subset, 0.01).unwrap();
+        let info = ModelInfo {
+            format_version: 1,
+            subset: "s".into(),
+            backbone: "b".into(),
+            weights_sha256: "w".into(),
+            tap: "block-output".into(),
+            layers: vec!["l".into()],
+            input_height: 8,
+            input_width: 8,
+            grid_height: 2,
+            grid_width: 2,
+            embedding_channels: 10,
+            epsilon: 0.01,
+            n_train_images: 5,
+            config_hash: "h".into(),
+        };
+        let model = decode_model(&encode_model(&gaussians, &info).unwrap()).unwrap();
+        assert_eq!(model.info, info);
+        assert_eq!(model.channels, vec![2, 7]);
+        assert_eq!(model.mean, gaussians.mean.iter().map(|&v| v as f32).collect::<Vec<_>>());
+        assert!(decode_model(&bytes).is_err(), "a partial is not a model");
+    }
+}

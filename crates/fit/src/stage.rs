@@ -1,0 +1,289 @@
+//! The fit stage: accumulate the training images' statistics from every extract shard (one partial
+//! state per shard, kept so that a rerun resumes), merge them, and write one model per subset.
+
+use crate::model::{ModelError, ModelInfo, decode_partial, encode_model, encode_partial};
+use crate::stats::{PatchStats, StatsError, state_bytes};
+use crate::subset::ChannelSubset;
+use padim_core::config::{Job, SubsetSpec};
+use padim_core::{Progress, Shard};
+use padim_store::{DoneMarker, EmbeddingMeta, EmbeddingReader, ImageStatus, Store, StoreError, read_image_table};
+use std::collections::{BTreeMap, BTreeSet};
+
+#[derive(Debug, thiserror::Error)]
+pub enum FitError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{url}: {source}")]
+    Stats { url: String, source: StatsError },
+    #[error("no finished extract shards under {url}: run `padim extract` first")]
+    NoExtract { url: String },
+    #[error(
+        "extract is not finished under {url}: shard(s) {missing} of {count} have no done marker; run `padim extract JOB --shard i/{count}` for them"
+    )]
+    MissingShards { url: String, missing: String, count: u32 },
+    #[error(
+        "{url} was made by another job configuration (extract hash {found}, this job has {expected}); rerun extract, or use another output location"
+    )]
+    StaleExtract { url: String, found: String, expected: String },
+    #[error("the embeddings of {url} differ from the first shard's ({what})")]
+    Inconsistent { url: String, what: String },
+    #[error("subset `{name}`: {message}")]
+    Subset { name: String, message: String },
+    #[error("{count} training image(s) (labels {labels:?}{split}): the covariance needs at least 2")]
+    TooFewImages { count: u64, labels: Vec<String>, split: String },
+    #[error(
+        "fit would hold {need_gib:.1} GiB of statistics ({channels} channels x {patches} patches, f64), over \
+         fit.memory-budget-gib = {budget_gib}; fit fewer or smaller channel subsets, or raise the budget"
+    )]
+    MemoryBudget { need_gib: f64, budget_gib: f64, channels: usize, patches: usize },
+    #[error("{url} was made by another fit configuration; use --force to redo it")]
+    ConfigMismatch { url: String },
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct FitOptions {
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct FitSummary {
+    pub n_train: u64,
+    pub models: Vec<String>,
+    pub already_done: bool,
+}
+
+const DONE_KEY: &str = "fit/done.json";
+
+/// Runs the fit stage: every extract shard must be done.
+pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Result<FitSummary, FitError> {
+    let span = tracing::info_span!("fit", job = %job.name);
+    let _entered = span.enter();
+    let store = Store::open(&job.output)?;
+    let fit_hash = job.fit_hash();
+    if let Some(marker) = DoneMarker::read(&store, DONE_KEY)? {
+        if marker.config_hash == fit_hash && !options.force {
+            return Ok(FitSummary {
+                n_train: marker.counts.get("train-images").copied().unwrap_or(0),
+                models: marker.files,
+                already_done: true,
+            });
+        }
+        if marker.config_hash != fit_hash && !options.force {
+            return Err(FitError::ConfigMismatch { url: store.url_of(DONE_KEY) });
+        }
+        store.delete(DONE_KEY)?;
+    }
+
+    let shards = extract_shards(&store, &job.extract_hash())?;
+    let train = training_images(&store, job, &shards)?;
+    let first_key = format!("extract/embeddings-{}.parquet", shards[0].tag());
+    let meta = EmbeddingReader::open(&store, &first_key, Some(&[]), 1)?.meta().clone();
+    let subsets = resolve_subsets(&job.fit.subsets, meta.n_channels)?;
+    let union = ChannelSubset::union(subsets.iter().map(|(_, s)| s));
+    let n_patches = meta.n_patches();
+    let need = state_bytes(n_patches, union.len()) + (job.fit.batch_images * union.len() * n_patches * 8) as u64;
+    let budget = job.fit.memory_budget_gib * (1u64 << 30) as f64;
+    if need as f64 > budget {
+        return Err(FitError::MemoryBudget {
+            need_gib: need as f64 / (1u64 << 30) as f64,
+            budget_gib: job.fit.memory_budget_gib,
+            channels: union.len(),
+            patches: n_patches,
+        });
+    }
+
+    // One partial state per extract shard; a finished one is reused.
+    let mut total = PatchStats::new(n_patches, union.clone());
+    let n_train_listed = train.len() as u64;
+    progress.start("fit", n_train_listed);
+    for shard in &shards {
+        let partial = accumulate_shard(&store, job, &fit_hash, *shard, &meta, &union, &train, progress)?;
+        total.merge(&partial).map_err(|source| FitError::Stats { url: store.url_of("fit"), source })?;
+    }
+    progress.finish();
+    if total.count() < 2 {
+        let split = job.fit.train_split.as_ref().map(|s| format!(", split {s}")).unwrap_or_default();
+        return Err(FitError::TooFewImages { count: total.count(), labels: train_labels(job), split });
+    }
+
+    let mut models = Vec::new();
+    for (name, subset) in &subsets {
+        let key = format!("fit/model-{name}.safetensors");
+        let gaussians = total
+            .gaussians(subset, job.fit.epsilon)
+            .map_err(|source| FitError::Stats { url: store.url_of(&key), source })?;
+        let info = ModelInfo {
+            format_version: ModelInfo::FORMAT_VERSION,
+            subset: name.clone(),
+            backbone: meta.backbone.clone(),
+            weights_sha256: meta.weights_sha256.clone(),
+            tap: meta.tap.clone(),
+            layers: meta.layers.iter().map(|l| l.name.clone()).collect(),
+            input_height: meta.input_height,
+            input_width: meta.input_width,
+            grid_height: meta.grid_height,
+            grid_width: meta.grid_width,
+            embedding_channels: meta.n_channels,
+            epsilon: job.fit.epsilon,
+            n_train_images: total.count(),
+            config_hash: fit_hash.clone(),
+        };
+        store.put(&key, encode_model(&gaussians, &info)?)?;
+        models.push(key);
+    }
+    let marker = DoneMarker {
+        stage: "fit".into(),
+        shard: Shard::ALL.to_string(),
+        config_hash: fit_hash,
+        files: models.clone(),
+        counts: BTreeMap::from([("train-images".to_string(), total.count())]),
+    };
+    marker.write(&store, DONE_KEY)?;
+    tracing::info!(train = total.count(), models = models.len(), "fit done");
+    Ok(FitSummary { n_train: total.count(), models, already_done: false })
+}
+
+fn train_labels(job: &Job) -> Vec<String> {
+    if job.fit.train_labels.is_empty() { job.dataset.normal.clone() } else { job.fit.train_labels.clone() }
+}
+
+/// The extract shards under the run location; all must be done, by this configuration.
+fn extract_shards(store: &Store, extract_hash: &str) -> Result<Vec<Shard>, FitError> {
+    let mut found: Vec<Shard> = Vec::new();
+    for key in store.list("extract")? {
+        let Some(tag) = key.strip_prefix("extract/done-").and_then(|k| k.strip_suffix(".json")) else { continue };
+        let Some((index, count)) = tag.split_once("-of-") else { continue };
+        if let (Ok(index), Ok(count)) = (index.parse(), count.parse())
+            && let Ok(shard) = Shard::new(index, count)
+        {
+            found.push(shard);
+        }
+    }
+    let Some(count) = found.iter().map(|s| s.count).max() else {
+        return Err(FitError::NoExtract { url: store.url().to_string() });
+    };
+    let present: BTreeSet<u32> = found.iter().filter(|s| s.count == count).map(|s| s.index).collect();
+    let missing: Vec<String> = (0..count).filter(|i| !present.contains(i)).map(|i| i.to_string()).collect();
+    if !missing.is_empty() {
+        return Err(FitError::MissingShards { url: store.url().to_string(), missing: missing.join(", "), count });
+    }
+    let shards: Vec<Shard> = (0..count).map(|index| Shard { index, count }).collect();
+    for shard in &shards {
+        let key = format!("extract/done-{}.json", shard.tag());
+        let marker = DoneMarker::read(store, &key)?.ok_or_else(|| FitError::NoExtract { url: store.url_of(&key) })?;
+        if marker.config_hash != extract_hash {
+            return Err(FitError::StaleExtract {
+                url: store.url_of(&key),
+                found: marker.config_hash,
+                expected: extract_hash.to_string(),
+            });
+        }
+    }
+    Ok(shards)
+}
+
+/// Ids of the training images: extracted without error, of a training label (and split).
+fn training_images(store: &Store, job: &Job, shards: &[Shard]) -> Result<BTreeSet<u32>, FitError> {
+    let labels = train_labels(job);
+    let mut train = BTreeSet::new();
+    for shard in shards {
+        for row in read_image_table(store, &format!("extract/images-{}.parquet", shard.tag()))? {
+            let split_ok = match &job.fit.train_split {
+                Some(split) => row.split.as_deref() == Some(split.as_str()),
+                None => true,
+            };
+            if row.status == ImageStatus::Ok && labels.contains(&row.label) && split_ok {
+                train.insert(row.image);
+            }
+        }
+    }
+    Ok(train)
+}
+
+fn resolve_subsets(specs: &[SubsetSpec], n_channels: usize) -> Result<Vec<(String, ChannelSubset)>, FitError> {
+    specs
+        .iter()
+        .map(|spec| {
+            let subset = if spec.all {
+                Ok(ChannelSubset::all(n_channels))
+            } else if let Some(count) = spec.count {
+                ChannelSubset::random(n_channels, count, spec.seed)
+            } else {
+                ChannelSubset::explicit(spec.channels.clone().unwrap_or_default(), n_channels)
+            };
+            subset
+                .map(|s| (spec.name.clone(), s))
+                .map_err(|message| FitError::Subset { name: spec.name.clone(), message })
+        })
+        .collect()
+}
+
+#[allow(clippy::too_many_arguments)]
+fn accumulate_shard(
+    store: &Store,
+    job: &Job,
+    fit_hash: &str,
+    shard: Shard,
+    first_meta: &EmbeddingMeta,
+    union: &ChannelSubset,
+    train: &BTreeSet<u32>,
+    progress: &dyn Progress,
+) -> Result<PatchStats, FitError> {
+    let tag = shard.tag();
+    let partial_key = format!("fit/partial-{tag}.safetensors");
+    let done_key = format!("fit/partial-done-{tag}.json");
+    let n_patches = first_meta.n_patches();
+    if let Some(marker) = DoneMarker::read(store, &done_key)?
+        && marker.config_hash == fit_hash
+        && let Some(bytes) = store.get(&partial_key)?
+    {
+        let (stats, _) = decode_partial(&bytes, n_patches)?;
+        if stats.channels() == union {
+            progress.advance(stats.count());
+            return Ok(stats);
+        }
+    }
+    store.delete(&done_key)?;
+    let embeddings_key = format!("extract/embeddings-{tag}.parquet");
+    let url = store.url_of(&embeddings_key);
+    let mut reader = EmbeddingReader::open(store, &embeddings_key, Some(union.channels()), job.fit.batch_images)?;
+    let meta = reader.meta();
+    if (meta.backbone.as_str(), meta.n_channels, meta.grid_height, meta.grid_width, meta.weights_sha256.as_str())
+        != (
+            first_meta.backbone.as_str(),
+            first_meta.n_channels,
+            first_meta.grid_height,
+            first_meta.grid_width,
+            first_meta.weights_sha256.as_str(),
+        )
+    {
+        return Err(FitError::Inconsistent { url, what: "backbone, weights, channels or grid".into() });
+    }
+    let mut stats = PatchStats::new(n_patches, union.clone());
+    let per_image = union.len() * n_patches;
+    while let Some(batch) = reader.next_batch()? {
+        let mut ids = Vec::with_capacity(batch.image_ids.len());
+        let mut values = Vec::with_capacity(batch.values.len());
+        for (i, id) in batch.image_ids.iter().enumerate() {
+            if train.contains(id) {
+                ids.push(*id);
+                values.extend_from_slice(&batch.values[i * per_image..(i + 1) * per_image]);
+            }
+        }
+        stats.update(&ids, &values).map_err(|source| FitError::Stats { url: url.clone(), source })?;
+        progress.advance(ids.len() as u64);
+    }
+    let metadata = serde_json::json!({ "config-hash": fit_hash, "shard": shard.to_string() }).to_string();
+    store.put(&partial_key, encode_partial(&stats, metadata)?)?;
+    DoneMarker {
+        stage: "fit-partial".into(),
+        shard: shard.to_string(),
+        config_hash: fit_hash.to_string(),
+        files: vec![partial_key],
+        counts: BTreeMap::from([("train-images".to_string(), stats.count())]),
+    }
+    .write(store, &done_key)?;
+    Ok(stats)
+}
