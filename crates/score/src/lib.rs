@@ -1,0 +1,13 @@
+//! Scoring with fitted PaDiM models (Defard et al. 2020, section 3.3): the Mahalanobis distance of
+//! every patch embedding to its patch's Gaussian gives an anomaly map on the feature grid; the map
+//! is resized bilinearly to the input size and smoothed with a Gaussian (sigma 4, 33x33 kernel, as
+//! MATLAB's example, with its replicate padding); the image score is the map's mean (the example's
+//! choice), with its max and min recorded too.
+//!
+//! The numerics here do no IO.
+
+pub mod maps;
+pub mod mahalanobis;
+
+pub use mahalanobis::{ScoreError, distances};
+pub use maps::{MapStats, gaussian_kernel, resize_bilinear, smooth_gaussian};

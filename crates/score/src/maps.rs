@@ -1,0 +1,120 @@
+//! Anomaly maps: bilinear resizing (PyTorch's `interpolate(mode="bilinear", align_corners=False)`),
+//! Gaussian smoothing with replicate padding (MATLAB's `imgaussfilt`), and summary statistics.
+
+/// Resizes a row-major `height x width` map to `out_height x out_width` with half-pixel centres.
+pub fn resize_bilinear(map: &[f32], height: usize, width: usize, out_height: usize, out_width: usize) -> Vec<f32> {
+    // Source coordinate of each output coordinate, clamped at 0 as PyTorch does.
+    let axis = |out: usize, input: usize| -> Vec<(usize, usize, f32)> {
+        let scale = input as f32 / out as f32;
+        (0..out)
+            .map(|o| {
+                let source = ((o as f32 + 0.5) * scale - 0.5).max(0.0);
+                let low = (source.floor() as usize).min(input - 1);
+                let high = (low + 1).min(input - 1);
+                (low, high, source - low as f32)
+            })
+            .collect()
+    };
+    let rows = axis(out_height, height);
+    let cols = axis(out_width, width);
+    let mut out = Vec::with_capacity(out_height * out_width);
+    for &(y0, y1, wy) in &rows {
+        for &(x0, x1, wx) in &cols {
+            let top = map[y0 * width + x0] * (1.0 - wx) + map[y0 * width + x1] * wx;
+            let bottom = map[y1 * width + x0] * (1.0 - wx) + map[y1 * width + x1] * wx;
+            out.push(top * (1.0 - wy) + bottom * wy);
+        }
+    }
+    out
+}
+
+/// A normalised 1-D Gaussian kernel of `size` taps (odd) and standard deviation `sigma`.
+pub fn gaussian_kernel(sigma: f64, size: usize) -> Vec<f64> {
+    let half = (size / 2) as f64;
+    let weights: Vec<f64> = (0..size).map(|i| (-((i as f64 - half).powi(2)) / (2.0 * sigma * sigma)).exp()).collect();
+    let sum: f64 = weights.iter().sum();
+    weights.into_iter().map(|w| w / sum).collect()
+}
+
+/// Separable Gaussian smoothing of a row-major map, replicating the border pixels.
+pub fn smooth_gaussian(map: &[f32], height: usize, width: usize, sigma: f64, size: usize) -> Vec<f32> {
+    let kernel = gaussian_kernel(sigma, size);
+    let half = (size / 2) as isize;
+    let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    let mut horizontal = vec![0f64; height * width];
+    for y in 0..height {
+        for x in 0..width {
+            horizontal[y * width + x] = kernel
+                .iter()
+                .enumerate()
+                .map(|(i, w)| w * map[y * width + clamp(x as isize + i as isize - half, width)] as f64)
+                .sum();
+        }
+    }
+    let mut out = vec![0f32; height * width];
+    for y in 0..height {
+        for x in 0..width {
+            out[y * width + x] = kernel
+                .iter()
+                .enumerate()
+                .map(|(i, w)| w * horizontal[clamp(y as isize + i as isize - half, height) * width + x])
+                .sum::<f64>() as f32;
+        }
+    }
+    out
+}
+
+/// Mean, max and min of a map.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MapStats {
+    pub mean: f64,
+    pub max: f32,
+    pub min: f32,
+}
+
+impl MapStats {
+    pub fn of(map: &[f32]) -> MapStats {
+        let mean = map.iter().map(|&v| v as f64).sum::<f64>() / map.len().max(1) as f64;
+        let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+        let min = map.iter().copied().fold(f32::INFINITY, f32::min);
+        MapStats { mean, max, min }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn bilinear_matches_pytorch_half_pixel_rule() {
+        // 2x2 -> 4x4: torch.nn.functional.interpolate([[0, 1], [2, 3]], size=4, mode="bilinear").
+        let out = resize_bilinear(&[0.0, 1.0, 2.0, 3.0], 2, 2, 4, 4);
+        let expected = [
+            0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
+        ];
+        for (a, b) in out.iter().zip(expected) {
+            assert!((a - b).abs() < 1e-6, "{out:?}");
+        }
+    }
+
+    #[test]
+    fn kernel_is_normalised_and_symmetric() {
+        let k = gaussian_kernel(4.0, 33);
+        assert!((k.iter().sum::<f64>() - 1.0).abs() < 1e-12);
+        assert!((k[0] - k[32]).abs() < 1e-15 && k[16] > k[15]);
+    }
+
+    proptest! {
+        /// Smoothing preserves constants and the mean of a map away from borders never leaves its
+        /// range; its output lies within the input's min and max.
+        #[test]
+        fn smoothing_is_a_convex_combination(values in proptest::collection::vec(-10f32..10.0, 64)) {
+            let out = smooth_gaussian(&values, 8, 8, 4.0, 33);
+            let (lo, hi) = values.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
+            prop_assert!(out.iter().all(|&v| v >= lo - 1e-4 && v <= hi + 1e-4));
+            let constant = smooth_gaussian(&[2.5; 64], 8, 8, 4.0, 33);
+            prop_assert!(constant.iter().all(|&v| (v - 2.5).abs() < 1e-5));
+        }
+    }
+}
