@@ -154,6 +154,56 @@ def cmd_fit(args):
     print(_json.dumps({"n": n, "mean": rel(ours_mean, mean), "precision": rel(ours_precision, precision)}))
 
 
+def cmd_score(args):
+    """The recipe's scoring in plain PyTorch (f64) with padim's model on the same embeddings: Mahalanobis
+    maps, bilinear resize to the input size, Gaussian smoothing (sigma, odd kernel, replicate padding),
+    mean/max/min. Prints the largest relative differences against padim's maps and scores."""
+    import glob
+    import json as _json
+
+    import numpy as np
+    import pyarrow.parquet as pq
+    from safetensors.numpy import load_file as load_numpy
+    from safetensors import safe_open
+
+    path = f"{args.run_dir}/fit/model-{args.subset}.safetensors"
+    model = load_numpy(path)
+    with safe_open(path, "np") as f:
+        info = _json.loads(f.metadata()["padim"])
+    channels = model["channels"].tolist()
+    columns = [f"c{c:04d}" for c in channels]
+    table = pq.read_table(sorted(glob.glob(f"{args.run_dir}/extract/embeddings-*.parquet")), columns=["image"] + columns)
+    n_patches = info["grid-height"] * info["grid-width"]
+    ids = table.column("image").to_numpy()[::n_patches]
+    x = torch.from_numpy(np.stack([table.column(c).to_numpy() for c in columns], -1).reshape(len(ids), n_patches, -1)).double()
+    d = x - torch.from_numpy(model["mean"]).double()
+    precision = torch.from_numpy(model["precision"]).double()
+    dist = torch.einsum("npi,pij,npj->np", d, precision, d).clamp(min=0).sqrt()
+    maps = dist.reshape(len(ids), 1, info["grid-height"], info["grid-width"])
+    resized = F.interpolate(maps, size=(info["input-height"], info["input-width"]), mode="bilinear", align_corners=False)
+    half = args.kernel_size // 2
+    taps = torch.arange(args.kernel_size, dtype=torch.float64) - half
+    kernel = torch.exp(-(taps**2) / (2 * args.sigma**2))
+    kernel = kernel / kernel.sum()
+    padded = F.pad(resized, (half, half, half, half), mode="replicate")
+    smooth = F.conv2d(F.conv2d(padded, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+    scores = pq.read_table(glob.glob(f"{args.run_dir}/score/scores-*.parquet")).to_pydict()
+    ours = {(i, m): (mean, mx, mn) for i, m, mean, mx, mn in zip(scores["image"], scores["model"], scores["mean"], scores["max"], scores["min"])}
+    raw = pq.read_table(glob.glob(f"{args.run_dir}/score/maps-*.parquet")).to_pydict()
+    our_maps = {(i, m): v for i, m, v in zip(raw["image"], raw["model"], raw["map"])}
+    worst = {"map": 0.0, "mean": 0.0, "max": 0.0, "min": 0.0}
+    for index, image in enumerate(ids.tolist()):
+        ref_map = dist[index]
+        our_map = torch.tensor(our_maps[(image, args.subset)], dtype=torch.float64)
+        worst["map"] = max(worst["map"], float(((our_map - ref_map).abs().max() / ref_map.abs().max())))
+        mean, mx, mn = ours[(image, args.subset)]
+        s = smooth[index, 0]
+        for key, a, b in (("mean", mean, s.mean()), ("max", mx, s.max()), ("min", mn, s.min())):
+            worst[key] = max(worst[key], abs(a - float(b)) / abs(float(b)))
+    worst["n"] = len(ids)
+    print(_json.dumps(worst))
+
+
 def cmd_classify(args):
     model = load_model(args.backbone, args.weights)
     x = load_images(args.images, args.backbone)
@@ -217,6 +267,13 @@ def main():
     p.add_argument("--epsilon", type=float, default=0.01)
     p.add_argument("--normal", nargs="+", required=True)
     p.set_defaults(run=cmd_fit)
+
+    p = sub.add_parser("score")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--subset", required=True)
+    p.add_argument("--sigma", type=float, default=4.0)
+    p.add_argument("--kernel-size", type=int, default=33)
+    p.set_defaults(run=cmd_score)
 
     p = sub.add_parser("classify", parents=[common])
     p.add_argument("images", nargs="+")

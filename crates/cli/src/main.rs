@@ -53,6 +53,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Score every extracted image with every fitted model: anomaly maps and image scores.
+    Score {
+        /// The job file.
+        job: PathBuf,
+        /// Redo shards even if they are marked done.
+        #[arg(long)]
+        force: bool,
+    },
     /// Print the resolved job (every default filled in, every path absolute) and its hash.
     Config {
         /// The job file.
@@ -110,6 +118,17 @@ fn run(cli: Cli) -> Result<()> {
                 "fit {verb}: {} training images -> {}",
                 summary.n_train,
                 summary.models.iter().map(|m| format!("{}/{m}", job.output)).collect::<Vec<_>>().join(", ")
+            ));
+            Ok(())
+        }
+        Command::Score { job, force } => {
+            let job = Job::load(&job)?;
+            let reporter = progress::Bars::new(cli.quiet);
+            let summary = padim_score::run_score(&job, force, &reporter)
+                .with_context(|| format!("score of job `{}`", job.name))?;
+            write_stdout(&format!(
+                "score done: {} images x {} models in {} shard(s), {} shard(s) already done -> {}/score",
+                summary.images, summary.models, summary.shards_done, summary.shards_skipped, job.output
             ));
             Ok(())
         }

@@ -210,4 +210,23 @@ fn fit_matches_pytorch_on_real_embeddings() {
         assert!(result["mean"].as_f64().unwrap() <= 1e-4, "{result}");
         assert!(result["precision"].as_f64().unwrap() <= 1e-4, "{result}");
     }
+
+    // Scoring: the maps and image scores equal a plain PyTorch implementation of the recipe.
+    let out = stdout(&padim(&["score", job_arg]));
+    assert!(out.contains("score done: 28 images x 2 models in 2 shard(s)"), "{out}");
+    assert!(stdout(&padim(&["score", job_arg])).contains("2 shard(s) already done"));
+    for subset in ["r40", "all"] {
+        let output = Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("scripts/reference.py"))
+            .args(["score", "--run-dir", run.to_str().unwrap(), "--subset", subset])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        eprintln!("score {subset}: {result}");
+        assert_eq!(result["n"], 28);
+        for key in ["map", "mean", "max", "min"] {
+            assert!(result[key].as_f64().unwrap() <= 1e-4, "{subset} {key}: {result}");
+        }
+    }
 }

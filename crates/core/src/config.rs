@@ -32,6 +32,8 @@ struct RawJob {
     extract: ExtractSettings,
     #[serde(default)]
     fit: FitSettings,
+    #[serde(default)]
+    score: ScoreSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -274,6 +276,24 @@ impl Default for FitSettings {
     }
 }
 
+/// Settings of the `score` stage. Missing keys take the recipe's values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct ScoreSettings {
+    /// Standard deviation of the Gaussian that smooths the resized map, in input pixels.
+    pub sigma: f64,
+    /// Taps of the Gaussian kernel (odd).
+    pub kernel_size: usize,
+    /// Images read per batch.
+    pub batch_images: usize,
+}
+
+impl Default for ScoreSettings {
+    fn default() -> Self {
+        ScoreSettings { sigma: 4.0, kernel_size: 33, batch_images: 32 }
+    }
+}
+
 /// Where the images come from, resolved to absolute paths.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
@@ -316,6 +336,7 @@ pub struct Job {
     pub backbone: Backbone,
     pub extract: ExtractSettings,
     pub fit: FitSettings,
+    pub score: ScoreSettings,
 }
 
 impl Job {
@@ -363,6 +384,12 @@ impl Job {
     /// The identity of the fit stage's outputs: the extract identity and the fit settings.
     pub fn fit_hash(&self) -> String {
         let upstream = serde_json::json!({ "extract": self.extract_hash(), "fit": self.fit });
+        crate::hash::sha256_hex(upstream.to_string().as_bytes())
+    }
+
+    /// The identity of the score stage's outputs: the fit identity and the score settings.
+    pub fn score_hash(&self) -> String {
+        let upstream = serde_json::json!({ "fit": self.fit_hash(), "score": self.score });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 }
@@ -469,6 +496,16 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
             return Err(invalid(path, "fit.subsets", format!("subset name `{}` is used twice", subset.name)));
         }
     }
+    let score = raw.score;
+    if !(score.sigma > 0.0 && score.sigma.is_finite()) {
+        return Err(invalid(path, "score.sigma", "must be a positive number"));
+    }
+    if score.kernel_size.is_multiple_of(2) {
+        return Err(invalid(path, "score.kernel-size", "must be odd"));
+    }
+    if score.batch_images == 0 {
+        return Err(invalid(path, "score.batch-images", "must be at least 1"));
+    }
     let extract = raw.extract;
     if extract.batch_size == 0 {
         return Err(invalid(path, "extract.batch-size", "must be at least 1"));
@@ -485,6 +522,7 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
         backbone,
         extract,
         fit,
+        score,
     })
 }
 

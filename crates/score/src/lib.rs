@@ -6,8 +6,10 @@
 //!
 //! The numerics here do no IO.
 
-pub mod maps;
 pub mod mahalanobis;
+pub mod maps;
+pub mod stage;
 
 pub use mahalanobis::{ScoreError, distances};
 pub use maps::{MapStats, gaussian_kernel, resize_bilinear, smooth_gaussian};
+pub use stage::{ScoreStageError, ScoreSummary, run_score};

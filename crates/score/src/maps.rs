@@ -90,9 +90,7 @@ mod tests {
     fn bilinear_matches_pytorch_half_pixel_rule() {
         // 2x2 -> 4x4: torch.nn.functional.interpolate([[0, 1], [2, 3]], size=4, mode="bilinear").
         let out = resize_bilinear(&[0.0, 1.0, 2.0, 3.0], 2, 2, 4, 4);
-        let expected = [
-            0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0,
-        ];
+        let expected = [0.0, 0.25, 0.75, 1.0, 0.5, 0.75, 1.25, 1.5, 1.5, 1.75, 2.25, 2.5, 2.0, 2.25, 2.75, 3.0];
         for (a, b) in out.iter().zip(expected) {
             assert!((a - b).abs() < 1e-6, "{out:?}");
         }

@@ -10,6 +10,7 @@ mod embeddings;
 mod images;
 mod location;
 mod marker;
+mod scores;
 
 pub use embeddings::{
     EMBEDDINGS_META_KEY, EmbeddingBatch, EmbeddingMeta, EmbeddingReader, EmbeddingWriter, LayerInfo, WriterSettings,
@@ -18,6 +19,7 @@ pub use embeddings::{
 pub use images::{ImageRow, ImageStatus, read_image_table, write_image_table};
 pub use location::Store;
 pub use marker::DoneMarker;
+pub use scores::{MapRow, ScoreRow, read_maps, read_scores, write_maps, write_scores};
 
 use std::path::PathBuf;
 

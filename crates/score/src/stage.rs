@@ -1,0 +1,167 @@
+//! The score stage: every fitted model on every extract shard's images, one pass over each shard's
+//! embeddings reading only the channels the models use.
+
+use crate::mahalanobis::{ScoreError, distances};
+use crate::maps::{MapStats, resize_bilinear, smooth_gaussian};
+use padim_core::config::Job;
+use padim_core::{Progress, Shard};
+use padim_fit::model::{Model, ModelError, decode_model};
+use padim_store::{
+    DoneMarker, EmbeddingReader, ImageRow, MapRow, ScoreRow, Store, StoreError, read_image_table, write_maps,
+    write_scores,
+};
+use std::collections::{BTreeMap, HashMap};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScoreStageError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{url}: {source}")]
+    Model { url: String, source: ModelError },
+    #[error("{url}: {source}")]
+    Score { url: String, source: ScoreError },
+    #[error("fit is not done under {url} for this job's configuration: run `padim fit JOB` first")]
+    NoFit { url: String },
+    #[error("model {model} was fitted on {found}, but {url} holds embeddings of {expected}")]
+    Mismatch { model: String, url: String, found: String, expected: String },
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoreSummary {
+    pub images: usize,
+    pub models: usize,
+    pub shards_done: usize,
+    pub shards_skipped: usize,
+}
+
+/// Scores every extract shard with every model of the job's fit.
+pub fn run_score(job: &Job, force: bool, progress: &dyn Progress) -> Result<ScoreSummary, ScoreStageError> {
+    let span = tracing::info_span!("score", job = %job.name);
+    let _entered = span.enter();
+    let store = Store::open(&job.output)?;
+    let fit_done = DoneMarker::read(&store, "fit/done.json")?
+        .filter(|m| m.config_hash == job.fit_hash())
+        .ok_or_else(|| ScoreStageError::NoFit { url: store.url_of("fit/done.json") })?;
+    let mut models: Vec<(String, Model)> = Vec::new();
+    for key in &fit_done.files {
+        let bytes = store.get(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) })?;
+        let model = decode_model(&bytes).map_err(|source| ScoreStageError::Model { url: store.url_of(key), source })?;
+        models.push((model.info.subset.clone(), model));
+    }
+    let mut union: Vec<usize> = models.iter().flat_map(|(_, m)| m.channels.iter().copied()).collect();
+    union.sort_unstable();
+    union.dedup();
+    let positions: Vec<Vec<usize>> =
+        models.iter().map(|(_, m)| m.channels.iter().map(|c| union.binary_search(c).unwrap_or(0)).collect()).collect();
+
+    let score_hash = job.score_hash();
+    let shards = extract_shards(&store)?;
+    let mut summary = ScoreSummary { images: 0, models: models.len(), shards_done: 0, shards_skipped: 0 };
+    progress.start("score", shards.len() as u64);
+    for shard in shards {
+        let tag = shard.tag();
+        let done_key = format!("score/done-{tag}.json");
+        if !force && DoneMarker::read(&store, &done_key)?.is_some_and(|m| m.config_hash == score_hash) {
+            summary.shards_skipped += 1;
+            progress.advance(1);
+            continue;
+        }
+        store.delete(&done_key)?;
+        let images: HashMap<u32, ImageRow> = read_image_table(&store, &format!("extract/images-{tag}.parquet"))?
+            .into_iter()
+            .map(|row| (row.image, row))
+            .collect();
+        let embeddings_key = format!("extract/embeddings-{tag}.parquet");
+        let url = store.url_of(&embeddings_key);
+        let mut reader = EmbeddingReader::open(&store, &embeddings_key, Some(&union), job.score.batch_images)?;
+        let meta = reader.meta().clone();
+        for (name, model) in &models {
+            let info = &model.info;
+            if (info.backbone.as_str(), info.weights_sha256.as_str(), info.grid_height, info.grid_width)
+                != (meta.backbone.as_str(), meta.weights_sha256.as_str(), meta.grid_height, meta.grid_width)
+            {
+                return Err(ScoreStageError::Mismatch {
+                    model: name.clone(),
+                    url,
+                    found: format!("{} ({}x{} grid)", info.backbone, info.grid_height, info.grid_width),
+                    expected: format!("{} ({}x{} grid)", meta.backbone, meta.grid_height, meta.grid_width),
+                });
+            }
+        }
+        let (grid_h, grid_w) = (meta.grid_height, meta.grid_width);
+        let n_patches = grid_h * grid_w;
+        let (mut score_rows, mut map_rows) = (Vec::new(), Vec::new());
+        while let Some(batch) = reader.next_batch()? {
+            let n = batch.image_ids.len();
+            for ((name, model), positions) in models.iter().zip(&positions) {
+                let k = positions.len();
+                let mut values = Vec::with_capacity(n * k * n_patches);
+                for image in 0..n {
+                    for &position in positions {
+                        let start = (image * union.len() + position) * n_patches;
+                        values.extend_from_slice(&batch.values[start..start + n_patches]);
+                    }
+                }
+                let maps = distances(model, &batch.image_ids, &values)
+                    .map_err(|source| ScoreStageError::Score { url: url.clone(), source })?;
+                for (image, &id) in batch.image_ids.iter().enumerate() {
+                    let map = &maps[image * n_patches..(image + 1) * n_patches];
+                    let resized = resize_bilinear(map, grid_h, grid_w, meta.input_height, meta.input_width);
+                    let smooth = smooth_gaussian(
+                        &resized,
+                        meta.input_height,
+                        meta.input_width,
+                        job.score.sigma,
+                        job.score.kernel_size,
+                    );
+                    let stats = MapStats::of(&smooth);
+                    let row = images.get(&id);
+                    score_rows.push(ScoreRow {
+                        image: id,
+                        label: row.map(|r| r.label.clone()).unwrap_or_default(),
+                        split: row.and_then(|r| r.split.clone()),
+                        model: name.clone(),
+                        mean: stats.mean,
+                        max: stats.max,
+                        min: stats.min,
+                    });
+                    map_rows.push(MapRow { image: id, model: name.clone(), map: map.to_vec() });
+                }
+            }
+            summary.images += n;
+        }
+        let scores_key = format!("score/scores-{tag}.parquet");
+        let maps_key = format!("score/maps-{tag}.parquet");
+        write_scores(&store, &scores_key, &score_rows)?;
+        write_maps(&store, &maps_key, &map_rows)?;
+        DoneMarker {
+            stage: "score".into(),
+            shard: shard.to_string(),
+            config_hash: score_hash.clone(),
+            files: vec![scores_key, maps_key],
+            counts: BTreeMap::from([("rows".to_string(), score_rows.len() as u64)]),
+        }
+        .write(&store, &done_key)?;
+        summary.shards_done += 1;
+        progress.advance(1);
+    }
+    progress.finish();
+    Ok(summary)
+}
+
+/// The extract shards that the fit used: every `extract/done-*` marker of the largest shard count.
+fn extract_shards(store: &Store) -> Result<Vec<Shard>, ScoreStageError> {
+    let mut shards: Vec<Shard> = store
+        .list("extract")?
+        .iter()
+        .filter_map(|key| key.strip_prefix("extract/done-")?.strip_suffix(".json"))
+        .filter_map(|tag| {
+            let (index, count) = tag.split_once("-of-")?;
+            Shard::new(index.parse().ok()?, count.parse().ok()?).ok()
+        })
+        .collect();
+    let count = shards.iter().map(|s| s.count).max().unwrap_or(0);
+    shards.retain(|s| s.count == count);
+    shards.sort_by_key(|s| s.index);
+    Ok(shards)
+}
