@@ -11,7 +11,7 @@ PHOTOS := .cache/photos/eagle.jpg
 SETUP_STAMP := $(VENV)/.padim-setup-$(shell sha256sum scripts/requirements.txt | cut -c1-12)
 export LIBTORCH ?= $(abspath $(VENV))/lib/python3.11/site-packages/torch
 
-.PHONY: help setup system weights build run extract test lint bench clean
+.PHONY: help setup system weights build run extract fit score test lint bench clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -49,10 +49,16 @@ $(PHOTOS):
 build: $(SETUP_STAMP) ## Build the padim binary (release).
 	cargo build --release -p padim-cli
 
-run: extract ## Run the main job (until fit/score/report exist: its extract stage).
+run: extract fit score ## Run the main job: extract, fit and score (report comes next).
 
 extract: setup build ## Extract embeddings: make extract JOB=... SHARD=i/n
 	$(PADIM) extract $(JOB) --shard $(SHARD)
+
+fit: setup build ## Fit the models of every channel subset: make fit JOB=...
+	$(PADIM) fit $(JOB)
+
+score: setup build ## Score every image with every model: make score JOB=...
+	$(PADIM) score $(JOB)
 
 test: setup ## Run every test (release build: the parity tests run real networks).
 	cargo test --release --workspace

@@ -99,7 +99,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let n_train_listed = train.len() as u64;
     progress.start("fit", n_train_listed);
     for shard in &shards {
-        let partial = accumulate_shard(&store, job, &fit_hash, *shard, &meta, &union, &train, progress)?;
+        let partial = accumulate_shard(&store, job, &fit_hash, *shard, &meta, &union, &train, options.force, progress)?;
         total.merge(&partial).map_err(|source| FitError::Stats { url: store.url_of("fit"), source })?;
     }
     progress.finish();
@@ -229,13 +229,15 @@ fn accumulate_shard(
     first_meta: &EmbeddingMeta,
     union: &ChannelSubset,
     train: &BTreeSet<u32>,
+    force: bool,
     progress: &dyn Progress,
 ) -> Result<PatchStats, FitError> {
     let tag = shard.tag();
     let partial_key = format!("fit/partial-{tag}.safetensors");
     let done_key = format!("fit/partial-done-{tag}.json");
     let n_patches = first_meta.n_patches();
-    if let Some(marker) = DoneMarker::read(store, &done_key)?
+    if !force
+        && let Some(marker) = DoneMarker::read(store, &done_key)?
         && marker.config_hash == fit_hash
         && let Some(bytes) = store.get(&partial_key)?
     {
