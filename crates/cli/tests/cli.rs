@@ -229,4 +229,14 @@ fn fit_matches_pytorch_on_real_embeddings() {
             assert!(result[key].as_f64().unwrap() <= 1e-4, "{subset} {key}: {result}");
         }
     }
+
+    // A fit over the memory budget is refused before it starts, with the numbers and the way out.
+    let text = std::fs::read_to_string(&job)
+        .unwrap()
+        .replace("batch-images = 5", "batch-images = 5\nmemory-budget-gib = 0.01");
+    std::fs::write(&job, text).unwrap();
+    let refused = padim(&["fit", job_arg, "--force"]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{message}");
+    assert!(message.contains("fit.memory-budget-gib") && message.contains("176 channels x 3136 patches"), "{message}");
 }

@@ -5,11 +5,10 @@
 //! `height` (UInt32, of the decoded image; 0 when not decoded), `status` (`ok` or `skipped`) and
 //! `error` (Utf8, nullable: why a skipped image was skipped).
 
+use crate::table::{get_table, put_table};
 use crate::{Store, StoreError};
 use arrow_array::{Array, ArrayRef, RecordBatch, StringArray, UInt32Array, UInt64Array};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::sync::Arc;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +59,6 @@ fn schema() -> Arc<Schema> {
 /// Writes the table to `key` atomically (it is small: encoded in memory, then one put).
 pub fn write_image_table(store: &Store, key: &str, rows: &[ImageRow]) -> Result<(), StoreError> {
     let url = store.url_of(key);
-    let parquet_error =
-        |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
     let strings = |f: &dyn Fn(&ImageRow) -> Option<String>| -> ArrayRef {
         Arc::new(StringArray::from(rows.iter().map(f).collect::<Vec<Option<String>>>()))
     };
@@ -79,24 +76,15 @@ pub fn write_image_table(store: &Store, key: &str, rows: &[ImageRow]) -> Result<
     ];
     let batch = RecordBatch::try_new(schema(), columns)
         .map_err(|e| StoreError::Parquet { url: url.clone(), message: e.to_string() })?;
-    let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, schema(), None).map_err(parquet_error)?;
-    writer.write(&batch).map_err(parquet_error)?;
-    writer.close().map_err(parquet_error)?;
-    store.put(key, buffer)
+    put_table(store, key, &batch)
 }
 
 /// Reads an image table written by [`write_image_table`].
 pub fn read_image_table(store: &Store, key: &str) -> Result<Vec<ImageRow>, StoreError> {
     let url = store.url_of(key);
     let format_error = |message: String| StoreError::Format { url: url.clone(), message };
-    let bytes = store.get(key)?.ok_or_else(|| StoreError::Object { url: url.clone(), message: "not found".into() })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| StoreError::Parquet { url: url.clone(), message: e.to_string() })?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| StoreError::Parquet { url: url.clone(), message: e.to_string() })?;
+    for batch in get_table(store, key)? {
         let column = |name: &str| batch.column_by_name(name).ok_or_else(|| format_error(format!("no column `{name}`")));
         let u32s = |name: &str| -> Result<UInt32Array, StoreError> {
             column(name)?

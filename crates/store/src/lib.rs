@@ -11,6 +11,7 @@ mod images;
 mod location;
 mod marker;
 mod scores;
+mod table;
 
 pub use embeddings::{
     EMBEDDINGS_META_KEY, EmbeddingBatch, EmbeddingMeta, EmbeddingReader, EmbeddingWriter, LayerInfo, WriterSettings,

@@ -5,12 +5,11 @@
 //! Maps: `image` (UInt32), `model` (Utf8), `map` (List<Float32>, row-major `grid-height x grid-width`
 //! Mahalanobis distances, before resizing and smoothing), with footer metadata `padim.grid` = `HxW`.
 
+use crate::table::{get_table, put_table};
 use crate::{Store, StoreError};
 use arrow_array::builder::{Float32Builder, ListBuilder};
 use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema};
-use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use std::sync::Arc;
 
 /// One image's score under one model.
@@ -31,16 +30,6 @@ pub struct MapRow {
     pub image: u32,
     pub model: String,
     pub map: Vec<f32>,
-}
-
-fn encode(store: &Store, key: &str, batch: RecordBatch) -> Result<Vec<u8>, StoreError> {
-    let url = store.url_of(key);
-    let error = |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
-    let mut buffer = Vec::new();
-    let mut writer = ArrowWriter::try_new(&mut buffer, batch.schema(), None).map_err(error)?;
-    writer.write(&batch).map_err(error)?;
-    writer.close().map_err(error)?;
-    Ok(buffer)
 }
 
 fn batch(key_url: String, schema: Schema, columns: Vec<ArrayRef>) -> Result<RecordBatch, StoreError> {
@@ -68,8 +57,7 @@ pub fn write_scores(store: &Store, key: &str, rows: &[ScoreRow]) -> Result<(), S
         Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.max))),
         Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.min))),
     ];
-    let bytes = encode(store, key, batch(store.url_of(key), schema, columns)?)?;
-    store.put(key, bytes)
+    put_table(store, key, &batch(store.url_of(key), schema, columns)?)
 }
 
 /// Writes the raw maps table atomically.
@@ -89,21 +77,15 @@ pub fn write_maps(store: &Store, key: &str, rows: &[MapRow]) -> Result<(), Store
         Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.model.as_str()))),
         Arc::new(maps.finish()),
     ];
-    let bytes = encode(store, key, batch(store.url_of(key), schema, columns)?)?;
-    store.put(key, bytes)
+    put_table(store, key, &batch(store.url_of(key), schema, columns)?)
 }
 
 /// Reads a scores table.
 pub fn read_scores(store: &Store, key: &str) -> Result<Vec<ScoreRow>, StoreError> {
     let url = store.url_of(key);
     let format = |message: String| StoreError::Format { url: url.clone(), message };
-    let bytes = store.get(key)?.ok_or_else(|| StoreError::Object { url: url.clone(), message: "not found".into() })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| StoreError::Parquet { url: url.clone(), message: e.to_string() })?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| StoreError::Parquet { url: url.clone(), message: e.to_string() })?;
+    for batch in get_table(store, key)? {
         macro_rules! column {
             ($name:literal, $type:ty) => {
                 batch
@@ -138,13 +120,8 @@ pub fn read_scores(store: &Store, key: &str) -> Result<Vec<ScoreRow>, StoreError
 pub fn read_maps(store: &Store, key: &str) -> Result<Vec<MapRow>, StoreError> {
     let url = store.url_of(key);
     let format = |message: String| StoreError::Format { url: url.clone(), message };
-    let bytes = store.get(key)?.ok_or_else(|| StoreError::Object { url: url.clone(), message: "not found".into() })?;
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)
-        .and_then(|b| b.build())
-        .map_err(|e| StoreError::Parquet { url: url.clone(), message: e.to_string() })?;
     let mut rows = Vec::new();
-    for batch in reader {
-        let batch = batch.map_err(|e| StoreError::Parquet { url: url.clone(), message: e.to_string() })?;
+    for batch in get_table(store, key)? {
         let image = batch.column(0).as_any().downcast_ref::<UInt32Array>().ok_or_else(|| format("`image`".into()))?;
         let model = batch.column(1).as_any().downcast_ref::<StringArray>().ok_or_else(|| format("`model`".into()))?;
         let maps = batch.column(2).as_any().downcast_ref::<ListArray>().ok_or_else(|| format("`map`".into()))?;
