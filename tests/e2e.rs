@@ -1,5 +1,5 @@
-//! End to end: the real `padim` binary on real images, two shards, reruns, and outputs opened by
-//! pyarrow and polars.
+//! End to end: the real `padim` binary on real images, two shards, reruns, fit and score against
+//! PyTorch, and outputs opened by pyarrow and polars.
 // Tests may unwrap and print: a failure is the point, and the output is the measurement.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
