@@ -230,6 +230,22 @@ fn fit_matches_pytorch_on_real_embeddings() {
         }
     }
 
+    // A model fitted on another backbone is refused by score, naming both sides.
+    let model = run.join("fit/model-r40.safetensors");
+    let rewrite = "import json,sys\nfrom safetensors.numpy import load_file, save_file\nfrom safetensors import safe_open\n\
+        p=sys.argv[1]\nwith safe_open(p,'np') as f: meta=json.loads(f.metadata()['padim'])\n\
+        meta['backbone']='resnet18'\nsave_file(load_file(p), p, metadata={'padim': json.dumps(meta)})\n";
+    let status =
+        Command::new(root().join(".venv/bin/python")).args(["-c", rewrite, model.to_str().unwrap()]).status().unwrap();
+    assert!(status.success());
+    let refused = padim(&["score", job_arg, "--force"]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{message}");
+    assert!(
+        message.contains("model r40 was fitted on resnet18") && message.contains("efficientnet-lite0"),
+        "{message}"
+    );
+
     // A fit over the memory budget is refused before it starts, with the numbers and the way out.
     let text = std::fs::read_to_string(&job)
         .unwrap()
