@@ -149,18 +149,22 @@ fn train_labels(job: &Job) -> Vec<String> {
     if job.fit.train_labels.is_empty() { job.dataset.normal.clone() } else { job.fit.train_labels.clone() }
 }
 
+/// Every shard named by an `extract/done-*.json` marker, whatever its count.
+pub fn extract_done_shards(store: &Store) -> Result<Vec<Shard>, StoreError> {
+    Ok(store
+        .list("extract")?
+        .iter()
+        .filter_map(|key| key.strip_prefix("extract/done-")?.strip_suffix(".json"))
+        .filter_map(|tag| {
+            let (index, count) = tag.split_once("-of-")?;
+            Shard::new(index.parse().ok()?, count.parse().ok()?).ok()
+        })
+        .collect())
+}
+
 /// The extract shards under the run location; all must be done, by this configuration.
 fn extract_shards(store: &Store, extract_hash: &str) -> Result<Vec<Shard>, FitError> {
-    let mut found: Vec<Shard> = Vec::new();
-    for key in store.list("extract")? {
-        let Some(tag) = key.strip_prefix("extract/done-").and_then(|k| k.strip_suffix(".json")) else { continue };
-        let Some((index, count)) = tag.split_once("-of-") else { continue };
-        if let (Ok(index), Ok(count)) = (index.parse(), count.parse())
-            && let Ok(shard) = Shard::new(index, count)
-        {
-            found.push(shard);
-        }
-    }
+    let found = extract_done_shards(store)?;
     let Some(count) = found.iter().map(|s| s.count).max() else {
         return Err(FitError::NoExtract { url: store.url().to_string() });
     };

@@ -151,15 +151,7 @@ pub fn run_score(job: &Job, force: bool, progress: &dyn Progress) -> Result<Scor
 
 /// The extract shards that the fit used: every `extract/done-*` marker of the largest shard count.
 fn extract_shards(store: &Store) -> Result<Vec<Shard>, ScoreStageError> {
-    let mut shards: Vec<Shard> = store
-        .list("extract")?
-        .iter()
-        .filter_map(|key| key.strip_prefix("extract/done-")?.strip_suffix(".json"))
-        .filter_map(|tag| {
-            let (index, count) = tag.split_once("-of-")?;
-            Shard::new(index.parse().ok()?, count.parse().ok()?).ok()
-        })
-        .collect();
+    let mut shards = padim_fit::stage::extract_done_shards(store)?;
     let count = shards.iter().map(|s| s.count).max().unwrap_or(0);
     shards.retain(|s| s.count == count);
     shards.sort_by_key(|s| s.index);
