@@ -2,7 +2,7 @@
 //!
 //! Scores: `image` (UInt32), `label` (Utf8), `split` (Utf8, nullable), `model` (Utf8), `mean`
 //! (Float64), `max`, `min` (Float32): statistics of the resized, smoothed map.
-//! Maps: `image` (UInt32), `model` (Utf8), `map` (List<Float32>, row-major `grid-height x grid-width`
+//! Maps: `image` (UInt32), `model` (Utf8), `map` (`List<Float32>`, row-major `grid-height x grid-width`
 //! Mahalanobis distances, before resizing and smoothing), with footer metadata `padim.grid` = `HxW`.
 
 use crate::table::{get_table, put_table};
