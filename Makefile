@@ -11,15 +11,16 @@ PHOTOS := .cache/photos/eagle.jpg
 SETUP_STAMP := $(VENV)/.padim-setup-$(shell sha256sum scripts/requirements.txt | cut -c1-12)
 export LIBTORCH ?= $(abspath $(VENV))/lib/python3.11/site-packages/torch
 
-.PHONY: help setup system weights build run extract fit score test lint bench clean
+.PHONY: help setup system weights build run split extract fit score report test lint bench clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 setup: system $(SETUP_STAMP) weights $(PHOTOS) ## Install everything the build and the tests need (idempotent).
 
-# Debian packages: OpenBLAS (BLAS and LAPACK for the fit and score numerics).
-DEBIAN_PACKAGES := libopenblas-dev
+# Debian packages: OpenBLAS (BLAS and LAPACK for the fit and score numerics) and DejaVu Sans (the
+# font of the report's pictures).
+DEBIAN_PACKAGES := libopenblas-dev fonts-dejavu-core
 system: ## Install the Debian packages the build needs (as root, or with sudo).
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -49,7 +50,11 @@ $(PHOTOS):
 build: $(SETUP_STAMP) ## Build the padim binary (release).
 	cargo build --release -p padim-cli
 
-run: extract fit score ## Run the main job: extract, fit and score (report comes next).
+run: setup build ## Run every stage of a job (default: the main job): make run JOB=...
+	$(PADIM) run $(JOB)
+
+split: setup build ## Assign seeded train / calibration / test splits: make split JOB=...
+	$(PADIM) split $(JOB)
 
 extract: setup build ## Extract embeddings: make extract JOB=... SHARD=i/n
 	$(PADIM) extract $(JOB) --shard $(SHARD)
@@ -60,6 +65,9 @@ fit: setup build ## Fit the models of every channel subset: make fit JOB=...
 score: setup build ## Score every image with every model: make score JOB=...
 	$(PADIM) score $(JOB)
 
+report: setup build ## Calibrate, evaluate, draw and write the HTML report: make report JOB=...
+	$(PADIM) report $(JOB)
+
 test: setup ## Run every test (release build: the parity tests run real networks).
 	cargo test --release --workspace
 
@@ -69,6 +77,7 @@ lint: ## Formatting and clippy, warnings as errors.
 
 bench: setup ## Benchmarks, as ratios against PyTorch in the same run.
 	cargo bench -p padim-extract --bench extract
+	cargo bench -p padim-score --bench stages
 
 clean: ## Remove build outputs and runs (keeps the Python environment and weights).
 	cargo clean

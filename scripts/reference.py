@@ -204,6 +204,86 @@ def cmd_score(args):
     print(_json.dumps(worst))
 
 
+def _timed_read(run_dir, channels, train_only, normal):
+    """Reads the embeddings of `channels` (all images, or the training images) into [N, P, k] f64."""
+    import glob
+
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    columns = [f"c{c:04d}" for c in channels]
+    table = pq.read_table(sorted(glob.glob(f"{run_dir}/extract/embeddings-*.parquet")), columns=["image"] + columns)
+    ids = table.column("image").to_numpy()
+    values = np.stack([table.column(c).to_numpy() for c in columns], axis=-1)
+    if train_only:
+        images = pq.read_table(glob.glob(f"{run_dir}/extract/images-*.parquet")).to_pydict()
+        train = [i for i, label, status in zip(images["image"], images["label"], images["status"]) if label in normal and status == "ok"]
+        keep = np.isin(ids, train)
+        ids, values = ids[keep], values[keep]
+    return ids, values
+
+
+def cmd_bench_fit(args):
+    """Seconds of the recipe's fit in plain PyTorch (f64, all training embeddings in memory) for the
+    channel subsets of the given models: read, mean, covariance, inverse."""
+    import json as _json
+
+    from safetensors.numpy import load_file as load_numpy
+
+    torch.set_num_threads(args.threads)
+    subsets = [load_numpy(path)["channels"].tolist() for path in args.models]
+    union = sorted({c for s in subsets for c in s})
+    start = time.perf_counter()
+    ids, values = _timed_read(args.run_dir, union, True, args.normal)
+    n_patches = args.patches
+    x = torch.from_numpy(values).double().reshape(-1, n_patches, len(union))
+    for subset in subsets:
+        xs = x[..., [union.index(c) for c in subset]]
+        mean = xs.mean(0)
+        centered = xs - mean
+        cov = torch.einsum("npi,npj->pij", centered, centered) / (xs.shape[0] - 1)
+        cov += args.epsilon * torch.eye(len(subset), dtype=torch.float64)
+        torch.linalg.inv(cov)
+    print(_json.dumps({"seconds": time.perf_counter() - start, "images": x.shape[0]}))
+
+
+def cmd_bench_score(args):
+    """Seconds of the recipe's scoring in plain PyTorch (f64) of every image with the given models:
+    read, Mahalanobis maps, bilinear resize, Gaussian smoothing, mean/max/min."""
+    import json as _json
+
+    from safetensors import safe_open
+    from safetensors.numpy import load_file as load_numpy
+
+    torch.set_num_threads(args.threads)
+    models = [load_numpy(path) for path in args.models]
+    with safe_open(args.models[0], "np") as f:
+        info = _json.loads(f.metadata()["padim"])
+    union = sorted({c for m in models for c in m["channels"].tolist()})
+    half = args.kernel_size // 2
+    taps = torch.arange(args.kernel_size, dtype=torch.float64) - half
+    kernel = torch.exp(-(taps**2) / (2 * args.sigma**2))
+    kernel = kernel / kernel.sum()
+    start = time.perf_counter()
+    ids, values = _timed_read(args.run_dir, union, False, [])
+    n_patches = info["grid-height"] * info["grid-width"]
+    x = torch.from_numpy(values).double().reshape(-1, n_patches, len(union))
+    for model in models:
+        mean = torch.from_numpy(model["mean"]).double()
+        precision = torch.from_numpy(model["precision"]).double()
+        for i in range(0, x.shape[0], args.batch):
+            d = x[i : i + args.batch][..., [union.index(c) for c in model["channels"].tolist()]] - mean
+            dist = torch.einsum("npi,pij,npj->np", d, precision, d).clamp(min=0).sqrt()
+            maps = dist.reshape(-1, 1, info["grid-height"], info["grid-width"])
+            size = (info["input-height"], info["input-width"])
+            resized = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+            padded = F.pad(resized, (half, half, half, half), mode="replicate")
+            smooth = F.conv2d(F.conv2d(padded, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+            flat = smooth.flatten(1)
+            flat.mean(1), flat.amax(1), flat.amin(1)
+    print(_json.dumps({"seconds": time.perf_counter() - start, "images": x.shape[0]}))
+
+
 def cmd_classify(args):
     model = load_model(args.backbone, args.weights)
     x = load_images(args.images, args.backbone)
@@ -274,6 +354,24 @@ def main():
     p.add_argument("--sigma", type=float, default=4.0)
     p.add_argument("--kernel-size", type=int, default=33)
     p.set_defaults(run=cmd_score)
+
+    p = sub.add_parser("bench-fit")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--patches", type=int, required=True)
+    p.add_argument("--epsilon", type=float, default=0.01)
+    p.add_argument("--normal", nargs="+", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("models", nargs="+")
+    p.set_defaults(run=cmd_bench_fit)
+
+    p = sub.add_parser("bench-score")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--sigma", type=float, default=4.0)
+    p.add_argument("--kernel-size", type=int, default=33)
+    p.add_argument("--batch", type=int, default=32)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("models", nargs="+")
+    p.set_defaults(run=cmd_bench_score)
 
     p = sub.add_parser("classify", parents=[common])
     p.add_argument("images", nargs="+")

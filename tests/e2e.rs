@@ -256,3 +256,205 @@ fn fit_matches_pytorch_on_real_embeddings() {
     assert!(!refused.status.success(), "{message}");
     assert!(message.contains("fit.memory-budget-gib") && message.contains("176 channels x 3136 patches"), "{message}");
 }
+
+/// Copies the first `n` files with extension `ext` of `from` into `to`, and returns their names.
+fn copy_first(from: &Path, to: &Path, n: usize, ext: &str) -> Vec<String> {
+    std::fs::create_dir_all(to).unwrap();
+    let mut files: Vec<PathBuf> = std::fs::read_dir(from)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files
+        .iter()
+        .take(n)
+        .map(|f| {
+            std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+            f.file_name().unwrap().to_string_lossy().into_owned()
+        })
+        .collect()
+}
+
+fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    let mut reader = csv::Reader::from_path(path).unwrap();
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| headers.iter().zip(r.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect())
+        .collect()
+}
+
+/// `padim run` on a small real subset: split, extract, fit, score, report; every output exists and
+/// parses, the tables agree with metrics.json, and a rerun changes nothing.
+#[test]
+fn run_all_stages_and_report() {
+    let shared = root().join("../shared/data/concrete-crack");
+    if !shared.is_dir() {
+        eprintln!("{} is absent: the report test has no real images to run on", shared.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 16, "jpg");
+    copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 10, "jpg");
+    // One exact duplicate: it must land in the same split as its original.
+    let negatives = dir.path().join("data/Negative");
+    let first = std::fs::read_dir(&negatives).unwrap().map(|e| e.unwrap().path()).min().unwrap();
+    std::fs::copy(&first, negatives.join("zz-duplicate.jpg")).unwrap();
+    let job = write_job(dir.path(), 8);
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    text.push_str(
+        "[split]\nseed = 1\ntrain = { Negative = 9 }\ncalibration = { Negative = 4, Positive = 4 }\n\
+         test = { Negative = \"rest\", Positive = \"rest\" }\n\
+         [fit]\nsubsets = [{ name = \"r40\", count = 40, seed = 0 }, { name = \"all\", all = true }]\n\
+         [report]\nmodel = \"r40\"\nmontage-images = 4\n",
+    );
+    std::fs::write(&job, text).unwrap();
+    let job_arg = job.to_str().unwrap();
+
+    // The stages refuse to run out of order, saying what to run.
+    let early = padim(&["extract", job_arg]);
+    let message = String::from_utf8_lossy(&early.stderr);
+    assert!(!early.status.success() && message.contains("padim split"), "{message}");
+
+    let out = stdout(&padim(&["run", job_arg]));
+    eprintln!("{out}");
+    assert!(out.contains("split: 27 images, 0 unused"), "{out}");
+    assert!(out.contains("fit: 9 training images, 2 model(s)"), "{out}");
+    assert!(out.contains("report done"), "{out}");
+
+    let run = dir.path().join("run");
+    // The split manifest: disjoint, the duplicate beside its original, training images first.
+    let manifest = csv_rows(&run.join("split/manifest.csv"));
+    assert_eq!(manifest.len(), 27);
+    let split_of =
+        |name: &str| manifest.iter().find(|r| r["path"].ends_with(name)).map(|r| r["split"].clone()).unwrap();
+    assert_eq!(split_of("zz-duplicate.jpg"), split_of(first.file_name().unwrap().to_str().unwrap()));
+    assert!(manifest[..9].iter().all(|r| r["split"] == "train" && r["label"] == "Negative"));
+
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("report/metrics.json")).unwrap()).unwrap();
+    assert_eq!(metrics["headline-model"], "r40");
+    let models = metrics["models"].as_array().unwrap();
+    assert_eq!(models.len(), 4, "2 models x (mean, max)");
+    let headline = models.iter().find(|m| m["model"] == "r40" && m["score"] == "mean").unwrap();
+    assert_eq!(headline["calibration"]["normal"], 4);
+    assert_eq!(headline["test"]["normal"].as_u64().unwrap() + headline["test"]["anomalous"].as_u64().unwrap(), 10);
+    for m in models {
+        for set in ["calibration", "test"] {
+            let auroc = m[set]["auroc"].as_f64().unwrap();
+            assert!((0.0..=1.0).contains(&auroc), "{m}");
+        }
+    }
+
+    // The scores table agrees with metrics.json: the verdicts give the reported confusion matrix, and
+    // normalised scores use the calibration maps' range.
+    let scores = csv_rows(&run.join("report/scores.csv"));
+    let test_r40: Vec<_> = scores.iter().filter(|r| r["model"] == "r40" && r["split"] == "test").collect();
+    assert_eq!(test_r40.len(), 10);
+    let threshold = headline["threshold"].as_f64().unwrap();
+    let [lo, hi] = [headline["normalisation"][0].as_f64().unwrap(), headline["normalisation"][1].as_f64().unwrap()];
+    let (mut tp, mut tn) = (0, 0);
+    for r in &test_r40 {
+        let mean: f64 = r["mean"].parse().unwrap();
+        let normalised: f64 = r["mean_normalised"].parse().unwrap();
+        assert!((normalised - (mean - lo) / (hi - lo)).abs() < 1e-9);
+        let flagged = r["anomalous_predicted"] == "true";
+        assert_eq!(flagged, normalised >= threshold);
+        tp += (flagged && r["label"] == "Positive") as u64;
+        tn += (!flagged && r["label"] == "Negative") as u64;
+    }
+    assert_eq!(headline["test"]["confusion"]["tp"].as_u64().unwrap(), tp);
+    assert_eq!(headline["test"]["confusion"]["tn"].as_u64().unwrap(), tn);
+    let calibration: Vec<f64> = scores
+        .iter()
+        .filter(|r| r["model"] == "r40" && r["split"] == "calibration")
+        .flat_map(|r| [r["min"].parse::<f64>().unwrap(), r["max"].parse::<f64>().unwrap()])
+        .collect();
+    assert_eq!(calibration.iter().copied().fold(f64::INFINITY, f64::min), lo);
+    assert_eq!(calibration.iter().copied().fold(f64::NEG_INFINITY, f64::max), hi);
+
+    // Pictures are PNG files, embedded in the one-file HTML report; tables also as Parquet.
+    for name in ["histograms", "roc", "confusion", "montage-true-positives", "montage-false-negatives", "colorbar"] {
+        let bytes = std::fs::read(run.join(format!("report/{name}.png"))).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n", "{name}");
+    }
+    let html = std::fs::read_to_string(run.join("report/report.html")).unwrap();
+    assert!(html.matches("data:image/png;base64,").count() >= 8 && !html.contains("src=\"report/"));
+    for table in ["scores", "metrics", "roc"] {
+        assert!(run.join(format!("report/{table}.parquet")).is_file());
+    }
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("report/run-manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["inputs"]["images"], 27);
+    assert!(manifest["config-hash"].as_str().unwrap().len() == 64);
+
+    // A rerun finds every stage done and gives the same numbers.
+    let before = std::fs::read(run.join("report/metrics.json")).unwrap();
+    let again = stdout(&padim(&["run", job_arg]));
+    assert!(again.contains("report already done"), "{again}");
+    assert_eq!(std::fs::read(run.join("report/metrics.json")).unwrap(), before);
+    let forced = stdout(&padim(&["report", job_arg, "--force"]));
+    assert!(forced.contains("report done"), "{forced}");
+    assert_eq!(std::fs::read(run.join("report/metrics.json")).unwrap(), before, "same inputs, same numbers");
+}
+
+/// Magnetic tile: grayscale, non-square images with masks beside them; pixel metrics are reported.
+#[test]
+fn masks_give_pixel_metrics() {
+    let shared = root().join("../shared/data/magnetic-tile");
+    if !shared.is_dir() {
+        eprintln!("{} is absent: the pixel-metric test has no real images to run on", shared.display());
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    for (class, n) in [("MT_Free", 12), ("MT_Blowhole", 6)] {
+        let to = dir.path().join("data").join(class).join("Imgs");
+        for name in copy_first(&shared.join(class).join("Imgs"), &to, n, "jpg") {
+            let mask = name.replace(".jpg", ".png");
+            std::fs::copy(shared.join(class).join("Imgs").join(&mask), to.join(&mask)).unwrap();
+        }
+    }
+    let text = format!(
+        r#"
+[run]
+name = "tiles"
+output = "{}/run"
+[dataset]
+root = ["data"]
+normal = ["MT_Free"]
+extensions = ["jpg"]
+mask = "{{stem}}.png"
+[split]
+train = {{ MT_Free = 8 }}
+calibration = {{ MT_Free = 2, MT_Blowhole = 2 }}
+test = {{ MT_Free = "rest", MT_Blowhole = "rest" }}
+[preprocess]
+resize = [224, 224]
+crop = [224, 224]
+[backbone]
+name = "efficientnet-lite0"
+weights = "{}"
+[fit]
+subsets = [{{ name = "all", all = true }}]
+[report]
+score = "max"
+montage-images = 2
+"#,
+        dir.path().display(),
+        root().join("weights/efficientnet-lite0.safetensors").display()
+    );
+    let job = dir.path().join("job.toml");
+    std::fs::write(&job, text).unwrap();
+    let out = stdout(&padim(&["run", job.to_str().unwrap()]));
+    assert!(out.contains("pixel AUROC"), "{out}");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run/report/metrics.json")).unwrap()).unwrap();
+    let pixel = &metrics["pixel"];
+    assert_eq!(pixel["images"], 6, "{metrics}");
+    assert!(pixel["regions"].as_u64().unwrap() >= 4, "{pixel}");
+    for key in ["auroc", "pro"] {
+        let v = pixel[key].as_f64().unwrap();
+        assert!(v > 0.0 && v <= 1.0, "{key}: {pixel}");
+    }
+}

@@ -25,13 +25,20 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Assign the dataset's images to seeded, disjoint train / calibration / test splits.
+    Split {
+        /// The job file.
+        job: PathBuf,
+        /// Redo the split even if it is marked done, or marked done by another configuration.
+        #[arg(long)]
+        force: bool,
+    },
     /// Extract CNN embeddings of a dataset (one shard of it) to Parquet.
     Extract {
         /// The job file.
         job: PathBuf,
-        /// Run shard INDEX/COUNT of the images, e.g. 0/4.
-        #[arg(long, default_value = "0/1")]
-        shard: Shard,
+        #[command(flatten)]
+        sharding: Sharding,
         /// Where the backbone runs (overrides the job's `extract.device`).
         #[arg(long)]
         device: Option<DeviceChoice>,
@@ -45,10 +52,14 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
-    /// Fit the per-patch Gaussians of every channel subset from the extracted embeddings.
+    /// Fit the per-patch Gaussians of every channel subset from the extracted embeddings. With a
+    /// shard (flag or array-job variable), only accumulate that part of the extract shards; a run
+    /// without one merges every part and writes the models.
     Fit {
         /// The job file.
         job: PathBuf,
+        #[command(flatten)]
+        sharding: Sharding,
         /// Redo the fit even if it is marked done, or marked done by another configuration.
         #[arg(long)]
         force: bool,
@@ -57,15 +68,65 @@ enum Command {
     Score {
         /// The job file.
         job: PathBuf,
+        #[command(flatten)]
+        sharding: Sharding,
         /// Redo shards even if they are marked done.
         #[arg(long)]
         force: bool,
+    },
+    /// Calibrate on the calibration split, evaluate on the test split, and write pictures, tables
+    /// and the HTML report.
+    Report {
+        /// The job file.
+        job: PathBuf,
+        /// Redo the report even if it is marked done.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Run every stage of the job on this machine: split, extract, fit, score, report. Finished
+    /// stages are skipped.
+    Run {
+        /// The job file.
+        job: PathBuf,
+        /// CPU threads for the backbone (overrides `extract.threads`; 0 = all cores).
+        #[arg(long)]
+        threads: Option<usize>,
+        /// Where the backbone runs (overrides the job's `extract.device`).
+        #[arg(long)]
+        device: Option<DeviceChoice>,
     },
     /// Print the resolved job (every default filled in, every path absolute) and its hash.
     Config {
         /// The job file.
         job: PathBuf,
     },
+}
+
+/// Which shard this process runs: `--shard`, else the array-job variable of Slurm, AWS Batch or
+/// Kubernetes (with `--shards` for the engines that do not give the count).
+#[derive(clap::Args)]
+struct Sharding {
+    /// Run shard INDEX/COUNT, e.g. 0/4 (default: from the array-job environment, else the whole).
+    #[arg(long)]
+    shard: Option<Shard>,
+    /// The number of shards of an AWS Batch or Kubernetes array job.
+    #[arg(long, env = "PADIM_SHARDS")]
+    shards: Option<u32>,
+}
+
+impl Sharding {
+    /// The explicit shard, or the one of the array-job environment, or `None`.
+    fn resolve(&self) -> Result<Option<Shard>> {
+        if let Some(shard) = self.shard {
+            return Ok(Some(shard));
+        }
+        let found = padim_core::shard::from_environment(|name| std::env::var(name).ok(), self.shards)?;
+        if let Some((shard, variable)) = found {
+            tracing::info!(%shard, variable, "shard from the array-job environment");
+            return Ok(Some(shard));
+        }
+        Ok(None)
+    }
 }
 
 fn main() -> ExitCode {
@@ -88,7 +149,24 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Extract { job, shard, device, threads, skip_bad, force } => {
+        Command::Split { job, force } => {
+            let job = Job::load(&job)?;
+            let reporter = progress::Bars::new(cli.quiet);
+            let summary = padim_extract::run_split(&job, force, &reporter)
+                .with_context(|| format!("split of job `{}`", job.name))?;
+            let verb = if summary.already_done { "already done" } else { "done" };
+            let counts: Vec<String> = summary.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+            write_stdout(&format!(
+                "split {verb}: {}; {} unused -> {}/{}",
+                counts.join(", "),
+                summary.unused,
+                job.output,
+                padim_extract::split::MANIFEST_KEY
+            ));
+            Ok(())
+        }
+        Command::Extract { job, sharding, device, threads, skip_bad, force } => {
+            let shard = sharding.resolve()?.unwrap_or(Shard::ALL);
             let mut job = Job::load(&job)?;
             if let Some(device) = device {
                 job.extract.device = device;
@@ -108,11 +186,19 @@ fn run(cli: Cli) -> Result<()> {
             ));
             Ok(())
         }
-        Command::Fit { job, force } => {
+        Command::Fit { job, sharding, force } => {
+            let shard = sharding.resolve()?;
             let job = Job::load(&job)?;
             let reporter = progress::Bars::new(cli.quiet);
-            let summary = padim_fit::run_fit(&job, &padim_fit::FitOptions { force }, &reporter)
+            let summary = padim_fit::run_fit(&job, &padim_fit::FitOptions { force, shard }, &reporter)
                 .with_context(|| format!("fit of job `{}`", job.name))?;
+            if let Some(shard) = shard {
+                write_stdout(&format!(
+                    "fit {shard} done: {} training images in {} extract shard(s); run `padim fit JOB` to merge",
+                    summary.n_train, summary.partials
+                ));
+                return Ok(());
+            }
             let verb = if summary.already_done { "already done" } else { "done" };
             write_stdout(&format!(
                 "fit {verb}: {} training images -> {}",
@@ -121,16 +207,51 @@ fn run(cli: Cli) -> Result<()> {
             ));
             Ok(())
         }
-        Command::Score { job, force } => {
+        Command::Score { job, sharding, force } => {
+            let shard = sharding.resolve()?;
             let job = Job::load(&job)?;
             let reporter = progress::Bars::new(cli.quiet);
-            let summary = padim_score::run_score(&job, force, &reporter)
+            let summary = padim_score::run_score(&job, force, shard, &reporter)
                 .with_context(|| format!("score of job `{}`", job.name))?;
             write_stdout(&format!(
                 "score done: {} images x {} models in {} shard(s), {} shard(s) already done -> {}/score",
                 summary.images, summary.models, summary.shards_done, summary.shards_skipped, job.output
             ));
             Ok(())
+        }
+        Command::Report { job, force } => {
+            let job = Job::load(&job)?;
+            report(&job, force, cli.quiet)
+        }
+        Command::Run { job, threads, device } => {
+            let mut job = Job::load(&job)?;
+            if let Some(device) = device {
+                job.extract.device = device;
+            }
+            if let Some(threads) = threads {
+                job.extract.threads = threads;
+            }
+            let reporter = progress::Bars::new(cli.quiet);
+            if job.split.is_some() {
+                let summary = padim_extract::run_split(&job, false, &reporter)
+                    .with_context(|| format!("split of job `{}`", job.name))?;
+                write_stdout(&format!(
+                    "split: {} images, {} unused",
+                    summary.counts.values().sum::<u64>(),
+                    summary.unused
+                ));
+            }
+            let shard = Shard::ALL;
+            let summary = padim_extract::run_extract(&job, shard, &padim_extract::ExtractOptions::default(), &reporter)
+                .with_context(|| format!("extract of job `{}`", job.name))?;
+            write_stdout(&format!("extract: {} images, {} skipped", summary.images, summary.skipped));
+            let summary = padim_fit::run_fit(&job, &padim_fit::FitOptions::default(), &reporter)
+                .with_context(|| format!("fit of job `{}`", job.name))?;
+            write_stdout(&format!("fit: {} training images, {} model(s)", summary.n_train, summary.models.len()));
+            let summary = padim_score::run_score(&job, false, None, &reporter)
+                .with_context(|| format!("score of job `{}`", job.name))?;
+            write_stdout(&format!("score: {} images x {} model(s)", summary.images, summary.models));
+            report(&job, false, cli.quiet)
         }
         Command::Config { job } => {
             let job = Job::load(&job)?;
@@ -139,6 +260,37 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn report(job: &Job, force: bool, quiet: bool) -> Result<()> {
+    let reporter = progress::Bars::new(quiet);
+    let summary =
+        padim_report::run_report(job, force, &reporter).with_context(|| format!("report of job `{}`", job.name))?;
+    let verb = if summary.already_done { "already done" } else { "done" };
+    let mut text = format!("report {verb} -> {}/report/report.html", job.output);
+    if let Some(h) = summary.headline() {
+        text.push_str(&format!(
+            "\n{} ({} score, {:?} threshold {:.4}): calibration AUROC {:.4}; test AUROC {:.4}, accuracy {:.4}, \
+             F1 {:.4} (TP {} FP {} TN {} FN {})",
+            h.model,
+            h.score,
+            h.threshold_rule,
+            h.threshold,
+            h.calibration.auroc,
+            h.test.auroc,
+            h.test.accuracy,
+            h.test.f1,
+            h.test.confusion.tp,
+            h.test.confusion.fp,
+            h.test.confusion.tn,
+            h.test.confusion.fn_
+        ));
+    }
+    if let Some(p) = &summary.pixel {
+        text.push_str(&format!("\npixel AUROC {:.4}, PRO {:.4} ({} images)", p.auroc, p.pro, p.images));
+    }
+    write_stdout(&text);
+    Ok(())
 }
 
 fn init_tracing(verbose: u8) {

@@ -6,6 +6,7 @@
 //! job's identity: outputs record it, and a rerun with another config is detected by it.
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 /// Errors from reading or validating a job file. Each names the file and, where it can, the key.
@@ -34,6 +35,9 @@ struct RawJob {
     fit: FitSettings,
     #[serde(default)]
     score: ScoreSettings,
+    split: Option<SplitSettings>,
+    #[serde(default)]
+    report: ReportSettings,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -67,6 +71,10 @@ struct RawDataset {
     /// Shown when the data cannot be found: where to get it and how to lay it out.
     #[serde(default)]
     source_hint: String,
+    /// Pixel masks of the defects: a file name pattern in the image's folder, `{stem}` replaced by
+    /// the image's file name without extension (e.g. `"{stem}.png"`). Normal images without a mask
+    /// file are all-normal; an anomalous image without one has no pixel metrics.
+    mask: Option<String>,
 }
 
 fn default_extensions() -> Vec<String> {
@@ -294,6 +302,104 @@ impl Default for ScoreSettings {
     }
 }
 
+/// How many images of one label a split takes: a count, a fraction of the label's images, or
+/// `"rest"` (what the other splits leave).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SplitAmount {
+    Count(u64),
+    Fraction(f64),
+    Rest(String),
+}
+
+/// The names of the splits, in the order they are filled and listed.
+pub const SPLITS: [&str; 3] = ["train", "calibration", "test"];
+
+/// Seeded, disjoint train / calibration / test splits, per label (`padim split`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SplitSettings {
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub train: BTreeMap<String, SplitAmount>,
+    #[serde(default)]
+    pub calibration: BTreeMap<String, SplitAmount>,
+    #[serde(default)]
+    pub test: BTreeMap<String, SplitAmount>,
+}
+
+impl SplitSettings {
+    /// Each split's name and amounts, in [`SPLITS`] order.
+    pub fn parts(&self) -> [(&'static str, &BTreeMap<String, SplitAmount>); 3] {
+        [("train", &self.train), ("calibration", &self.calibration), ("test", &self.test)]
+    }
+}
+
+/// Which image score classifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreKind {
+    /// The mean of the smoothed map (the recipe's choice).
+    Mean,
+    /// Its maximum.
+    Max,
+}
+
+impl ScoreKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreKind::Mean => "mean",
+            ScoreKind::Max => "max",
+        }
+    }
+}
+
+/// How the calibration set chooses the threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThresholdRule {
+    /// Maximises Youden's J = TPR - FPR (the recipe's choice).
+    Youden,
+    /// Maximises F1.
+    MaxF1,
+    /// The lowest threshold whose false-positive rate is at most `report.target-rate`.
+    Fpr,
+    /// The highest threshold whose false-negative rate is at most `report.target-rate`.
+    Fnr,
+}
+
+/// Settings of the `report` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct ReportSettings {
+    /// The image score that classifies.
+    pub score: ScoreKind,
+    /// How the calibration set picks the threshold.
+    pub threshold: ThresholdRule,
+    /// With `threshold = "fpr"` or `"fnr"`: the rate to stay within.
+    pub target_rate: f64,
+    /// The model (subset name) of the pictures and of the headline numbers; default the first.
+    pub model: Option<String>,
+    /// Heatmaps share one display range: 0 to this percentile of the calibration images' maxima.
+    pub display_percentile: f64,
+    /// Images per montage (true positives, true negatives, false positives, false negatives each).
+    pub montage_images: usize,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        ReportSettings {
+            score: ScoreKind::Mean,
+            threshold: ThresholdRule::Youden,
+            target_rate: 0.05,
+            model: None,
+            display_percentile: 80.0,
+            montage_images: 12,
+        }
+    }
+}
+
 /// Where the images come from, resolved to absolute paths.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(rename_all = "kebab-case", tag = "kind")]
@@ -312,6 +418,8 @@ pub enum DatasetSource {
 pub struct Dataset {
     pub source: DatasetSource,
     pub normal: Vec<String>,
+    /// File name pattern of the pixel masks (`{stem}` = the image's file stem), in the image's folder.
+    pub mask: Option<String>,
 }
 
 /// The backbone part of a resolved job.
@@ -337,6 +445,8 @@ pub struct Job {
     pub extract: ExtractSettings,
     pub fit: FitSettings,
     pub score: ScoreSettings,
+    pub split: Option<SplitSettings>,
+    pub report: ReportSettings,
 }
 
 impl Job {
@@ -374,6 +484,7 @@ impl Job {
     pub fn extract_hash(&self) -> String {
         let upstream = serde_json::json!({
             "dataset": self.dataset,
+            "split": self.split,
             "preprocess": self.preprocess,
             "backbone": self.backbone,
             "extract": self.extract,
@@ -390,6 +501,18 @@ impl Job {
     /// The identity of the score stage's outputs: the fit identity and the score settings.
     pub fn score_hash(&self) -> String {
         let upstream = serde_json::json!({ "fit": self.fit_hash(), "score": self.score });
+        crate::hash::sha256_hex(upstream.to_string().as_bytes())
+    }
+
+    /// The identity of the split stage's manifest: the dataset and the split settings.
+    pub fn split_hash(&self) -> String {
+        let upstream = serde_json::json!({ "dataset": self.dataset, "split": self.split });
+        crate::hash::sha256_hex(upstream.to_string().as_bytes())
+    }
+
+    /// The identity of the report: the score identity and the report settings.
+    pub fn report_hash(&self) -> String {
+        let upstream = serde_json::json!({ "score": self.score_hash(), "report": self.report });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 }
@@ -514,16 +637,69 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
         return Err(invalid(path, "extract.row-group-mib", "must be at least 1"));
     }
 
+    let mut fit = fit;
+    if let Some(split) = &raw.split {
+        validate_split(split, path)?;
+        // With splits, only the training split trains unless the job says otherwise.
+        if fit.train_split.is_none() {
+            fit.train_split = Some("train".into());
+        }
+    }
+    if let Some(mask) = &raw.dataset.mask
+        && (!mask.contains("{stem}") || mask.contains('/'))
+    {
+        return Err(invalid(path, "dataset.mask", "must be a file name containing `{stem}`, e.g. \"{stem}.png\""));
+    }
+    let report = raw.report;
+    if !(report.target_rate > 0.0 && report.target_rate < 1.0) {
+        return Err(invalid(path, "report.target-rate", "must be between 0 and 1"));
+    }
+    if !(report.display_percentile > 0.0 && report.display_percentile <= 100.0) {
+        return Err(invalid(path, "report.display-percentile", "must be in (0, 100]"));
+    }
+    if let Some(model) = &report.model
+        && !fit.subsets.iter().any(|s| &s.name == model)
+    {
+        return Err(invalid(path, "report.model", format!("names no subset of `fit.subsets` (`{model}`)")));
+    }
+
     Ok(Job {
         name: raw.run.name,
         output,
-        dataset: Dataset { source, normal: raw.dataset.normal },
+        dataset: Dataset { source, normal: raw.dataset.normal, mask: raw.dataset.mask },
         preprocess: pre,
         backbone,
         extract,
         fit,
         score,
+        split: raw.split,
+        report,
     })
+}
+
+fn validate_split(split: &SplitSettings, path: &Path) -> Result<(), ConfigError> {
+    let mut any = false;
+    for (name, amounts) in split.parts() {
+        for (label, amount) in amounts {
+            any = true;
+            let ok = match amount {
+                SplitAmount::Count(n) => *n > 0,
+                SplitAmount::Fraction(f) => *f > 0.0 && *f <= 1.0,
+                SplitAmount::Rest(word) => word == "rest",
+            };
+            if !ok {
+                return Err(invalid(
+                    path,
+                    "split",
+                    format!("`{name}.{label}` must be a positive count, a fraction in (0, 1] or \"rest\""),
+                ));
+            }
+        }
+    }
+    if !any {
+        return Err(invalid(path, "split", "names no images: give counts per label, e.g. train = { good = 250 }"));
+    }
+    Ok(())
 }
 
 /// A location is kept as a URL when it has a scheme, else made an absolute local path.

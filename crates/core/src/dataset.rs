@@ -190,6 +190,7 @@ mod tests {
                 extensions: vec!["jpg".into(), "png".into()],
             },
             normal: vec!["good".into()],
+            mask: None,
         }
     }
 
@@ -222,7 +223,7 @@ mod tests {
         touch(&dir.path().join("x/a.jpg"));
         let manifest = dir.path().join("m.csv");
         std::fs::write(&manifest, "path,label,split\nx/a.jpg,good,train\nx/missing.jpg,good,test\n").unwrap();
-        let dataset = Dataset { source: DatasetSource::Manifest { path: manifest }, normal: vec![] };
+        let dataset = Dataset { source: DatasetSource::Manifest { path: manifest }, normal: vec![], mask: None };
         let message = list_images(&dataset).unwrap_err().to_string();
         assert!(message.contains("m.csv, line 3") && message.contains("missing.jpg"), "{message}");
     }
@@ -233,7 +234,7 @@ mod tests {
         touch(&dir.path().join("ok/a.jpg"));
         let list = dir.path().join("files.txt");
         std::fs::write(&list, "# comment\nok/a.jpg\n\n").unwrap();
-        let dataset = Dataset { source: DatasetSource::List { path: list.clone() }, normal: vec![] };
+        let dataset = Dataset { source: DatasetSource::List { path: list.clone() }, normal: vec![], mask: None };
         let images = list_images(&dataset).unwrap();
         assert_eq!(images.len(), 1);
         assert_eq!(images[0].label, "ok");

@@ -8,6 +8,7 @@ pub mod dataset;
 pub mod hash;
 pub mod progress;
 pub mod shard;
+pub mod split;
 
 pub use config::{ConfigError, Job};
 pub use dataset::{DatasetError, ImageRecord};

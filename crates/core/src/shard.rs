@@ -43,8 +43,53 @@ impl fmt::Display for Shard {
     }
 }
 
+/// Where the shard of this process comes from: the array-job index of the engine that started it.
+///
+/// In order: Slurm (`SLURM_ARRAY_TASK_ID` of `SLURM_ARRAY_TASK_COUNT`, an array that starts at 0
+/// with step 1), AWS Batch (`AWS_BATCH_JOB_ARRAY_INDEX` of `count`), Kubernetes Indexed Jobs
+/// (`JOB_COMPLETION_INDEX` of `count`). `count` is the shard count given to padim (`--shards` or
+/// `PADIM_SHARDS`): AWS Batch and Kubernetes do not tell a task the size of its array. `None` when no
+/// variable is set.
+pub fn from_environment(
+    env: impl Fn(&str) -> Option<String>,
+    count: Option<u32>,
+) -> Result<Option<(Shard, &'static str)>, ShardError> {
+    let number = |name: &'static str| -> Result<Option<u32>, ShardError> {
+        match env(name) {
+            None => Ok(None),
+            Some(text) => text.trim().parse().map(Some).map_err(|_| ShardError::Variable { name, value: text }),
+        }
+    };
+    if let Some(index) = number("SLURM_ARRAY_TASK_ID")? {
+        let slurm_count = number("SLURM_ARRAY_TASK_COUNT")?;
+        let count = slurm_count.or(count).ok_or(ShardError::NoCount { variable: "SLURM_ARRAY_TASK_ID" })?;
+        if let (Some(min), Some(max)) = (number("SLURM_ARRAY_TASK_MIN")?, number("SLURM_ARRAY_TASK_MAX")?)
+            && (min != 0 || max + 1 != count)
+        {
+            return Err(ShardError::SlurmArray { min, max, count });
+        }
+        return Ok(Some((Shard::new(index, count)?, "SLURM_ARRAY_TASK_ID")));
+    }
+    for name in ["AWS_BATCH_JOB_ARRAY_INDEX", "JOB_COMPLETION_INDEX"] {
+        if let Some(index) = number(name)? {
+            let count = count.ok_or(ShardError::NoCount { variable: name })?;
+            return Ok(Some((Shard::new(index, count)?, name)));
+        }
+    }
+    Ok(None)
+}
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ShardError {
+    #[error("environment variable {name} = `{value}` is not a shard index")]
+    Variable { name: &'static str, value: String },
+    #[error("{variable} is set but the shard count is not: pass --shards N (or set PADIM_SHARDS)")]
+    NoCount { variable: &'static str },
+    #[error(
+        "the Slurm array runs tasks {min}..={max} but has {count} tasks: submit it as --array=0-{last}",
+        last = count.saturating_sub(1)
+    )]
+    SlurmArray { min: u32, max: u32, count: u32 },
     #[error("shard {index}/{count} is out of range: the index must be in 0..{count} and the count at least 1")]
     OutOfRange { index: u32, count: u32 },
     #[error("cannot parse shard `{0}`: write it as INDEX/COUNT, e.g. 0/4")]
@@ -80,6 +125,31 @@ mod tests {
                 assert_eq!(next, n_items);
             }
         }
+    }
+
+    #[test]
+    fn array_job_variables() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        assert_eq!(from_environment(env(&[]), Some(4)).unwrap(), None);
+        let slurm = env(&[("SLURM_ARRAY_TASK_ID", "2"), ("SLURM_ARRAY_TASK_COUNT", "4")]);
+        assert_eq!(from_environment(slurm, None).unwrap(), Some((Shard { index: 2, count: 4 }, "SLURM_ARRAY_TASK_ID")));
+        let batch = env(&[("AWS_BATCH_JOB_ARRAY_INDEX", "7")]);
+        assert_eq!(from_environment(batch, Some(8)).unwrap().unwrap().0, Shard { index: 7, count: 8 });
+        let message = from_environment(batch, None).unwrap_err().to_string();
+        assert!(message.contains("AWS_BATCH_JOB_ARRAY_INDEX") && message.contains("--shards"), "{message}");
+        let k8s = env(&[("JOB_COMPLETION_INDEX", "3")]);
+        assert!(matches!(from_environment(k8s, Some(3)), Err(ShardError::OutOfRange { index: 3, count: 3 })));
+        let bad = env(&[("JOB_COMPLETION_INDEX", "x")]);
+        assert!(matches!(from_environment(bad, Some(3)), Err(ShardError::Variable { .. })));
+        let offset = env(&[
+            ("SLURM_ARRAY_TASK_ID", "1"),
+            ("SLURM_ARRAY_TASK_COUNT", "2"),
+            ("SLURM_ARRAY_TASK_MIN", "1"),
+            ("SLURM_ARRAY_TASK_MAX", "2"),
+        ]);
+        assert!(matches!(from_environment(offset, None), Err(ShardError::SlurmArray { .. })));
     }
 
     #[test]

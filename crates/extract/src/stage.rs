@@ -5,7 +5,7 @@ use crate::backbone::{self, Backbone};
 use crate::preprocess::{ImageError, Prepared, Preprocessor};
 use crate::weights::{WeightsError, verify_checksum};
 use padim_core::config::{Compression, Job};
-use padim_core::dataset::{DatasetError, ImageRecord, list_images};
+use padim_core::dataset::{DatasetError, ImageRecord};
 use padim_core::{Progress, Shard};
 use padim_store::{
     DoneMarker, EmbeddingMeta, EmbeddingWriter, ImageRow, ImageStatus, LayerInfo, Store, StoreError, WriterSettings,
@@ -22,6 +22,8 @@ type LoadResult = Result<(Prepared, Vec<u8>), ImageError>;
 pub enum ExtractError {
     #[error(transparent)]
     Dataset(#[from] DatasetError),
+    #[error(transparent)]
+    Split(#[from] crate::split::SplitStageError),
     #[error(transparent)]
     Weights(#[from] WeightsError),
     #[error(transparent)]
@@ -106,7 +108,7 @@ pub fn run_extract(
         store.delete(&done_key)?;
     }
 
-    let all_images = list_images(&job.dataset)?;
+    let all_images = crate::split::job_images(job, &store)?;
     let images = &all_images[shard.range(all_images.len())];
     tracing::info!(images = images.len(), total = all_images.len(), "listed dataset");
 

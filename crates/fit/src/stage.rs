@@ -45,6 +45,10 @@ pub enum FitError {
 #[derive(Debug, Clone, Default)]
 pub struct FitOptions {
     pub force: bool,
+    /// Accumulate only this shard of the extract shards (their partial states) and stop: the
+    /// array-job form of the fit. Without it, missing partial states are accumulated, all are
+    /// merged and the models are written.
+    pub shard: Option<Shard>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,6 +56,8 @@ pub struct FitSummary {
     pub n_train: u64,
     pub models: Vec<String>,
     pub already_done: bool,
+    /// The extract shards whose partial states this run accumulated or found (a `--shard` run).
+    pub partials: usize,
 }
 
 const DONE_KEY: &str = "fit/done.json";
@@ -68,17 +74,24 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
                 n_train: marker.counts.get("train-images").copied().unwrap_or(0),
                 models: marker.files,
                 already_done: true,
+                partials: 0,
             });
         }
         if marker.config_hash != fit_hash && !options.force {
             return Err(FitError::ConfigMismatch { url: store.url_of(DONE_KEY) });
         }
-        store.delete(DONE_KEY)?;
+        if options.shard.is_none() {
+            store.delete(DONE_KEY)?;
+        }
     }
 
-    let shards = extract_shards(&store, &job.extract_hash())?;
+    let all_shards = extract_shards(&store, &job.extract_hash())?;
+    let shards: Vec<Shard> = match options.shard {
+        Some(fit_shard) => all_shards[fit_shard.range(all_shards.len())].to_vec(),
+        None => all_shards.clone(),
+    };
     let train = training_images(&store, job, &shards)?;
-    let first_key = format!("extract/embeddings-{}.parquet", shards[0].tag());
+    let first_key = format!("extract/embeddings-{}.parquet", all_shards[0].tag());
     let meta = EmbeddingReader::open(&store, &first_key, Some(&[]), 1)?.meta().clone();
     let subsets = resolve_subsets(&job.fit.subsets, meta.n_channels)?;
     let union = ChannelSubset::union(subsets.iter().map(|(_, s)| s));
@@ -103,6 +116,14 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         total.merge(&partial).map_err(|source| FitError::Stats { url: store.url_of("fit"), source })?;
     }
     progress.finish();
+    if options.shard.is_some() {
+        return Ok(FitSummary {
+            n_train: total.count(),
+            models: Vec::new(),
+            already_done: false,
+            partials: shards.len(),
+        });
+    }
     if total.count() < 2 {
         let split = job.fit.train_split.as_ref().map(|s| format!(", split {s}")).unwrap_or_default();
         return Err(FitError::TooFewImages { count: total.count(), labels: train_labels(job), split });
@@ -142,7 +163,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     };
     marker.write(&store, DONE_KEY)?;
     tracing::info!(train = total.count(), models = models.len(), "fit done");
-    Ok(FitSummary { n_train: total.count(), models, already_done: false })
+    Ok(FitSummary { n_train: total.count(), models, already_done: false, partials: shards.len() })
 }
 
 fn train_labels(job: &Job) -> Vec<String> {
@@ -254,7 +275,16 @@ fn accumulate_shard(
     store.delete(&done_key)?;
     let embeddings_key = format!("extract/embeddings-{tag}.parquet");
     let url = store.url_of(&embeddings_key);
-    let mut reader = EmbeddingReader::open(store, &embeddings_key, Some(union.channels()), job.fit.batch_images)?;
+    // Only the row groups that hold training images are read (with splits, the manifest puts the
+    // training images first, so that is a small prefix of the file).
+    let wanted = |min: u32, max: u32| train.range(min..=max).next().is_some();
+    let mut reader = EmbeddingReader::open_images(
+        store,
+        &embeddings_key,
+        Some(union.channels()),
+        job.fit.batch_images,
+        Some(&wanted),
+    )?;
     let meta = reader.meta();
     if (meta.backbone.as_str(), meta.n_channels, meta.grid_height, meta.grid_width, meta.weights_sha256.as_str())
         != (

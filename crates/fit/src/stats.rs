@@ -123,14 +123,13 @@ impl PatchStats {
             return Ok(());
         }
         let (n_a, n_b) = (self.count as f64, n as f64);
-        self.mean.par_chunks_mut(d).zip(self.comoment.par_chunks_mut(d * d)).enumerate().for_each(
-            |(patch, (mean, comoment))| {
-                let mut x = Array2::<f64>::zeros((n, d));
-                for (image, mut row) in x.axis_iter_mut(Axis(0)).enumerate() {
-                    for (channel, value) in row.iter_mut().enumerate() {
-                        *value = values[(image * d + channel) * n_patches + patch] as f64;
-                    }
-                }
+        let mut patch_major = patch_major(values, n, d, n_patches);
+        self.mean
+            .par_chunks_mut(d)
+            .zip(self.comoment.par_chunks_mut(d * d))
+            .zip(patch_major.par_chunks_mut(n * d))
+            .for_each(|((mean, comoment), x)| {
+                let mut x = ArrayViewMut2::from_shape((n, d), x).expect("n x d");
                 let batch_mean = x.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(d));
                 x -= &batch_mean;
                 let batch_comoment = x.t().dot(&x);
@@ -142,8 +141,7 @@ impl PatchStats {
                     &batch_comoment,
                     n_b,
                 );
-            },
-        );
+            });
         self.count += n as u64;
         Ok(())
     }
@@ -236,6 +234,30 @@ impl PatchStats {
     }
 }
 
+/// The patch-major copy `[n_patches][n][d]` (f64) of `values` `[n][d][n_patches]` (f32), transposed a
+/// block of patches at a time so that every read is a run of contiguous values (a per-patch gather
+/// would touch one cache line per image and channel for every patch).
+pub fn patch_major(values: &[f32], n: usize, d: usize, n_patches: usize) -> Vec<f64> {
+    const BLOCK: usize = 16;
+    let mut out = vec![0f64; n_patches * n * d];
+    if out.is_empty() {
+        return out;
+    }
+    out.par_chunks_mut(BLOCK * n * d).enumerate().for_each(|(block, out)| {
+        let first = block * BLOCK;
+        let width = out.len() / (n * d);
+        for image in 0..n {
+            for channel in 0..d {
+                let row = &values[(image * d + channel) * n_patches + first..][..width];
+                for (offset, &value) in row.iter().enumerate() {
+                    out[(offset * n + image) * d + channel] = value as f64;
+                }
+            }
+        }
+    });
+    out
+}
+
 /// Chan's pairwise update of one patch's (mean, co-moment) with another's.
 fn merge_into(
     mut mean: ArrayViewMut1<f64>,
@@ -249,11 +271,8 @@ fn merge_into(
     let delta = &other_mean - &mean;
     let weight = n_a * n_b / n;
     comoment += other_comoment;
-    let d = delta.len();
-    for i in 0..d {
-        for j in 0..d {
-            comoment[[i, j]] += delta[i] * delta[j] * weight;
-        }
+    for (mut row, &delta_i) in comoment.outer_iter_mut().zip(&delta) {
+        row.scaled_add(delta_i * weight, &delta);
     }
     mean.scaled_add(n_b / n, &delta);
 }

@@ -2,7 +2,7 @@
 //! per patch, the deviations of all images form a matrix `D` (`n x k`) and the squared distances are
 //! the row sums of `D .* (D P)` with `P` the patch's precision matrix: one GEMM per patch per batch.
 
-use ndarray::{Array2, ArrayView2, Axis};
+use ndarray::{Array1, ArrayView2, ArrayViewMut2, Axis};
 use padim_fit::model::Model;
 use rayon::prelude::*;
 
@@ -29,16 +29,14 @@ pub fn distances(model: &Model, image_ids: &[u32], values: &[f32]) -> Result<Vec
             patch: position % n_patches,
         });
     }
-    let per_patch: Vec<Vec<f64>> = (0..n_patches)
-        .into_par_iter()
-        .map(|patch| {
-            let mut deviations = Array2::<f64>::zeros((n, k));
-            for (image, mut row) in deviations.axis_iter_mut(Axis(0)).enumerate() {
-                for (channel, value) in row.iter_mut().enumerate() {
-                    *value = values[(image * k + channel) * n_patches + patch] as f64
-                        - model.mean[patch * k + channel] as f64;
-                }
-            }
+    let mut deviations = padim_fit::stats::patch_major(values, n, k, n_patches);
+    let per_patch: Vec<Vec<f64>> = deviations
+        .par_chunks_mut(n * k)
+        .enumerate()
+        .map(|(patch, deviations)| {
+            let mut deviations = ArrayViewMut2::from_shape((n, k), deviations).expect("n x k");
+            let mean: Array1<f64> = model.mean[patch * k..(patch + 1) * k].iter().map(|&v| v as f64).collect();
+            deviations -= &mean;
             let precision: Vec<f64> =
                 model.precision[patch * k * k..(patch + 1) * k * k].iter().map(|&v| v as f64).collect();
             let precision = ArrayView2::from_shape((k, k), &precision).expect("k x k");

@@ -36,29 +36,36 @@ pub fn gaussian_kernel(sigma: f64, size: usize) -> Vec<f64> {
     weights.into_iter().map(|w| w / sum).collect()
 }
 
-/// Separable Gaussian smoothing of a row-major map, replicating the border pixels.
+/// Separable Gaussian smoothing of a row-major map, replicating the border pixels. Both passes run
+/// over whole rows (kernel tap outermost), so the inner loops are contiguous and vectorise.
 pub fn smooth_gaussian(map: &[f32], height: usize, width: usize, sigma: f64, size: usize) -> Vec<f32> {
     let kernel = gaussian_kernel(sigma, size);
-    let half = (size / 2) as isize;
+    let half = size / 2;
     let clamp = |v: isize, n: usize| v.clamp(0, n as isize - 1) as usize;
+    let mut padded = vec![0f64; width + 2 * half];
     let mut horizontal = vec![0f64; height * width];
-    for y in 0..height {
-        for x in 0..width {
-            horizontal[y * width + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(i, w)| w * map[y * width + clamp(x as isize + i as isize - half, width)] as f64)
-                .sum();
+    for (row, out) in map.chunks_exact(width).zip(horizontal.chunks_exact_mut(width)) {
+        for (x, value) in padded.iter_mut().enumerate() {
+            *value = row[clamp(x as isize - half as isize, width)] as f64;
+        }
+        for (tap, &weight) in kernel.iter().enumerate() {
+            for (o, &p) in out.iter_mut().zip(&padded[tap..tap + width]) {
+                *o += weight * p;
+            }
         }
     }
+    let mut accumulator = vec![0f64; width];
     let mut out = vec![0f32; height * width];
-    for y in 0..height {
-        for x in 0..width {
-            out[y * width + x] = kernel
-                .iter()
-                .enumerate()
-                .map(|(i, w)| w * horizontal[clamp(y as isize + i as isize - half, height) * width + x])
-                .sum::<f64>() as f32;
+    for (y, out_row) in out.chunks_exact_mut(width).enumerate() {
+        accumulator.fill(0.0);
+        for (tap, &weight) in kernel.iter().enumerate() {
+            let source = clamp(y as isize + tap as isize - half as isize, height);
+            for (a, &h) in accumulator.iter_mut().zip(&horizontal[source * width..(source + 1) * width]) {
+                *a += weight * h;
+            }
+        }
+        for (o, &a) in out_row.iter_mut().zip(&accumulator) {
+            *o = a as f32;
         }
     }
     out

@@ -10,6 +10,7 @@ use padim_store::{
     DoneMarker, EmbeddingReader, ImageRow, MapRow, ScoreRow, Store, StoreError, read_image_table, write_maps,
     write_scores,
 };
+use rayon::prelude::*;
 use std::collections::{BTreeMap, HashMap};
 
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +35,14 @@ pub struct ScoreSummary {
     pub shards_skipped: usize,
 }
 
-/// Scores every extract shard with every model of the job's fit.
-pub fn run_score(job: &Job, force: bool, progress: &dyn Progress) -> Result<ScoreSummary, ScoreStageError> {
+/// Scores every extract shard (or, with `shard`, that shard of the extract shards) with every model
+/// of the job's fit.
+pub fn run_score(
+    job: &Job,
+    force: bool,
+    shard: Option<Shard>,
+    progress: &dyn Progress,
+) -> Result<ScoreSummary, ScoreStageError> {
     let span = tracing::info_span!("score", job = %job.name);
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
@@ -55,7 +62,10 @@ pub fn run_score(job: &Job, force: bool, progress: &dyn Progress) -> Result<Scor
         models.iter().map(|(_, m)| m.channels.iter().map(|c| union.binary_search(c).unwrap_or(0)).collect()).collect();
 
     let score_hash = job.score_hash();
-    let shards = extract_shards(&store)?;
+    let mut shards = extract_shards(&store)?;
+    if let Some(part) = shard {
+        shards = shards[part.range(shards.len())].to_vec();
+    }
     let mut summary = ScoreSummary { images: 0, models: models.len(), shards_done: 0, shards_skipped: 0 };
     progress.start("score", shards.len() as u64);
     for shard in shards {
@@ -104,17 +114,22 @@ pub fn run_score(job: &Job, force: bool, progress: &dyn Progress) -> Result<Scor
                 }
                 let maps = distances(model, &batch.image_ids, &values)
                     .map_err(|source| ScoreStageError::Score { url: url.clone(), source })?;
-                for (image, &id) in batch.image_ids.iter().enumerate() {
-                    let map = &maps[image * n_patches..(image + 1) * n_patches];
-                    let resized = resize_bilinear(map, grid_h, grid_w, meta.input_height, meta.input_width);
-                    let smooth = smooth_gaussian(
-                        &resized,
-                        meta.input_height,
-                        meta.input_width,
-                        job.score.sigma,
-                        job.score.kernel_size,
-                    );
-                    let stats = MapStats::of(&smooth);
+                // Resizing and smoothing are independent per image: one image per task.
+                let stats: Vec<MapStats> = maps
+                    .par_chunks(n_patches)
+                    .map(|map| {
+                        let resized = resize_bilinear(map, grid_h, grid_w, meta.input_height, meta.input_width);
+                        let smooth = smooth_gaussian(
+                            &resized,
+                            meta.input_height,
+                            meta.input_width,
+                            job.score.sigma,
+                            job.score.kernel_size,
+                        );
+                        MapStats::of(&smooth)
+                    })
+                    .collect();
+                for ((&id, map), stats) in batch.image_ids.iter().zip(maps.chunks(n_patches)).zip(stats) {
                     let row = images.get(&id);
                     score_rows.push(ScoreRow {
                         image: id,

@@ -21,6 +21,7 @@ use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, Projecti
 use parquet::basic::{Compression as ParquetCompression, Encoding, ZstdLevel};
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
+use parquet::file::statistics::Statistics;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
@@ -302,6 +303,19 @@ impl EmbeddingReader {
         channels: Option<&[usize]>,
         images_per_batch: usize,
     ) -> Result<Self, StoreError> {
+        Self::open_images(store, key, channels, images_per_batch, None)
+    }
+
+    /// As [`open`](Self::open), reading only the row groups whose image ids (from the column
+    /// statistics, `[min, max]`) may hold a wanted image: `wanted(min, max)` says so. Batches may still
+    /// hold unwanted images of those row groups.
+    pub fn open_images(
+        store: &Store,
+        key: &str,
+        channels: Option<&[usize]>,
+        images_per_batch: usize,
+        wanted: Option<&dyn Fn(u32, u32) -> bool>,
+    ) -> Result<Self, StoreError> {
         let url = store.url_of(key);
         let parquet_error =
             |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
@@ -347,6 +361,24 @@ impl EmbeddingReader {
         roots.dedup();
         let positions = channels.iter().map(|c| roots.iter().position(|r| *r == c + 3).unwrap_or(0)).collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
+        let builder = match wanted {
+            None => builder,
+            Some(wanted) => {
+                let groups: Vec<usize> = (0..builder.metadata().num_row_groups())
+                    .filter(|&g| {
+                        match builder.metadata().row_group(g).column(0).statistics() {
+                            Some(Statistics::Int32(stats)) => match (stats.min_opt(), stats.max_opt()) {
+                                (Some(&min), Some(&max)) => wanted(min as u32, max as u32),
+                                _ => true,
+                            },
+                            // Without statistics the row group must be read to know.
+                            _ => true,
+                        }
+                    })
+                    .collect();
+                builder.with_row_groups(groups)
+            }
+        };
         let stream = builder
             .with_projection(mask)
             .with_batch_size(images_per_batch.max(1) * meta.n_patches())

@@ -1,0 +1,313 @@
+//! Seeded, disjoint train / calibration / test splits per label, that never separate identical files.
+//!
+//! Files with the same SHA-256 form one group; groups, not files, are assigned, so an exact
+//! duplicate can never be in two splits (it would leak training or calibration data into the test).
+//! Each label's groups are shuffled with a ChaCha8 stream seeded from the job's seed and the label
+//! name (so adding a label does not reshuffle the others), then the splits take groups in the order
+//! train, calibration, test until each has exactly its count. The result is sorted by split, label
+//! and path: that order numbers the images, so the training images come first in the embeddings.
+
+use crate::config::{SPLITS, SplitAmount, SplitSettings};
+use rand::SeedableRng;
+use rand::seq::SliceRandom;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// A file to assign: its path, label and content hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SplitInput {
+    pub path: PathBuf,
+    pub label: String,
+    pub sha256: String,
+}
+
+/// A file with its split.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Assigned {
+    pub path: PathBuf,
+    pub label: String,
+    pub sha256: String,
+    pub split: &'static str,
+}
+
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SplitError {
+    #[error("the split names label `{label}`, which the dataset does not have (labels: {known})")]
+    UnknownLabel { label: String, known: String },
+    #[error("label `{label}` has {available} images, but the splits ask for {asked} ({detail}); ask for fewer")]
+    TooFew { label: String, available: usize, asked: usize, detail: String },
+    #[error("label `{label}`: more than one split takes \"rest\"")]
+    TwoRests { label: String },
+    #[error(
+        "{first} (label {first_label}) and {second} (label {second_label}) are the same file (sha256 {sha256}); \
+         an image cannot have two labels: remove one of them"
+    )]
+    ConflictingDuplicate { first: PathBuf, first_label: String, second: PathBuf, second_label: String, sha256: String },
+    #[error(
+        "label `{label}`: split `{split}` cannot take exactly {count} images without separating identical \
+         files (groups of duplicates left: sizes {sizes}); ask for {nearest} instead"
+    )]
+    Inexact { label: String, split: &'static str, count: usize, sizes: String, nearest: usize },
+}
+
+/// Assigns `images` to splits. Images that no split takes are left out.
+pub fn assign(images: &[SplitInput], settings: &SplitSettings) -> Result<Vec<Assigned>, SplitError> {
+    // Groups of identical files, each in path order; a group's label must be unique.
+    let mut by_hash: BTreeMap<&str, Vec<&SplitInput>> = BTreeMap::new();
+    for image in images {
+        by_hash.entry(image.sha256.as_str()).or_default().push(image);
+    }
+    let mut groups: BTreeMap<&str, Vec<Vec<&SplitInput>>> = BTreeMap::new();
+    for (sha256, mut members) in by_hash {
+        members.sort_by(|a, b| a.path.cmp(&b.path));
+        if let Some(other) = members.iter().find(|m| m.label != members[0].label) {
+            return Err(SplitError::ConflictingDuplicate {
+                first: members[0].path.clone(),
+                first_label: members[0].label.clone(),
+                second: other.path.clone(),
+                second_label: other.label.clone(),
+                sha256: sha256.to_string(),
+            });
+        }
+        groups.entry(members[0].label.as_str()).or_default().push(members);
+    }
+    for (_, amounts) in settings.parts() {
+        if let Some(label) = amounts.keys().find(|l| !groups.contains_key(l.as_str())) {
+            let known: Vec<&str> = groups.keys().copied().collect();
+            return Err(SplitError::UnknownLabel { label: label.clone(), known: known.join(", ") });
+        }
+    }
+
+    let mut out = Vec::new();
+    for (label, mut label_groups) in groups {
+        label_groups.sort_by(|a, b| a[0].path.cmp(&b[0].path));
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(label_seed(settings.seed, label));
+        label_groups.shuffle(&mut rng);
+        let available: usize = label_groups.iter().map(Vec::len).sum();
+        let counts = counts(label, available, settings)?;
+        let mut queue = label_groups;
+        for (split, count) in SPLITS.iter().zip(counts) {
+            let mut taken = 0;
+            let mut left = Vec::new();
+            for group in queue {
+                if taken + group.len() <= count {
+                    taken += group.len();
+                    out.extend(group.iter().map(|m| Assigned {
+                        path: m.path.clone(),
+                        label: m.label.clone(),
+                        sha256: m.sha256.clone(),
+                        split,
+                    }));
+                } else {
+                    left.push(group);
+                }
+            }
+            if taken < count {
+                let sizes: Vec<String> = left.iter().map(|g| g.len().to_string()).collect();
+                let nearest = taken + left.iter().map(Vec::len).min().unwrap_or(0);
+                return Err(SplitError::Inexact {
+                    label: label.to_string(),
+                    split,
+                    count,
+                    sizes: sizes.join(", "),
+                    nearest,
+                });
+            }
+            queue = left;
+        }
+    }
+    let rank = |split: &str| SPLITS.iter().position(|s| *s == split).unwrap_or(SPLITS.len());
+    out.sort_by(|a, b| (rank(a.split), &a.label, &a.path).cmp(&(rank(b.split), &b.label, &b.path)));
+    Ok(out)
+}
+
+/// The number of images each split takes of `label`, in [`SPLITS`] order.
+fn counts(label: &str, available: usize, settings: &SplitSettings) -> Result<[usize; 3], SplitError> {
+    let mut counts = [0usize; 3];
+    let mut rest = None;
+    for (index, (_, amounts)) in settings.parts().iter().enumerate() {
+        match amounts.get(label) {
+            None => {}
+            Some(SplitAmount::Count(n)) => counts[index] = *n as usize,
+            Some(SplitAmount::Fraction(f)) => counts[index] = (f * available as f64).round() as usize,
+            Some(SplitAmount::Rest(_)) if rest.is_some() => {
+                return Err(SplitError::TwoRests { label: label.to_string() });
+            }
+            Some(SplitAmount::Rest(_)) => rest = Some(index),
+        }
+    }
+    let asked: usize = counts.iter().sum();
+    let detail = || {
+        SPLITS
+            .iter()
+            .zip(counts)
+            .filter(|(_, c)| *c > 0)
+            .map(|(s, c)| format!("{s} {c}"))
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    if asked > available {
+        return Err(SplitError::TooFew { label: label.to_string(), available, asked, detail: detail() });
+    }
+    if let Some(index) = rest {
+        counts[index] = available - asked;
+    }
+    Ok(counts)
+}
+
+/// The shuffle seed of one label: the job's seed and the label's name, hashed.
+fn label_seed(seed: u64, label: &str) -> u64 {
+    let digest = crate::hash::sha256_hex(format!("{seed}/{label}").as_bytes());
+    u64::from_str_radix(&digest[..16], 16).unwrap_or(seed)
+}
+
+/// The split manifest as CSV (`image,path,label,split,sha256`), images numbered in order.
+pub fn manifest_csv(assigned: &[Assigned]) -> Vec<u8> {
+    let mut writer = csv::Writer::from_writer(Vec::new());
+    let _ = writer.write_record(["image", "path", "label", "split", "sha256"]);
+    for (id, a) in assigned.iter().enumerate() {
+        let _ = writer.write_record([
+            id.to_string().as_str(),
+            a.path.to_string_lossy().as_ref(),
+            &a.label,
+            a.split,
+            &a.sha256,
+        ]);
+    }
+    writer.into_inner().unwrap_or_default()
+}
+
+/// Reads a split manifest written by [`manifest_csv`]; `name` names it in errors.
+pub fn read_manifest_csv(bytes: &[u8], name: &str) -> Result<Vec<crate::ImageRecord>, String> {
+    let mut reader = csv::Reader::from_reader(bytes);
+    let mut out = Vec::new();
+    for (index, record) in reader.records().enumerate() {
+        let line = index + 2;
+        let record = record.map_err(|e| format!("{name}, line {line}: {e}"))?;
+        let field = |i: usize| record.get(i).ok_or_else(|| format!("{name}, line {line}: too few columns"));
+        let id: u32 = field(0)?.parse().map_err(|_| format!("{name}, line {line}: bad image id"))?;
+        if id as usize != out.len() {
+            return Err(format!("{name}, line {line}: image ids must count up from 0"));
+        }
+        let split = field(3)?;
+        if !SPLITS.contains(&split) {
+            return Err(format!("{name}, line {line}: unknown split `{split}`"));
+        }
+        out.push(crate::ImageRecord {
+            id,
+            path: PathBuf::from(field(1)?),
+            label: field(2)?.to_string(),
+            split: Some(split.to_string()),
+        });
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn inputs(spec: &[(&str, usize)]) -> Vec<SplitInput> {
+        let mut out = Vec::new();
+        for (label, n) in spec {
+            for i in 0..*n {
+                out.push(SplitInput {
+                    path: PathBuf::from(format!("{label}/{i:04}.jpg")),
+                    label: label.to_string(),
+                    sha256: format!("{label}-{i}"),
+                });
+            }
+        }
+        out
+    }
+
+    fn settings(text: &str) -> SplitSettings {
+        toml::from_str(text).unwrap()
+    }
+
+    fn recipe() -> SplitSettings {
+        settings(
+            "seed = 0\ntrain = { Negative = 250 }\ncalibration = { Negative = 100, Positive = 100 }\n\
+             test = { Negative = 1000, Positive = 1000 }\n",
+        )
+    }
+
+    #[test]
+    fn recipe_counts_disjoint_and_ordered() {
+        let images = inputs(&[("Negative", 1500), ("Positive", 1500)]);
+        let out = assign(&images, &recipe()).unwrap();
+        let count = |split: &str, label: &str| out.iter().filter(|a| a.split == split && a.label == label).count();
+        assert_eq!(
+            (count("train", "Negative"), count("train", "Positive"), count("calibration", "Negative")),
+            (250, 0, 100)
+        );
+        assert_eq!(
+            (count("calibration", "Positive"), count("test", "Negative"), count("test", "Positive")),
+            (100, 1000, 1000)
+        );
+        let mut paths: Vec<&PathBuf> = out.iter().map(|a| &a.path).collect();
+        paths.sort();
+        paths.dedup();
+        assert_eq!(paths.len(), out.len(), "an image is in two splits");
+        assert!(out[..250].iter().all(|a| a.split == "train"), "training images come first");
+        // Same seed, same assignment; another seed, another one.
+        assert_eq!(assign(&images, &recipe()).unwrap(), out);
+        let mut other = recipe();
+        other.seed = 1;
+        assert_ne!(assign(&images, &other).unwrap(), out);
+    }
+
+    #[test]
+    fn manifest_round_trips() {
+        let out = assign(&inputs(&[("a", 3), ("b", 2)]), &settings("train = { a = 2 }\ntest = { b = 2 }\n")).unwrap();
+        let records = read_manifest_csv(&manifest_csv(&out), "m.csv").unwrap();
+        assert_eq!(records.len(), 4);
+        for (record, a) in records.iter().zip(&out) {
+            assert_eq!((&record.path, &record.label, record.split.as_deref()), (&a.path, &a.label, Some(a.split)));
+        }
+        assert!(
+            read_manifest_csv(b"image,path,label,split,sha256\n1,x,a,train,0\n", "m.csv")
+                .unwrap_err()
+                .contains("line 2")
+        );
+    }
+
+    #[test]
+    fn duplicates_never_straddle_splits() {
+        let mut images = inputs(&[("good", 40), ("bad", 10)]);
+        // Ten pairs and one triple of identical files among the good ones.
+        for i in 0..10 {
+            images[2 * i + 1].sha256 = images[2 * i].sha256.clone();
+        }
+        images[22].sha256 = images[20].sha256.clone();
+        images[21].sha256 = images[20].sha256.clone();
+        let config = settings(
+            "seed = 3\ntrain = { good = 15 }\ncalibration = { good = 5, bad = 5 }\ntest = { good = \"rest\", bad = \"rest\" }\n",
+        );
+        let out = assign(&images, &config).unwrap();
+        assert_eq!(out.len(), 50);
+        let mut split_of: BTreeMap<&str, &str> = BTreeMap::new();
+        for a in &out {
+            let previous = split_of.insert(&a.sha256, a.split);
+            assert!(previous.is_none_or(|p| p == a.split), "{} is in two splits", a.sha256);
+        }
+        assert_eq!(out.iter().filter(|a| a.split == "train").count(), 15);
+    }
+
+    #[test]
+    fn fractions_rest_and_errors() {
+        let images = inputs(&[("a", 10), ("b", 4)]);
+        let out = assign(&images, &settings("train = { a = 0.5 }\ntest = { a = \"rest\", b = 1.0 }\n")).unwrap();
+        assert_eq!(out.iter().filter(|x| x.split == "train").count(), 5);
+        assert_eq!(out.iter().filter(|x| x.split == "test").count(), 9);
+
+        let too_many = assign(&images, &settings("train = { a = 8 }\ntest = { a = 3 }\n")).unwrap_err();
+        assert!(too_many.to_string().contains("label `a` has 10 images, but the splits ask for 11 (train 8 + test 3)"));
+        let unknown = assign(&images, &settings("train = { c = 1 }\n")).unwrap_err();
+        assert!(unknown.to_string().contains("label `c`") && unknown.to_string().contains("a, b"), "{unknown}");
+        let mut conflicting = images.clone();
+        conflicting[12].sha256 = conflicting[0].sha256.clone();
+        let message = assign(&conflicting, &settings("train = { a = 1 }\n")).unwrap_err().to_string();
+        assert!(message.contains("a/0000.jpg") && message.contains("b/0002.jpg"), "{message}");
+    }
+}

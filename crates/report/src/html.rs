@@ -1,0 +1,103 @@
+//! One self-contained HTML page: the headline numbers, every model's metrics, and the pictures
+//! embedded as base64 PNG data URLs (the page needs no other file).
+
+use crate::stage::{ReportSummary, SetMetrics};
+use base64::Engine;
+use padim_core::config::Job;
+
+fn escape(text: &str) -> String {
+    text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+fn row(model: &str, score: &str, set: &str, threshold: f64, m: &SetMetrics) -> String {
+    let c = &m.confusion;
+    format!(
+        "<tr><td>{}</td><td>{score}</td><td>{set}</td><td>{}/{}</td><td>{:.4}</td><td>{:.4}</td><td>{threshold:.4}</td>\
+         <td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{:.4}</td><td>{} / {} / {} / {}</td></tr>",
+        escape(model),
+        m.normal,
+        m.anomalous,
+        m.auroc,
+        m.aupr,
+        m.accuracy,
+        m.precision,
+        m.recall,
+        m.specificity,
+        m.f1,
+        c.tp,
+        c.fp,
+        c.tn,
+        c.fn_
+    )
+}
+
+/// The page; `pictures` are (file name, PNG bytes), shown in order.
+pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) -> String {
+    let mut html = String::new();
+    html.push_str(&format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>padim report: {name}</title><style>\
+         body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}\
+         td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#eee}} img{{max-width:100%;margin:6px 0}}\
+         .headline{{font-size:18px}} code{{background:#f4f4f4}}</style></head><body><h1>padim report: {name}</h1>",
+        name = escape(&summary.job)
+    ));
+    if let Some(h) = summary.headline() {
+        html.push_str(&format!(
+            "<p class=\"headline\">Model <b>{}</b>, {} score, threshold by {:?} on the calibration set: \
+             calibration AUROC <b>{:.4}</b>; test AUROC <b>{:.4}</b>, accuracy <b>{:.4}</b> \
+             ({} normal + {} anomalous test images).</p>",
+            escape(&h.model),
+            h.score,
+            h.threshold_rule,
+            h.calibration.auroc,
+            h.test.auroc,
+            h.test.accuracy,
+            h.test.normal,
+            h.test.anomalous
+        ));
+    }
+    if let Some(p) = &summary.pixel {
+        html.push_str(&format!(
+            "<p class=\"headline\">Pixel level ({} test images, {} defect regions): AUROC <b>{:.4}</b>, PRO (FPR &le; 0.3) <b>{:.4}</b>.</p>",
+            p.images, p.regions, p.auroc, p.pro
+        ));
+    }
+    html.push_str(&format!(
+        "<p>Backbone <code>{}</code>; config hash <code>{}</code>. Scores are normalised with the calibration maps' \
+         minimum and maximum; heatmaps share one display range, 0 to {:.3} (the {}th percentile of the calibration \
+         images' maximum scores).</p>",
+        job.backbone.kind.name(),
+        summary.config_hash,
+        summary.display_range[1],
+        job.report.display_percentile
+    ));
+    html.push_str(
+        "<h2>Metrics</h2><table><tr><th>model</th><th>score</th><th>set</th><th>normal/anomalous</th><th>AUROC</th>\
+         <th>AUPR</th><th>threshold</th><th>accuracy</th><th>precision</th><th>recall</th><th>specificity</th><th>F1</th>\
+         <th>TP / FP / TN / FN</th></tr>",
+    );
+    for m in &summary.models {
+        html.push_str(&row(&m.model, &m.score, "calibration", m.threshold, &m.calibration));
+        html.push_str(&row(&m.model, &m.score, "test", m.threshold, &m.test));
+    }
+    html.push_str("</table>");
+    for u in &summary.unusable {
+        html.push_str(&format!(
+            "<p>Not calibrated: {} ({} score): {}</p>",
+            escape(&u.model),
+            u.score,
+            escape(&u.reason)
+        ));
+    }
+    html.push_str("<h2>Pictures</h2>");
+    let engine = base64::engine::general_purpose::STANDARD;
+    for (name, bytes) in pictures {
+        html.push_str(&format!(
+            "<h3>{}</h3><img alt=\"{0}\" src=\"data:image/png;base64,{}\">",
+            escape(name.trim_end_matches(".png")),
+            engine.encode(bytes)
+        ));
+    }
+    html.push_str("</body></html>\n");
+    html
+}
