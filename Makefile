@@ -76,8 +76,8 @@ lint: ## Formatting and clippy, warnings as errors.
 	cargo clippy --release --workspace --all-targets -- -D warnings
 
 bench: setup ## Benchmarks, as ratios against PyTorch in the same run.
-	cargo bench -p padim-extract --bench extract
-	cargo bench -p padim-score --bench stages
+	cargo bench --workspace --bench extract
+	cargo bench --workspace --bench stages
 
 clean: ## Remove build outputs and runs (keeps the Python environment and weights).
 	cargo clean

@@ -111,9 +111,23 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let mut total = PatchStats::new(n_patches, union.clone());
     let n_train_listed = train.len() as u64;
     progress.start("fit", n_train_listed);
+    // A partial state is kept per extract shard so that a rerun resumes, unless the fit is one
+    // shard in one process: then there is nothing to resume between.
+    let keep_partials = all_shards.len() > 1 || options.shard.is_some();
     for shard in &shards {
-        let partial = accumulate_shard(&store, job, &fit_hash, *shard, &meta, &union, &train, options.force, progress)?;
-        total.merge(&partial).map_err(|source| FitError::Stats { url: store.url_of("fit"), source })?;
+        let partial = accumulate_shard(
+            &store,
+            &AccumulateContext { job, fit_hash: &fit_hash, first_meta: &meta, union: &union, train: &train },
+            *shard,
+            options.force,
+            keep_partials,
+            progress,
+        )?;
+        if total.count() == 0 {
+            total = partial;
+        } else {
+            total.merge(&partial).map_err(|source| FitError::Stats { url: store.url_of("fit"), source })?;
+        }
     }
     progress.finish();
     if options.shard.is_some() {
@@ -130,11 +144,14 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     }
 
     let mut models = Vec::new();
+    let clock = std::time::Instant::now();
     for (name, subset) in &subsets {
         let key = format!("fit/model-{name}.safetensors");
+        let clock = std::time::Instant::now();
         let gaussians = total
             .gaussians(subset, job.fit.epsilon)
             .map_err(|source| FitError::Stats { url: store.url_of(&key), source })?;
+        tracing::debug!(seconds = clock.elapsed().as_secs_f64(), subset = %name, "inverted the covariances");
         let info = ModelInfo {
             format_version: ModelInfo::FORMAT_VERSION,
             subset: name.clone(),
@@ -154,6 +171,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         store.put(&key, encode_model(&gaussians, &info)?)?;
         models.push(key);
     }
+    tracing::info!(seconds = clock.elapsed().as_secs_f64(), "fitted and wrote the models");
     let marker = DoneMarker {
         stage: "fit".into(),
         shard: Shard::ALL.to_string(),
@@ -245,18 +263,26 @@ fn resolve_subsets(specs: &[SubsetSpec], n_channels: usize) -> Result<Vec<(Strin
         .collect()
 }
 
-#[allow(clippy::too_many_arguments)]
+/// What every shard's accumulation shares.
+struct AccumulateContext<'a> {
+    job: &'a Job,
+    fit_hash: &'a str,
+    first_meta: &'a EmbeddingMeta,
+    union: &'a ChannelSubset,
+    train: &'a BTreeSet<u32>,
+}
+
+/// The statistics of one extract shard's training images: a kept partial state of this
+/// configuration, or a pass over the shard's embeddings (kept as a partial state if `keep`).
 fn accumulate_shard(
     store: &Store,
-    job: &Job,
-    fit_hash: &str,
+    context: &AccumulateContext,
     shard: Shard,
-    first_meta: &EmbeddingMeta,
-    union: &ChannelSubset,
-    train: &BTreeSet<u32>,
     force: bool,
+    keep: bool,
     progress: &dyn Progress,
 ) -> Result<PatchStats, FitError> {
+    let AccumulateContext { job, fit_hash, first_meta, union, train } = *context;
     let tag = shard.tag();
     let partial_key = format!("fit/partial-{tag}.safetensors");
     let done_key = format!("fit/partial-done-{tag}.json");
@@ -299,7 +325,12 @@ fn accumulate_shard(
     }
     let mut stats = PatchStats::new(n_patches, union.clone());
     let per_image = union.len() * n_patches;
-    while let Some(batch) = reader.next_batch()? {
+    let (mut read_s, mut update_s) = (0f64, 0f64);
+    loop {
+        let clock = std::time::Instant::now();
+        let Some(batch) = reader.next_batch()? else { break };
+        read_s += clock.elapsed().as_secs_f64();
+        let clock = std::time::Instant::now();
         let mut ids = Vec::with_capacity(batch.image_ids.len());
         let mut values = Vec::with_capacity(batch.values.len());
         for (i, id) in batch.image_ids.iter().enumerate() {
@@ -309,7 +340,12 @@ fn accumulate_shard(
             }
         }
         stats.update(&ids, &values).map_err(|source| FitError::Stats { url: url.clone(), source })?;
+        update_s += clock.elapsed().as_secs_f64();
         progress.advance(ids.len() as u64);
+    }
+    tracing::info!(read_s, update_s, images = stats.count(), "accumulated shard {shard}");
+    if !keep {
+        return Ok(stats);
     }
     let metadata = serde_json::json!({ "config-hash": fit_hash, "shard": shard.to_string() }).to_string();
     store.put(&partial_key, encode_partial(&stats, metadata)?)?;

@@ -123,7 +123,10 @@ impl PatchStats {
             return Ok(());
         }
         let (n_a, n_b) = (self.count as f64, n as f64);
+        let clock = std::time::Instant::now();
         let mut patch_major = patch_major(values, n, d, n_patches);
+        tracing::debug!(transpose_s = clock.elapsed().as_secs_f64(), "patch-major copy");
+        let clock = std::time::Instant::now();
         self.mean
             .par_chunks_mut(d)
             .zip(self.comoment.par_chunks_mut(d * d))
@@ -142,6 +145,7 @@ impl PatchStats {
                     n_b,
                 );
             });
+        tracing::debug!(update_s = clock.elapsed().as_secs_f64(), "per-patch updates");
         self.count += n as u64;
         Ok(())
     }
@@ -209,16 +213,18 @@ impl PatchStats {
             return Err(StatsError::TooFewImages(self.count));
         }
         let (d, k) = (self.channels.len(), positions.len());
-        let precisions: Result<Vec<Vec<f64>>, StatsError> = (0..self.n_patches)
-            .into_par_iter()
-            .map(|patch| {
-                let cov = self.covariance(patch, &positions, epsilon)?;
-                let inverse = cov.invc().map_err(|_| StatsError::Singular { patch, epsilon })?;
-                // The inverse is symmetric in exact arithmetic; make it so in floating point.
-                let symmetric = (&inverse + &inverse.t()) * 0.5;
-                Ok(symmetric.iter().copied().collect())
-            })
-            .collect();
+        let mut precision = vec![0f64; self.n_patches * k * k];
+        precision.par_chunks_mut(k * k).enumerate().try_for_each(|(patch, out)| {
+            let cov = self.covariance(patch, &positions, epsilon)?;
+            let inverse = cov.invc().map_err(|_| StatsError::Singular { patch, epsilon })?;
+            // The inverse is symmetric in exact arithmetic; make it so in floating point.
+            for (i, row) in out.chunks_exact_mut(k).enumerate() {
+                for (j, value) in row.iter_mut().enumerate() {
+                    *value = 0.5 * (inverse[[i, j]] + inverse[[j, i]]);
+                }
+            }
+            Ok::<(), StatsError>(())
+        })?;
         let mut mean = Vec::with_capacity(self.n_patches * k);
         for patch in 0..self.n_patches {
             mean.extend(positions.iter().map(|&p| self.mean[patch * d + p]));
@@ -229,7 +235,7 @@ impl PatchStats {
             count: self.count,
             epsilon,
             mean,
-            precision: precisions?.into_iter().flatten().collect(),
+            precision,
         })
     }
 }

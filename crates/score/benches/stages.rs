@@ -39,14 +39,17 @@ fn env_usize(name: &str, default: usize) -> usize {
 
 /// A job at `dir/job.toml` writing to `dir/run`, fitting `subsets` (TOML inline tables).
 fn write_job(dir: &Path, subsets: &[String]) -> Job {
-    std::fs::create_dir_all(dir.join("data/Negative")).unwrap();
+    // One (empty) dataset folder for every job, so that their extract identities are equal.
+    let data = dir.parent().unwrap().join("data");
+    std::fs::create_dir_all(data.join("Negative")).unwrap();
+    std::fs::create_dir_all(dir).unwrap();
     let text = format!(
         r#"
 [run]
 name = "bench"
 output = "{}"
 [dataset]
-root = ["data"]
+root = ["{}"]
 normal = ["Negative"]
 [backbone]
 name = "efficientnet-lite0"
@@ -59,6 +62,7 @@ memory-budget-gib = 16
 subsets = [{}]
 "#,
         dir.join("run").display(),
+        data.display(),
         root().join("weights/efficientnet-lite0.safetensors").display(),
         subsets.join(", ")
     );
@@ -169,19 +173,14 @@ fn score(job: &Job) -> f64 {
 /// Seconds the PyTorch reference takes for `command` (bench-fit or bench-score) with `job`'s models.
 fn reference(command: &str, job: &Job, threads: usize) -> f64 {
     let run = PathBuf::from(&job.output);
-    let mut args = vec![
-        root().join("scripts/reference.py").display().to_string(),
-        command.into(),
-        "--run-dir".into(),
-        run.display().to_string(),
-        "--threads".into(),
-        threads.to_string(),
-    ];
-    if command == "bench-fit" {
-        args.extend(["--patches".into(), (GRID * GRID).to_string(), "--normal".into(), "Negative".into()]);
-    }
+    // The model files first: `--normal` takes one or more values and would swallow them.
+    let mut args = vec![root().join("scripts/reference.py").display().to_string(), command.into()];
     for spec in &job.fit.subsets {
         args.push(run.join(format!("fit/model-{}.safetensors", spec.name)).display().to_string());
+    }
+    args.extend(["--run-dir".into(), run.display().to_string(), "--threads".into(), threads.to_string()]);
+    if command == "bench-fit" {
+        args.extend(["--patches".into(), (GRID * GRID).to_string(), "--normal".into(), "Negative".into()]);
     }
     let output = Command::new(root().join(".venv/bin/python"))
         .args(&args)
@@ -208,6 +207,16 @@ fn vm_hwm_kib() -> u64 {
 }
 
 fn main() {
+    // As the padim binary does: BLAS single-threaded per call, parallel over patches. OpenBLAS reads
+    // the variable when it loads, so the bench re-executes itself with it.
+    if std::env::var_os("OPENBLAS_NUM_THREADS").is_none() {
+        use std::os::unix::process::CommandExt;
+        let error = Command::new(std::env::current_exe().unwrap())
+            .args(std::env::args_os().skip(1))
+            .env("OPENBLAS_NUM_THREADS", "1")
+            .exec();
+        panic!("cannot re-execute the bench: {error}");
+    }
     let threads = env_usize("PADIM_BENCH_THREADS", 2);
     rayon::ThreadPoolBuilder::new().num_threads(threads).build_global().unwrap();
     if let Ok(path) = std::env::var(CHILD_ENV) {
