@@ -297,13 +297,8 @@ fn load_scores(store: &Store, shards: &[Shard]) -> Result<DataFrame, ReportError
         return Err(ReportError::Table { what: "scores".into(), message: "no shards".into() });
     };
     scores
-        .lazy()
-        .join(images.lazy(), [col("image")], [col("image")], JoinArgs::new(JoinType::Left))
-        .with_column(col("max").cast(DataType::Float64))
-        .with_column(col("min").cast(DataType::Float64))
-        .with_column(col("split").fill_null(lit("")))
-        .sort(["model", "image"], Default::default())
-        .collect()
+        .join(&images, ["image"], ["image"], JoinArgs::new(JoinType::Left), None)
+        .and_then(|joined| joined.sort(["model", "image"], SortMultipleOptions::default()))
         .map_err(table_error("scores joined with images"))
 }
 
@@ -313,8 +308,10 @@ fn group_by_model(df: &DataFrame) -> Result<BTreeMap<String, Vec<Scored>>, Repor
     let strings = |name: &str| -> Result<Vec<String>, ReportError> {
         Ok(df.column(name).map_err(&e)?.str().map_err(&e)?.iter().map(|v| v.unwrap_or_default().to_string()).collect())
     };
+    // `mean` is Float64, `max` and `min` Float32 in the score tables.
     let floats = |name: &str| -> Result<Vec<f64>, ReportError> {
-        Ok(df.column(name).map_err(&e)?.f64().map_err(&e)?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
+        let column = df.column(name).map_err(&e)?.cast(&DataType::Float64).map_err(&e)?;
+        Ok(column.f64().map_err(&e)?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
     };
     let (path, label, split, model) = (strings("path")?, strings("label")?, strings("split")?, strings("model")?);
     let (mean, max, min) = (floats("mean")?, floats("max")?, floats("min")?);
