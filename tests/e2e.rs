@@ -458,3 +458,36 @@ montage-images = 2
         assert!(v > 0.0 && v <= 1.0, "{key}: {pixel}");
     }
 }
+
+/// The Kubernetes and AWS Batch templates validate against the engines' schemas (offline:
+/// kubernetes-validate's OpenAPI schemas, botocore's Batch service model), and a broken copy does not.
+#[test]
+fn scheduler_templates_match_their_schemas() {
+    let python = root().join(".venv/bin/python");
+    let script = root().join("scripts/validate_templates.py");
+    let output = Command::new(&python).arg(&script).output().unwrap();
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 4, "{text}");
+
+    let dir = tempfile::tempdir().unwrap();
+    for engine in ["kubernetes", "aws-batch"] {
+        let to = dir.path().join("jobs").join(engine);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(root().join("jobs").join(engine)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let yaml = dir.path().join("jobs/kubernetes/extract.yaml");
+    let text = std::fs::read_to_string(&yaml).unwrap().replace("completions: 4", "completion: 4");
+    std::fs::write(&yaml, text).unwrap();
+    let json = dir.path().join("jobs/aws-batch/job-definition.json");
+    let text = std::fs::read_to_string(&json).unwrap().replace("\"attempts\": 2", "\"attempts\": \"two\"");
+    std::fs::write(&json, text).unwrap();
+    let output = Command::new(&python).arg(&script).arg(dir.path()).output().unwrap();
+    let errors = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success());
+    assert!(errors.contains("extract.yaml") && errors.contains("completion"), "{errors}");
+    assert!(errors.contains("job-definition.json") && errors.contains("attempts"), "{errors}");
+}
