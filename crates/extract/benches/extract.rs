@@ -1,4 +1,4 @@
-//! `cargo bench -p padim-extract --bench extract`: images/s of each backbone's embedding (the three
+//! `cargo bench --workspace --bench extract`: images/s of each backbone's embedding (the three
 //! taps, upsampled and concatenated, copied out to host memory) in Rust and in PyTorch eager on the
 //! same input tensors in the same run, on the same number of threads, and their ratio.
 //!

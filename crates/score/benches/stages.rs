@@ -1,4 +1,4 @@
-//! `cargo bench -p padim-score --bench stages`: the fit and score stages against the plain PyTorch
+//! `cargo bench --workspace --bench stages`: the fit and score stages against the plain PyTorch
 //! recipe (`scripts/reference.py bench-fit|bench-score`, f64 like padim) on the same embeddings file,
 //! in the same run, on the same number of threads; k channel subsets in one pass against k passes;
 //! and the peak memory of `fit` on few and many training images.
