@@ -185,13 +185,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Extract { job, sharding, device, threads, skip_bad, force } => {
             let shard = sharding.resolve()?.unwrap_or(Shard::ALL);
-            let mut job = Job::load(&job)?;
-            if let Some(device) = device {
-                job.extract.device = device;
-            }
-            if let Some(threads) = threads {
-                job.extract.threads = threads;
-            }
+            let mut job = load_with_overrides(&job, device, threads)?;
             job.extract.skip_bad |= skip_bad;
             let reporter = progress::Bars::new(cli.quiet);
             let options = padim_extract::ExtractOptions { force };
@@ -242,13 +236,7 @@ fn run(cli: Cli) -> Result<()> {
             report(&job, force, cli.quiet)
         }
         Command::Run { job, threads, device } => {
-            let mut job = Job::load(&job)?;
-            if let Some(device) = device {
-                job.extract.device = device;
-            }
-            if let Some(threads) = threads {
-                job.extract.threads = threads;
-            }
+            let job = load_with_overrides(&job, device, threads)?;
             let reporter = progress::Bars::new(cli.quiet);
             if job.split.is_some() {
                 let summary = padim_extract::run_split(&job, false, &reporter)
@@ -278,6 +266,18 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// The job file with the command line's `--device` and `--threads` applied.
+fn load_with_overrides(path: &std::path::Path, device: Option<DeviceChoice>, threads: Option<usize>) -> Result<Job> {
+    let mut job = Job::load(path)?;
+    if let Some(device) = device {
+        job.extract.device = device;
+    }
+    if let Some(threads) = threads {
+        job.extract.threads = threads;
+    }
+    Ok(job)
 }
 
 fn report(job: &Job, force: bool, quiet: bool) -> Result<()> {

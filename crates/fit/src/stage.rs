@@ -201,6 +201,16 @@ pub fn extract_done_shards(store: &Store) -> Result<Vec<Shard>, StoreError> {
         .collect())
 }
 
+/// The shards of the latest extract layout: every `extract/done-*` marker of the largest shard
+/// count, in index order (score and report work on these).
+pub fn latest_extract_shards(store: &Store) -> Result<Vec<Shard>, StoreError> {
+    let mut shards = extract_done_shards(store)?;
+    let count = shards.iter().map(|s| s.count).max().unwrap_or(0);
+    shards.retain(|s| s.count == count);
+    shards.sort_by_key(|s| s.index);
+    Ok(shards)
+}
+
 /// The extract shards under the run location; all must be done, by this configuration.
 fn extract_shards(store: &Store, extract_hash: &str) -> Result<Vec<Shard>, FitError> {
     let found = extract_done_shards(store)?;

@@ -123,10 +123,7 @@ impl PatchStats {
             return Ok(());
         }
         let (n_a, n_b) = (self.count as f64, n as f64);
-        let clock = std::time::Instant::now();
         let mut patch_major = patch_major(values, n, d, n_patches);
-        tracing::debug!(transpose_s = clock.elapsed().as_secs_f64(), "patch-major copy");
-        let clock = std::time::Instant::now();
         self.mean
             .par_chunks_mut(d)
             .zip(self.comoment.par_chunks_mut(d * d))
@@ -145,7 +142,6 @@ impl PatchStats {
                     n_b,
                 );
             });
-        tracing::debug!(update_s = clock.elapsed().as_secs_f64(), "per-patch updates");
         self.count += n as u64;
         Ok(())
     }

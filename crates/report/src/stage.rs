@@ -211,8 +211,10 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
 
     // Maps of the headline model for the pictures and pixel metrics (resized and smoothed as in score).
     let tests: Vec<&Scored> = rows.iter().filter(|r| r.split == "test").collect();
+    let test_ids: BTreeSet<u32> = tests.iter().map(|r| r.image).collect();
+    let maps = load_maps(&store, &shards, &headline_model, &test_ids)?;
     let pixel = if job.dataset.mask.is_some() {
-        Some(pixel_metrics(job, &store, &shards, &headline_model, &tests, progress)?)
+        Some(pixel_metrics(job, &maps, &headline_model, &tests, progress)?)
     } else {
         None
     };
@@ -229,7 +231,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         already_done: false,
     };
     let mut files = write_tables(&store, &by_model, &summary, job)?;
-    files.extend(write_pictures(&store, job, &shards, &headline, rows, display_max, &summary, progress)?);
+    files.extend(write_pictures(&store, job, &maps, &headline, rows, display_max, &summary, progress)?);
     store.put("report/metrics.json", serde_json::to_vec_pretty(&summary).unwrap_or_default())?;
     store.put("report/run-manifest.json", run_manifest(&store, job, &shards)?)?;
     files.extend(["report/metrics.json".to_string(), "report/run-manifest.json".to_string()]);
@@ -246,9 +248,8 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
 
 /// The extract shards; every one must have a score done marker of this configuration.
 fn score_shards(store: &Store, score_hash: &str) -> Result<Vec<Shard>, ReportError> {
-    let mut shards = padim_fit::stage::extract_done_shards(store)?;
-    let count = shards.iter().map(|s| s.count).max().unwrap_or(0);
-    shards.retain(|s| s.count == count);
+    let shards = padim_fit::stage::latest_extract_shards(store)?;
+    let count = shards.first().map_or(0, |s| s.count);
     let mut missing = Vec::new();
     for index in 0..count {
         let shard = Shard { index, count };
@@ -264,7 +265,6 @@ fn score_shards(store: &Store, score_hash: &str) -> Result<Vec<Shard>, ReportErr
             count,
         });
     }
-    shards.sort_by_key(|s| s.index);
     Ok(shards)
 }
 
@@ -489,14 +489,11 @@ fn network_mask(job: &Job, path: &Path) -> Result<Vec<bool>, ReportError> {
 
 fn pixel_metrics(
     job: &Job,
-    store: &Store,
-    shards: &[Shard],
+    maps: &HashMap<u32, Vec<f32>>,
     model: &str,
     tests: &[&Scored],
     progress: &dyn Progress,
 ) -> Result<PixelMetrics, ReportError> {
-    let wanted: BTreeSet<u32> = tests.iter().map(|r| r.image).collect();
-    let maps = load_maps(store, shards, model, &wanted)?;
     let normal = &job.dataset.normal;
     progress.start("report (pixel metrics)", tests.len() as u64);
     type MapAndMask = (Vec<f32>, Vec<bool>);
@@ -644,7 +641,7 @@ fn write_tables(
 fn write_pictures(
     store: &Store,
     job: &Job,
-    shards: &[Shard],
+    maps: &HashMap<u32, Vec<f32>>,
     headline: &ModelMetrics,
     rows: &[Scored],
     display_max: f64,
@@ -721,7 +718,6 @@ fn write_pictures(
         chosen.push((name, title, members));
     }
     let wanted: BTreeSet<u32> = chosen.iter().flat_map(|(_, _, m)| m.iter().map(|(r, _)| r.image)).collect();
-    let maps = load_maps(store, shards, &headline.model, &wanted)?;
     let [height, width] = job.preprocess.crop;
     progress.start("report (montages)", wanted.len() as u64);
     for (name, title, members) in &chosen {

@@ -62,7 +62,7 @@ pub fn run_score(
         models.iter().map(|(_, m)| m.channels.iter().map(|c| union.binary_search(c).unwrap_or(0)).collect()).collect();
 
     let score_hash = job.score_hash();
-    let mut shards = extract_shards(&store)?;
+    let mut shards = padim_fit::stage::latest_extract_shards(&store)?;
     if let Some(part) = shard {
         shards = shards[part.range(shards.len())].to_vec();
     }
@@ -162,13 +162,4 @@ pub fn run_score(
     }
     progress.finish();
     Ok(summary)
-}
-
-/// The extract shards that the fit used: every `extract/done-*` marker of the largest shard count.
-fn extract_shards(store: &Store) -> Result<Vec<Shard>, ScoreStageError> {
-    let mut shards = padim_fit::stage::extract_done_shards(store)?;
-    let count = shards.iter().map(|s| s.count).max().unwrap_or(0);
-    shards.retain(|s| s.count == count);
-    shards.sort_by_key(|s| s.index);
-    Ok(shards)
 }
