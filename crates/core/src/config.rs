@@ -532,8 +532,9 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
         return Err(invalid(path, "dataset", "needs exactly one of `root`, `list` or `manifest`"));
     }
     let source = if !raw.dataset.root.is_empty() {
-        let candidates: Vec<PathBuf> = raw.dataset.root.iter().map(|r| base.join(r)).collect();
-        let root = candidates.iter().find(|c| c.is_dir()).cloned().ok_or_else(|| {
+        let candidates: Vec<PathBuf> = raw.dataset.root.iter().map(|r| resolve_input(r, base)).collect();
+        // A URL is taken as it is (listing it needs the network; extract does that).
+        let root = candidates.iter().find(|c| is_url(c) || c.is_dir()).cloned().ok_or_else(|| {
             let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
             let hint = if raw.dataset.source_hint.is_empty() {
                 String::new()
@@ -545,9 +546,9 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
         let extensions = raw.dataset.extensions.iter().map(|e| e.trim_start_matches('.').to_lowercase()).collect();
         DatasetSource::Folders { root, labels: raw.dataset.labels.clone(), extensions }
     } else if let Some(list) = &raw.dataset.list {
-        DatasetSource::List { path: base.join(list) }
+        DatasetSource::List { path: resolve_input(list, base) }
     } else if let Some(manifest) = &raw.dataset.manifest {
-        DatasetSource::Manifest { path: base.join(manifest) }
+        DatasetSource::Manifest { path: resolve_input(manifest, base) }
     } else {
         unreachable!("exactly one source was checked above")
     };
@@ -580,7 +581,7 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
     }
     let backbone = Backbone {
         kind: raw.backbone.name,
-        weights: base.join(&raw.backbone.weights),
+        weights: resolve_input(&raw.backbone.weights, base),
         sha256: raw.backbone.sha256.map(|s| s.to_lowercase()),
         tap: raw.backbone.tap,
     };
@@ -711,6 +712,20 @@ fn resolve_location(location: &str, base: &Path) -> String {
         let joined = std::path::absolute(&joined).unwrap_or(joined);
         normalize(&joined).display().to_string()
     }
+}
+
+/// Whether `path` is a URL (`s3://bucket/key`, `file:///...`) rather than a local path.
+pub fn is_url(path: &Path) -> bool {
+    path.to_str().is_some_and(|s| {
+        s.split_once("://").is_some_and(|(scheme, _)| {
+            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+        })
+    })
+}
+
+/// An input named in the job: a URL as it is, a local path relative to the job file's folder.
+fn resolve_input(input: &str, base: &Path) -> PathBuf {
+    if is_url(Path::new(input)) { PathBuf::from(input) } else { base.join(input) }
 }
 
 /// Removes `.` and `..` components lexically, so that recorded paths are readable.

@@ -22,7 +22,7 @@ pub enum DatasetError {
     Io { path: PathBuf, source: std::io::Error },
     #[error("{path}, line {line}: {problem}")]
     Line { path: PathBuf, line: usize, problem: String },
-    #[error("label folder {path} does not exist; the job's `dataset.labels` names it")]
+    #[error("label folder {path} does not exist or holds no files; the job's `dataset.labels` names it")]
     MissingLabel { path: PathBuf },
     #[error("the dataset at {path} holds no images (looked for extensions {extensions:?})")]
     Empty { path: PathBuf, extensions: Vec<String> },
@@ -30,12 +30,65 @@ pub enum DatasetError {
     Duplicate { path: PathBuf, first: String, second: String },
 }
 
-/// Lists the images of `dataset`, sorted and numbered.
+/// Where the dataset's files are read: the local file system here; object stores through an
+/// implementation in padim-store. Paths are local paths or URLs (`s3://bucket/key`).
+pub trait Files {
+    /// The whole content of `path`.
+    fn read(&self, path: &Path) -> Result<Vec<u8>, String>;
+    /// Every file under the folder `dir`, at any depth, sorted.
+    fn list_files(&self, dir: &Path) -> Result<Vec<PathBuf>, String>;
+    /// Whether `path` names a file. Object stores may answer `true` without asking (a missing
+    /// object is then reported when it is read).
+    fn is_file(&self, path: &Path) -> bool;
+    /// Whether `path` is a URL, whose entries in lists are not joined to a base folder.
+    fn is_url(&self, path: &Path) -> bool {
+        crate::config::is_url(path)
+    }
+}
+
+/// The local file system.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LocalFiles;
+
+impl Files for LocalFiles {
+    fn read(&self, path: &Path) -> Result<Vec<u8>, String> {
+        std::fs::read(path).map_err(|e| e.to_string())
+    }
+
+    fn list_files(&self, dir: &Path) -> Result<Vec<PathBuf>, String> {
+        let mut files = Vec::new();
+        let mut stack = vec![dir.to_path_buf()];
+        while let Some(dir) = stack.pop() {
+            let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            for entry in entries {
+                let path = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?.path();
+                if path.is_dir() {
+                    stack.push(path);
+                } else {
+                    files.push(path);
+                }
+            }
+        }
+        files.sort();
+        Ok(files)
+    }
+
+    fn is_file(&self, path: &Path) -> bool {
+        path.is_file()
+    }
+}
+
+/// Lists the images of `dataset` on the local file system, sorted and numbered.
 pub fn list_images(dataset: &Dataset) -> Result<Vec<ImageRecord>, DatasetError> {
+    list_images_in(dataset, &LocalFiles)
+}
+
+/// Lists the images of `dataset` read through `files`, sorted and numbered.
+pub fn list_images_in(dataset: &Dataset, files: &dyn Files) -> Result<Vec<ImageRecord>, DatasetError> {
     let mut entries: Vec<(String, PathBuf, Option<String>, String)> = match &dataset.source {
-        DatasetSource::Folders { root, labels, extensions } => list_folders(root, labels, extensions)?,
-        DatasetSource::List { path } => list_file(path)?,
-        DatasetSource::Manifest { path } => list_manifest(path)?,
+        DatasetSource::Folders { root, labels, extensions } => list_folders(files, root, labels, extensions)?,
+        DatasetSource::List { path } => list_file(files, path)?,
+        DatasetSource::Manifest { path } => list_manifest(files, path)?,
     };
     entries.sort_by(|a, b| (&a.0, &a.1).cmp(&(&b.0, &b.1)));
     for pair in entries.windows(2) {
@@ -56,47 +109,37 @@ pub fn list_images(dataset: &Dataset) -> Result<Vec<ImageRecord>, DatasetError> 
 
 type Entry = (String, PathBuf, Option<String>, String);
 
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DatasetError> {
-    let io = |source| DatasetError::Io { path: dir.to_path_buf(), source };
-    let mut paths = Vec::new();
-    for entry in std::fs::read_dir(dir).map_err(io)? {
-        paths.push(entry.map_err(io)?.path());
-    }
-    paths.sort();
-    Ok(paths)
-}
-
-fn list_folders(root: &Path, labels: &[String], extensions: &[String]) -> Result<Vec<Entry>, DatasetError> {
-    let label_dirs: Vec<(String, PathBuf)> = if labels.is_empty() {
-        read_dir_sorted(root)?
-            .into_iter()
-            .filter(|p| p.is_dir())
-            .filter_map(|p| Some((p.file_name()?.to_string_lossy().into_owned(), p)))
-            .collect()
-    } else {
-        let mut dirs = Vec::new();
-        for label in labels {
-            let dir = root.join(label);
-            if !dir.is_dir() {
-                return Err(DatasetError::MissingLabel { path: dir });
-            }
-            dirs.push((label.clone(), dir));
-        }
-        dirs
-    };
+/// Every file under `root` whose first folder below `root` is a label (all, or those of `labels`).
+fn list_folders(
+    files: &dyn Files,
+    root: &Path,
+    labels: &[String],
+    extensions: &[String],
+) -> Result<Vec<Entry>, DatasetError> {
+    let io = |message: String| DatasetError::Io { path: root.to_path_buf(), source: std::io::Error::other(message) };
+    let root_text = root.to_string_lossy();
+    let root_text = root_text.trim_end_matches('/');
     let mut entries = Vec::new();
-    for (label, dir) in label_dirs {
-        let mut stack = vec![dir];
-        while let Some(dir) = stack.pop() {
-            for path in read_dir_sorted(&dir)? {
-                if path.is_dir() {
-                    stack.push(path);
-                } else if has_extension(&path, extensions) {
-                    let origin = format!("folder {}", dir.display());
-                    entries.push((label.clone(), path, None, origin));
-                }
-            }
+    let mut seen_labels = std::collections::BTreeSet::new();
+    for path in files.list_files(root).map_err(io)? {
+        let text = path.to_string_lossy();
+        let Some(relative) = text.strip_prefix(root_text).map(|r| r.trim_start_matches('/')) else {
+            continue;
+        };
+        // Files directly under the root have no label folder.
+        let Some((label, below)) = relative.split_once('/') else { continue };
+        if !labels.is_empty() && !labels.iter().any(|l| l == label) {
+            continue;
         }
+        seen_labels.insert(label.to_string());
+        if has_extension(&path, extensions) {
+            let folder = below.rsplit_once('/').map(|(folder, _)| format!("{label}/{folder}")).unwrap_or(label.into());
+            let origin = format!("folder {root_text}/{folder}");
+            entries.push((label.to_string(), path.clone(), None, origin));
+        }
+    }
+    if let Some(missing) = labels.iter().find(|l| !seen_labels.contains(*l)) {
+        return Err(DatasetError::MissingLabel { path: PathBuf::from(format!("{root_text}/{missing}")) });
     }
     if entries.is_empty() {
         return Err(DatasetError::Empty { path: root.to_path_buf(), extensions: extensions.to_vec() });
@@ -113,8 +156,29 @@ fn parent_label(path: &Path) -> String {
     path.parent().and_then(Path::file_name).map(|n| n.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
-fn list_file(list: &Path) -> Result<Vec<Entry>, DatasetError> {
-    let text = std::fs::read_to_string(list).map_err(|source| DatasetError::Io { path: list.to_path_buf(), source })?;
+/// A file named in a list or manifest: a URL as it is, a path relative to the list's folder.
+fn entry_path(files: &dyn Files, base: &Path, entry: &str) -> PathBuf {
+    if files.is_url(Path::new(entry)) {
+        PathBuf::from(entry)
+    } else if files.is_url(base) {
+        PathBuf::from(format!("{}/{entry}", base.to_string_lossy().trim_end_matches('/')))
+    } else {
+        crate::config::normalize(&base.join(entry))
+    }
+}
+
+fn read_text(files: &dyn Files, path: &Path) -> Result<String, DatasetError> {
+    let bytes = files
+        .read(path)
+        .map_err(|message| DatasetError::Io { path: path.to_path_buf(), source: std::io::Error::other(message) })?;
+    String::from_utf8(bytes).map_err(|_| DatasetError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+    })
+}
+
+fn list_file(files: &dyn Files, list: &Path) -> Result<Vec<Entry>, DatasetError> {
+    let text = read_text(files, list)?;
     let base = list.parent().unwrap_or(Path::new("."));
     let mut entries = Vec::new();
     for (index, line) in text.lines().enumerate() {
@@ -122,8 +186,8 @@ fn list_file(list: &Path) -> Result<Vec<Entry>, DatasetError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        let path = crate::config::normalize(&base.join(line));
-        if !path.is_file() {
+        let path = entry_path(files, base, line);
+        if !files.is_file(&path) {
             return Err(DatasetError::Line {
                 path: list.to_path_buf(),
                 line: index + 1,
@@ -139,10 +203,9 @@ fn list_file(list: &Path) -> Result<Vec<Entry>, DatasetError> {
     Ok(entries)
 }
 
-fn list_manifest(manifest: &Path) -> Result<Vec<Entry>, DatasetError> {
-    let io = |source| DatasetError::Io { path: manifest.to_path_buf(), source };
-    let file = std::fs::File::open(manifest).map_err(io)?;
-    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(file);
+fn list_manifest(files: &dyn Files, manifest: &Path) -> Result<Vec<Entry>, DatasetError> {
+    let text = read_text(files, manifest)?;
+    let mut reader = csv::ReaderBuilder::new().trim(csv::Trim::All).from_reader(text.as_bytes());
     let line_error = |line: usize, problem: String| DatasetError::Line { path: manifest.to_path_buf(), line, problem };
     let headers = reader.headers().map_err(|e| line_error(1, e.to_string()))?.clone();
     let column = |name: &str| headers.iter().position(|h| h == name);
@@ -155,8 +218,8 @@ fn list_manifest(manifest: &Path) -> Result<Vec<Entry>, DatasetError> {
         let line = index + 2;
         let record = record.map_err(|e| line_error(line, e.to_string()))?;
         let field = |col: usize| record.get(col).unwrap_or("").to_string();
-        let path = crate::config::normalize(&base.join(field(path_col)));
-        if !path.is_file() {
+        let path = entry_path(files, base, &field(path_col));
+        if !files.is_file(&path) {
             return Err(line_error(line, format!("{} is not a file", path.display())));
         }
         let label = field(label_col);

@@ -4,12 +4,11 @@
 
 use padim_core::Progress;
 use padim_core::config::Job;
-use padim_core::dataset::{DatasetError, ImageRecord, list_images};
+use padim_core::dataset::{DatasetError, ImageRecord, list_images_in};
 use padim_core::split::{SplitError, SplitInput, assign, manifest_csv, read_manifest_csv};
-use padim_store::{DoneMarker, Store, StoreError};
+use padim_store::{DoneMarker, InputFiles, Store, StoreError};
 use rayon::prelude::*;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 pub const MANIFEST_KEY: &str = "split/manifest.csv";
 const DONE_KEY: &str = "split/done.json";
@@ -24,8 +23,6 @@ pub enum SplitStageError {
     Split { job: String, source: Box<SplitError> },
     #[error("the job has no [split] section: its dataset names no splits to make")]
     NoSplitSection,
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
     #[error("{url} was made by another dataset or split configuration; use --force to redo it")]
     ConfigMismatch { url: String },
     #[error(
@@ -63,19 +60,26 @@ pub fn run_split(job: &Job, force: bool, progress: &dyn Progress) -> Result<Spli
         }
         store.delete(DONE_KEY)?;
     }
-    let images = list_images(&job.dataset)?;
+    let images = list_images_in(&job.dataset, &InputFiles)?;
     progress.start("split (hashing)", images.len() as u64);
-    let inputs: Result<Vec<SplitInput>, SplitStageError> = images
-        .par_iter()
-        .map(|record| {
-            let sha256 = padim_core::hash::sha256_file(&record.path)
-                .map_err(|source| SplitStageError::Io { path: record.path.clone(), source })?;
-            progress.advance(1);
-            Ok(SplitInput { path: record.path.clone(), label: record.label.clone(), sha256 })
-        })
-        .collect();
+    let mut inputs: Vec<SplitInput> = Vec::with_capacity(images.len());
+    // Read in chunks (object stores: many requests in flight), hashed in parallel.
+    for chunk in images.chunks(64) {
+        let paths: Vec<&std::path::Path> = chunk.iter().map(|r| r.path.as_path()).collect();
+        let contents = padim_store::read_inputs(&paths);
+        let hashed: Result<Vec<SplitInput>, StoreError> = chunk
+            .par_iter()
+            .zip(contents)
+            .map(|(record, bytes)| {
+                let sha256 = padim_core::hash::sha256_hex(&bytes?);
+                Ok(SplitInput { path: record.path.clone(), label: record.label.clone(), sha256 })
+            })
+            .collect();
+        inputs.extend(hashed?);
+        progress.advance(chunk.len() as u64);
+    }
     progress.finish();
-    let assigned = assign(&inputs?, settings)
+    let assigned = assign(&inputs, settings)
         .map_err(|source| SplitStageError::Split { job: job.name.clone(), source: Box::new(source) })?;
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
     for a in &assigned {
@@ -101,7 +105,7 @@ pub fn run_split(job: &Job, force: bool, progress: &dyn Progress) -> Result<Spli
 /// dataset (the split stage must be done), else the sorted listing of the dataset.
 pub fn job_images(job: &Job, store: &Store) -> Result<Vec<ImageRecord>, SplitStageError> {
     if job.split.is_none() {
-        return Ok(list_images(&job.dataset)?);
+        return Ok(list_images_in(&job.dataset, &InputFiles)?);
     }
     let done = DoneMarker::read(store, DONE_KEY)?.filter(|m| m.config_hash == job.split_hash());
     if done.is_none() {

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use tch::Tensor;
 
 /// A pre-processed image and its file's bytes, or why it could not be used.
-type LoadResult = Result<(Prepared, Vec<u8>), ImageError>;
+type LoadResult = Result<(Prepared, bytes::Bytes), ImageError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
@@ -112,10 +112,14 @@ pub fn run_extract(
     let images = &all_images[shard.range(all_images.len())];
     tracing::info!(images = images.len(), total = all_images.len(), "listed dataset");
 
-    let weights_sha256 = verify_checksum(&job.backbone.weights, job.backbone.sha256.as_deref())?;
+    // Weights named by URL are cached locally by content (libtorch reads files).
+    let weights = padim_store::local_copy(&job.backbone.weights, job.backbone.sha256.as_deref())?;
+    let weights_sha256 =
+        verify_checksum(&weights, job.backbone.sha256.as_deref()).map_err(|e| e.named(&job.backbone.weights))?;
     let device = crate::select_device(job.extract.device).map_err(ExtractError::Device)?;
     crate::set_threads(job.extract.threads);
-    let net = Backbone::load(job.backbone.kind, &job.backbone.weights, job.backbone.tap, device)?;
+    let net = Backbone::load(job.backbone.kind, &weights, job.backbone.tap, device)
+        .map_err(|e| e.named(&job.backbone.weights))?;
     let (mean, std) = net.normalization();
     let preprocessor = Preprocessor::new(job.preprocess.clone(), mean, std);
     let meta = embedding_meta(job, &weights_sha256, &config_hash, shard);
@@ -138,8 +142,19 @@ pub fn run_extract(
     for chunk in images.chunks(job.extract.batch_size) {
         let clock = std::time::Instant::now();
         // Decoding and resizing in parallel; the network then uses all cores on its own.
-        let loaded: Vec<(&ImageRecord, LoadResult)> =
-            chunk.par_iter().map(|record| (record, preprocessor.load(&record.path))).collect();
+        let paths: Vec<&std::path::Path> = chunk.iter().map(|r| r.path.as_path()).collect();
+        let contents = padim_store::read_inputs(&paths);
+        let loaded: Vec<(&ImageRecord, LoadResult)> = chunk
+            .par_iter()
+            .zip(contents)
+            .map(|(record, bytes)| {
+                let result = match bytes {
+                    Ok(bytes) => preprocessor.prepare(&record.path, &bytes).map(|prepared| (prepared, bytes)),
+                    Err(e) => Err(ImageError::Read { path: record.path.clone(), message: e.to_string() }),
+                };
+                (record, result)
+            })
+            .collect();
         decode_time += clock.elapsed().as_secs_f64();
         let mut batch_ids = Vec::with_capacity(chunk.len());
         let mut batch_pixels = Vec::with_capacity(chunk.len() * 3 * (input_h * input_w) as usize);
@@ -153,7 +168,7 @@ pub fn run_extract(
                 Err(error) => {
                     progress.note(&error.to_string());
                     tracing::warn!(%error, "bad image");
-                    let bytes = std::fs::read(&record.path).unwrap_or_default();
+                    let bytes = padim_store::read_input(&record.path).unwrap_or_default();
                     rows.push(image_row(record, &bytes, 0, 0, Some(&error)));
                     bad.push(error);
                 }

@@ -21,6 +21,23 @@ pub enum WeightsError {
     Checksum { path: PathBuf, actual: String, expected: String },
 }
 
+impl WeightsError {
+    /// The same error naming `location` (the URL a local cached copy was made from).
+    pub fn named(self, location: &Path) -> WeightsError {
+        if location.to_str().is_none_or(|l| !l.contains("://")) {
+            return self;
+        }
+        let path = location.to_path_buf();
+        match self {
+            WeightsError::Read { message, .. } => WeightsError::Read { path, message },
+            WeightsError::Mismatch { network, missing, unexpected, shapes, .. } => {
+                WeightsError::Mismatch { path, network, missing, unexpected, shapes }
+            }
+            WeightsError::Checksum { actual, expected, .. } => WeightsError::Checksum { path, actual, expected },
+        }
+    }
+}
+
 /// The named tensors of a weights file, handed out once each to the network being built.
 pub struct Weights {
     path: PathBuf,

@@ -466,8 +466,14 @@ fn preprocessor(job: &Job) -> Preprocessor {
 
 /// The image as the network saw it (resized and cropped), RGB8.
 fn network_view(job: &Job, path: &Path) -> Result<Vec<u8>, ReportError> {
-    let bytes = std::fs::read(path).map_err(|e| ReportError::Image { path: path.into(), message: e.to_string() })?;
-    let rgb = padim_image::decode_rgb8(path, &bytes, &job.preprocess)
+    let bytes =
+        padim_store::read_input(path).map_err(|e| ReportError::Image { path: path.into(), message: e.to_string() })?;
+    network_view_of(job, path, &bytes)
+}
+
+/// [`network_view`] of the encoded image `bytes` (`path` names it in errors).
+fn network_view_of(job: &Job, path: &Path, bytes: &[u8]) -> Result<Vec<u8>, ReportError> {
+    let rgb = padim_image::decode_rgb8(path, bytes, &job.preprocess)
         .map_err(|e| ReportError::Image { path: path.into(), message: e.to_string() })?;
     preprocessor(job)
         .resize_and_crop(path, rgb)
@@ -481,10 +487,14 @@ fn mask_path(job: &Job, image: &Path) -> Option<PathBuf> {
     Some(image.with_file_name(pattern.replace("{stem}", &stem)))
 }
 
-/// The mask in the network's geometry (resized and cropped like the image), thresholded at > 127.
-fn network_mask(job: &Job, path: &Path) -> Result<Vec<bool>, ReportError> {
-    let rgb = network_view(job, path)?;
-    Ok(rgb.chunks_exact(3).map(|p| p[0] > 127).collect())
+/// The mask of an image in the network's geometry (resized and cropped like the image), thresholded
+/// at > 127; `None` if the job names no masks or the image has no mask file.
+fn network_mask(job: &Job, image: &Path) -> Result<Option<Vec<bool>>, ReportError> {
+    let Some(path) = mask_path(job, image) else { return Ok(None) };
+    let read_error = |e: padim_store::StoreError| ReportError::Image { path: path.clone(), message: e.to_string() };
+    let Some(bytes) = padim_store::read_input_opt(&path).map_err(read_error)? else { return Ok(None) };
+    let rgb = network_view_of(job, &path, &bytes)?;
+    Ok(Some(rgb.chunks_exact(3).map(|p| p[0] > 127).collect()))
 }
 
 fn pixel_metrics(
@@ -503,9 +513,8 @@ fn pixel_metrics(
             progress.advance(1);
             let path = PathBuf::from(&row.path);
             let Some(grid) = maps.get(&row.image) else { return Ok(None) };
-            let mask_file = mask_path(job, &path).filter(|p| p.is_file());
-            let mask = match mask_file {
-                Some(file) => network_mask(job, &file)?,
+            let mask = match network_mask(job, &path)? {
+                Some(mask) => mask,
                 // A normal image without a mask file is all normal; an anomalous one has no pixel truth.
                 None if normal.contains(&row.label) => vec![false; grid.len() * 16],
                 None => return Ok(None),

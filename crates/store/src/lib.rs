@@ -6,8 +6,10 @@
 //! marks a shard finished with a done marker written last, so a reader that finds the marker finds
 //! every file it lists complete.
 
+mod cloud;
 mod embeddings;
 mod images;
+mod inputs;
 mod location;
 mod marker;
 mod scores;
@@ -18,6 +20,7 @@ pub use embeddings::{
     channel_column,
 };
 pub use images::{ImageRow, ImageStatus, read_image_table, write_image_table};
+pub use inputs::{InputFiles, is_url, list_inputs, local_copy, read_input, read_input_opt, read_inputs};
 pub use location::Store;
 pub use marker::DoneMarker;
 pub use scores::{MapRow, ScoreRow, read_maps, read_scores, write_maps, write_scores};

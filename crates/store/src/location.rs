@@ -24,7 +24,8 @@ impl std::fmt::Debug for Store {
 }
 
 impl Store {
-    /// Opens a location: an absolute or relative local path, or a `file://` URL.
+    /// Opens a location: an absolute or relative local path, a `file://` URL, or an object-store URL
+    /// (`s3://bucket/prefix`, `gs://`, `az://`; see the `cloud` module for settings and credentials).
     pub fn open(location: &str) -> Result<Store, StoreError> {
         let location_error = |message: String| StoreError::Location { location: location.to_string(), message };
         let url = if location.contains("://") {
@@ -42,10 +43,11 @@ impl Store {
                     .map_err(|e| location_error(e.to_string()))?;
                 (Arc::new(store) as Arc<dyn ObjectStore>, ObjectPath::default())
             }
-            other => {
-                return Err(location_error(format!(
-                    "the `{other}` scheme is not supported; use a local path or file://"
-                )));
+            _ => {
+                let inner = crate::cloud::open(&url).map_err(location_error)?;
+                let key_prefix = url.path().trim_matches('/');
+                let prefix = ObjectPath::parse(key_prefix).map_err(|e| location_error(e.to_string()))?;
+                (inner, prefix)
             }
         };
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -54,7 +56,10 @@ impl Store {
             .enable_all()
             .build()
             .map_err(|e| StoreError::Runtime(e.to_string()))?;
-        let url = url.as_str().trim_end_matches('/').to_string();
+        // Never keep a password of the URL: the URL names objects in messages and manifests.
+        let mut shown = url.clone();
+        let _ = shown.set_password(None);
+        let url = shown.as_str().trim_end_matches('/').to_string();
         Ok(Store { inner, prefix, url, runtime: Arc::new(runtime) })
     }
 
