@@ -3,22 +3,12 @@
 // Tests may unwrap and print: a failure is the point, and the output is the measurement.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod support;
+
 use padim_store::{EmbeddingReader, Store};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn padim(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_padim")).args(args).arg("--quiet").output().unwrap()
-}
-
-fn stdout(output: &Output) -> String {
-    assert!(output.status.success(), "padim failed:\n{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
-}
+use support::{copy_first, csv_rows, padim, root, stdout};
 
 fn write_job(dir: &Path, batch_size: usize) -> PathBuf {
     let text = format!(
@@ -255,34 +245,6 @@ fn fit_matches_pytorch_on_real_embeddings() {
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{message}");
     assert!(message.contains("fit.memory-budget-gib") && message.contains("176 channels x 3136 patches"), "{message}");
-}
-
-/// Copies the first `n` files with extension `ext` of `from` into `to`, and returns their names.
-fn copy_first(from: &Path, to: &Path, n: usize, ext: &str) -> Vec<String> {
-    std::fs::create_dir_all(to).unwrap();
-    let mut files: Vec<PathBuf> = std::fs::read_dir(from)
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == ext))
-        .collect();
-    files.sort();
-    files
-        .iter()
-        .take(n)
-        .map(|f| {
-            std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
-            f.file_name().unwrap().to_string_lossy().into_owned()
-        })
-        .collect()
-}
-
-fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
-    let mut reader = csv::Reader::from_path(path).unwrap();
-    let headers = reader.headers().unwrap().clone();
-    reader
-        .records()
-        .map(|r| headers.iter().zip(r.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect())
-        .collect()
 }
 
 /// `padim run` on a small real subset: split, extract, fit, score, report; every output exists and

@@ -172,7 +172,7 @@ fn run(cli: Cli) -> Result<()> {
             let reporter = progress::Bars::new(cli.quiet);
             let summary = padim_extract::run_split(&job, force, &reporter)
                 .with_context(|| format!("split of job `{}`", job.name))?;
-            let verb = if summary.already_done { "already done" } else { "done" };
+            let verb = done_verb(summary.already_done);
             let counts: Vec<String> = summary.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
             write_stdout(&format!(
                 "split {verb}: {}; {} unused -> {}/{}",
@@ -191,7 +191,7 @@ fn run(cli: Cli) -> Result<()> {
             let options = padim_extract::ExtractOptions { force };
             let summary = padim_extract::run_extract(&job, shard, &options, &reporter)
                 .with_context(|| format!("extract shard {shard} of job `{}`", job.name))?;
-            let verb = if summary.already_done { "already done" } else { "done" };
+            let verb = done_verb(summary.already_done);
             write_stdout(&format!(
                 "extract {shard} {verb}: {} images, {} skipped -> {}/{}",
                 summary.images, summary.skipped, job.output, summary.embeddings_key
@@ -211,7 +211,7 @@ fn run(cli: Cli) -> Result<()> {
                 ));
                 return Ok(());
             }
-            let verb = if summary.already_done { "already done" } else { "done" };
+            let verb = done_verb(summary.already_done);
             write_stdout(&format!(
                 "fit {verb}: {} training images -> {}",
                 summary.n_train,
@@ -242,7 +242,8 @@ fn run(cli: Cli) -> Result<()> {
                 let summary = padim_extract::run_split(&job, false, &reporter)
                     .with_context(|| format!("split of job `{}`", job.name))?;
                 write_stdout(&format!(
-                    "split: {} images, {} unused",
+                    "split {}: {} images, {} unused",
+                    done_verb(summary.already_done),
                     summary.counts.values().sum::<u64>(),
                     summary.unused
                 ));
@@ -250,13 +251,28 @@ fn run(cli: Cli) -> Result<()> {
             let shard = Shard::ALL;
             let summary = padim_extract::run_extract(&job, shard, &padim_extract::ExtractOptions::default(), &reporter)
                 .with_context(|| format!("extract of job `{}`", job.name))?;
-            write_stdout(&format!("extract: {} images, {} skipped", summary.images, summary.skipped));
+            write_stdout(&format!(
+                "extract {}: {} images, {} skipped",
+                done_verb(summary.already_done),
+                summary.images,
+                summary.skipped
+            ));
             let summary = padim_fit::run_fit(&job, &padim_fit::FitOptions::default(), &reporter)
                 .with_context(|| format!("fit of job `{}`", job.name))?;
-            write_stdout(&format!("fit: {} training images, {} model(s)", summary.n_train, summary.models.len()));
+            write_stdout(&format!(
+                "fit {}: {} training images, {} model(s)",
+                done_verb(summary.already_done),
+                summary.n_train,
+                summary.models.len()
+            ));
             let summary = padim_score::run_score(&job, false, None, &reporter)
                 .with_context(|| format!("score of job `{}`", job.name))?;
-            write_stdout(&format!("score: {} images x {} model(s)", summary.images, summary.models));
+            write_stdout(&format!(
+                "score {}: {} images x {} model(s)",
+                done_verb(summary.shards_done == 0),
+                summary.images,
+                summary.models
+            ));
             report(&job, false, cli.quiet)
         }
         Command::Config { job } => {
@@ -266,6 +282,10 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn done_verb(already_done: bool) -> &'static str {
+    if already_done { "already done" } else { "done" }
 }
 
 /// The job file with the command line's `--device` and `--threads` applied.
@@ -284,7 +304,7 @@ fn report(job: &Job, force: bool, quiet: bool) -> Result<()> {
     let reporter = progress::Bars::new(quiet);
     let summary =
         padim_report::run_report(job, force, &reporter).with_context(|| format!("report of job `{}`", job.name))?;
-    let verb = if summary.already_done { "already done" } else { "done" };
+    let verb = done_verb(summary.already_done);
     let mut text = format!("report {verb} -> {}/report/report.html", job.output);
     if let Some(h) = summary.headline() {
         text.push_str(&format!(

@@ -1,0 +1,72 @@
+//! Helpers shared by the test binaries at the top of the repository.
+#![allow(dead_code)]
+
+pub mod s3;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// The repository root.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+}
+
+/// Runs the real `padim` binary, quietly.
+pub fn padim(args: &[&str]) -> Output {
+    padim_with(args, &[])
+}
+
+/// Runs the real `padim` binary, quietly, with extra environment variables.
+pub fn padim_with(args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_padim"));
+    command.args(args).arg("--quiet");
+    for (key, value) in env {
+        command.env(key, value);
+    }
+    command.output().unwrap()
+}
+
+/// The standard output of a successful run; a failed run fails the test with its standard error.
+pub fn stdout(output: &Output) -> String {
+    assert!(output.status.success(), "padim failed:\n{}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The first `n` files (sorted by name) with extension `ext` in `from`.
+pub fn first_files(from: &Path, n: usize, ext: &str) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(from)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect();
+    files.sort();
+    files.truncate(n);
+    files
+}
+
+/// Copies the first `n` files with extension `ext` of `from` into `to`, and returns their names.
+pub fn copy_first(from: &Path, to: &Path, n: usize, ext: &str) -> Vec<String> {
+    std::fs::create_dir_all(to).unwrap();
+    first_files(from, n, ext)
+        .iter()
+        .map(|f| {
+            std::fs::copy(f, to.join(f.file_name().unwrap())).unwrap();
+            f.file_name().unwrap().to_string_lossy().into_owned()
+        })
+        .collect()
+}
+
+/// The rows of a CSV file, as header -> value maps.
+pub fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
+    csv_rows_of(&std::fs::read(path).unwrap())
+}
+
+/// The rows of CSV bytes, as header -> value maps.
+pub fn csv_rows_of(bytes: &[u8]) -> Vec<std::collections::HashMap<String, String>> {
+    let mut reader = csv::Reader::from_reader(bytes);
+    let headers = reader.headers().unwrap().clone();
+    reader
+        .records()
+        .map(|r| headers.iter().zip(r.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect())
+        .collect()
+}
