@@ -11,16 +11,17 @@ PHOTOS := .cache/photos/eagle.jpg
 SETUP_STAMP := $(VENV)/.padim-setup-$(shell sha256sum scripts/requirements.txt | cut -c1-12)
 export LIBTORCH ?= $(abspath $(VENV))/lib/python3.11/site-packages/torch
 
-.PHONY: help setup system weights build run split extract fit score report test lint bench clean
+.PHONY: help setup system weights build run split extract fit score report submit-slurm test lint bench clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
 setup: system $(SETUP_STAMP) weights $(PHOTOS) ## Install everything the build and the tests need (idempotent).
 
-# Debian packages: OpenBLAS (BLAS and LAPACK for the fit and score numerics) and DejaVu Sans (the
-# font of the report's pictures).
-DEBIAN_PACKAGES := libopenblas-dev fonts-dejavu-core
+# Debian packages: OpenBLAS (BLAS and LAPACK for the fit and score numerics), DejaVu Sans (the
+# font of the report's pictures), and Slurm with munge and iproute2 for the test cluster that
+# scripts/slurm-cluster.sh starts in a network namespace.
+DEBIAN_PACKAGES := libopenblas-dev fonts-dejavu-core slurm-wlm munge iproute2
 system: ## Install the Debian packages the build needs (as root, or with sudo).
 	@missing=$$(for p in $(DEBIAN_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
@@ -67,6 +68,10 @@ score: setup build ## Score every image with every model: make score JOB=...
 
 report: setup build ## Calibrate, evaluate, draw and write the HTML report: make report JOB=...
 	$(PADIM) report $(JOB)
+
+SHARDS ?= 4
+submit-slurm: build ## Submit a job to Slurm as chained array jobs: make submit-slurm JOB=... SHARDS=4
+	PADIM=$(PADIM) jobs/slurm/pipeline.sh $(JOB) $(SHARDS)
 
 test: setup ## Run every test (release build: the parity tests run real networks).
 	cargo test --release --workspace

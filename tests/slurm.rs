@@ -1,0 +1,141 @@
+//! The Slurm template on a real one-node Slurm cluster (Debian's slurm-wlm and munge, started by
+//! the test inside a private network namespace by scripts/slurm-cluster.sh): split, a 4-task extract
+//! array, a 4-task fit array with the dependent merge, a 4-task score array and the report, chained
+//! with `--dependency=afterok`; the results equal an unsharded run's.
+#![allow(clippy::unwrap_used, clippy::print_stderr)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+use support::{copy_first, csv_rows, padim, root, stdout};
+
+/// A running test cluster, stopped (daemons killed, namespace deleted) on drop.
+struct Cluster {
+    dir: PathBuf,
+}
+
+impl Cluster {
+    fn start(dir: &Path) -> Cluster {
+        let status = Command::new(root().join("scripts/slurm-cluster.sh")).arg("start").arg(dir).status().unwrap();
+        let cluster = Cluster { dir: dir.to_path_buf() };
+        assert!(status.success(), "the test cluster did not start (see {}/log)", dir.display());
+        cluster
+    }
+
+    /// Runs `args` in the cluster's namespace, from `cwd`.
+    fn exec(&self, cwd: &Path, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+        let mut command = Command::new(root().join("scripts/slurm-cluster.sh"));
+        command.arg("exec").arg(&self.dir).args(args).current_dir(cwd);
+        for (key, value) in env {
+            command.env(key, value);
+        }
+        command.output().unwrap()
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        let _ = Command::new(root().join("scripts/slurm-cluster.sh")).arg("stop").arg(&self.dir).status();
+    }
+}
+
+fn write_job(dir: &Path, output: &str) -> PathBuf {
+    let text = format!(
+        r#"
+[run]
+name = "slurm"
+output = "{output}"
+[dataset]
+root = ["data"]
+normal = ["Negative"]
+[split]
+seed = 1
+train = {{ Negative = 8 }}
+calibration = {{ Negative = 3, Positive = 3 }}
+test = {{ Negative = "rest", Positive = "rest" }}
+[backbone]
+name = "efficientnet-lite0"
+weights = "{}"
+[extract]
+threads = 1
+[fit]
+subsets = [{{ name = "random40", count = 40, seed = 0 }}]
+"#,
+        root().join("weights/efficientnet-lite0.safetensors").display()
+    );
+    let path = dir.join(format!("{output}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn pipeline_runs_as_slurm_array_jobs() {
+    let work = tempfile::tempdir().unwrap();
+    let data = root().join("../shared/data/concrete-crack");
+    copy_first(&data.join("Negative"), &work.path().join("data/Negative"), 16, "jpg");
+    copy_first(&data.join("Positive"), &work.path().join("data/Positive"), 8, "jpg");
+    let job = write_job(work.path(), "run-slurm");
+    let cluster = Cluster::start(&work.path().join("cluster"));
+
+    let padim_binary = env!("CARGO_BIN_EXE_padim");
+    let pipeline = root().join("jobs/slurm/pipeline.sh");
+    let submitted = cluster.exec(
+        work.path(),
+        &[pipeline.to_str().unwrap(), job.to_str().unwrap(), "4"],
+        &[("PADIM", padim_binary)],
+    );
+    let ids = stdout(&submitted);
+    assert_eq!(ids.lines().count(), 6, "split, extract[4], fit[4], fit, score[4], report:\n{ids}");
+
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let queue = cluster.exec(work.path(), &["squeue", "-h", "-o", "%i %T %r"], &[]);
+        let queue = stdout(&queue);
+        if queue.trim().is_empty() {
+            break;
+        }
+        assert!(!queue.contains("DependencyNeverSatisfied"), "a task failed:\n{queue}");
+        assert!(Instant::now() < deadline, "the jobs did not finish:\n{queue}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let run = work.path().join("run-slurm");
+    let logs: Vec<String> = std::fs::read_dir(work.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("slurm-"))
+        .map(|p| format!("{}: {}", p.display(), std::fs::read_to_string(&p).unwrap()))
+        .collect();
+    assert_eq!(logs.len(), 1 + 4 + 4 + 1 + 4 + 1, "one log per task");
+    assert!(run.join("report/done.json").is_file(), "the report did not finish; task logs:\n{}", logs.join("\n"));
+    // Every array task ran its own shard, taken from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
+    for i in 0..4 {
+        let tag = format!("{i:05}-of-00004");
+        for key in [
+            format!("extract/done-{tag}.json"),
+            format!("fit/partial-done-{tag}.json"),
+            format!("score/done-{tag}.json"),
+        ] {
+            let marker: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join(&key)).unwrap()).unwrap();
+            if !key.starts_with("fit/") {
+                assert_eq!(marker["shard"], format!("{i}/4"), "{key}");
+            }
+        }
+    }
+
+    // The same numbers as one unsharded run.
+    let whole = write_job(work.path(), "run-whole");
+    stdout(&padim(&["run", whole.to_str().unwrap()]));
+    let (a, b) =
+        (csv_rows(&run.join("report/metrics.csv")), csv_rows(&work.path().join("run-whole/report/metrics.csv")));
+    assert_eq!(a.len(), b.len());
+    for (ra, rb) in a.iter().zip(&b) {
+        for column in ["model", "score", "set", "tp", "fp", "tn", "fn"] {
+            assert_eq!(ra[column], rb[column], "{column}");
+        }
+        let (x, y): (f64, f64) = (ra["auroc"].parse().unwrap(), rb["auroc"].parse().unwrap());
+        assert!((x - y).abs() < 1e-9, "auroc {x} vs {y}");
+    }
+}
