@@ -78,11 +78,12 @@ test: setup ## Run every test (release build: the parity tests run real networks
 
 lint: ## Formatting and clippy, warnings as errors.
 	cargo fmt --all --check
-	cargo clippy --release --workspace --all-targets -- -D warnings
+	cargo clippy --release --workspace --all-targets --all-features -- -D warnings
 
 bench: setup ## Benchmarks, as ratios against PyTorch in the same run.
 	cargo bench --workspace --bench extract
 	cargo bench --workspace --bench stages
+	cargo bench --workspace --bench scale
 
 clean: ## Remove build outputs and runs (keeps the Python environment and weights).
 	cargo clean

@@ -1,13 +1,16 @@
 //! End to end: the real `padim` binary on real images, two shards, reruns, fit and score against
-//! PyTorch, and outputs opened by pyarrow and polars.
+//! PyTorch, and outputs opened by pyarrow and polars; storage in a real S3-compatible server
+//! (`s3`), and the Slurm template on a real Slurm cluster (`slurm`).
 // Tests may unwrap and print: a failure is the point, and the output is the measurement.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod s3;
+mod slurm;
 mod support;
 
 use padim_store::{EmbeddingReader, Store};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use support::{copy_first, csv_rows, padim, root, stdout};
 
 fn write_job(dir: &Path, batch_size: usize) -> PathBuf {
@@ -281,8 +284,8 @@ fn run_all_stages_and_report() {
 
     let out = stdout(&padim(&["run", job_arg]));
     eprintln!("{out}");
-    assert!(out.contains("split: 27 images, 0 unused"), "{out}");
-    assert!(out.contains("fit: 9 training images, 2 model(s)"), "{out}");
+    assert!(out.contains("split done: 27 images, 0 unused"), "{out}");
+    assert!(out.contains("fit done: 9 training images, 2 model(s)"), "{out}");
     assert!(out.contains("report done"), "{out}");
 
     let run = dir.path().join("run");
@@ -354,7 +357,9 @@ fn run_all_stages_and_report() {
     // A rerun finds every stage done and gives the same numbers.
     let before = std::fs::read(run.join("report/metrics.json")).unwrap();
     let again = stdout(&padim(&["run", job_arg]));
-    assert!(again.contains("report already done"), "{again}");
+    for stage in ["split", "extract", "fit", "score", "report"] {
+        assert!(again.contains(&format!("{stage} already done")), "{again}");
+    }
     assert_eq!(std::fs::read(run.join("report/metrics.json")).unwrap(), before);
     let forced = stdout(&padim(&["report", job_arg, "--force"]));
     assert!(forced.contains("report done"), "{forced}");

@@ -2,15 +2,12 @@
 //! pipeline with its inputs and outputs in a bucket, outages of the endpoint in the middle of stages
 //! followed by reruns that resume and end with the clean run's results, and a 4-shard run that equals
 //! the unsharded one.
-#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-mod support;
-
+use crate::support::s3::{Moto, Proxy};
+use crate::support::{csv_rows_of, first_files, padim_with, root, stdout};
 use padim_store::{EmbeddingReader, Store, read_scores};
 use std::collections::BTreeMap;
 use std::path::Path;
-use support::s3::{Moto, Proxy};
-use support::{csv_rows_of, first_files, padim_with, root, stdout};
 
 const BUCKET: &str = "padim";
 const SECRET: &str = "padim-test-secret-never-printed";
@@ -258,8 +255,8 @@ fn four_shards_equal_one() {
             }
         }
         let mean_scale = mean.iter().fold(0f64, |m, v| m.max(v.abs()));
-        for c in 0..d {
-            worst_mean = worst_mean.max((merged.mean()[p * d + c] - mean[c]).abs() / mean_scale);
+        for (merged, reference) in merged.mean()[p * d..(p + 1) * d].iter().zip(&mean) {
+            worst_mean = worst_mean.max((merged - reference).abs() / mean_scale);
         }
         for (i, reference) in covariance.iter().enumerate() {
             worst_cov = worst_cov.max((merged.comoment()[p * d * d + i] - reference).abs() / scale);

@@ -2,14 +2,11 @@
 //! the test inside a private network namespace by scripts/slurm-cluster.sh): split, a 4-task extract
 //! array, a 4-task fit array with the dependent merge, a 4-task score array and the report, chained
 //! with `--dependency=afterok`; the results equal an unsharded run's.
-#![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-mod support;
-
+use crate::support::{copy_first, csv_rows, padim, root, stdout};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
-use support::{copy_first, csv_rows, padim, root, stdout};
 
 /// A running test cluster, stopped (daemons killed, namespace deleted) on drop.
 struct Cluster {
