@@ -146,10 +146,23 @@ mod aws_profile {
 
     pub(super) fn read() -> Result<Profile, String> {
         let name = std::env::var("AWS_PROFILE").unwrap_or_else(|_| "default".into());
+        read_from(
+            &name,
+            file("AWS_SHARED_CREDENTIALS_FILE", "credentials").as_deref(),
+            file("AWS_CONFIG_FILE", "config").as_deref(),
+        )
+    }
+
+    /// The profile `name` of these credentials and config files (either may be missing).
+    pub(super) fn read_from(
+        name: &str,
+        credentials: Option<&std::path::Path>,
+        config: Option<&std::path::Path>,
+    ) -> Result<Profile, String> {
         let mut profile = Profile::default();
-        if let Some(path) = file("AWS_SHARED_CREDENTIALS_FILE", "credentials")
-            && let Some(ini) = load(&path)?
-            && let Some(section) = ini.section(Some(name.as_str()))
+        if let Some(path) = credentials
+            && let Some(ini) = load(path)?
+            && let Some(section) = ini.section(Some(name))
             && let (Some(key_id), Some(secret_key)) =
                 (section.get("aws_access_key_id"), section.get("aws_secret_access_key"))
         {
@@ -159,15 +172,48 @@ mod aws_profile {
                 token: section.get("aws_session_token").map(str::to_string),
             });
         }
-        if let Some(path) = file("AWS_CONFIG_FILE", "config")
-            && let Some(ini) = load(&path)?
+        if let Some(path) = config
+            && let Some(ini) = load(path)?
         {
             // ~/.aws/config names sections `profile NAME`, except `default`.
-            let section_name = if name == "default" { name.clone() } else { format!("profile {name}") };
+            let section_name = if name == "default" { name.to_string() } else { format!("profile {name}") };
             if let Some(section) = ini.section(Some(section_name.as_str())) {
                 profile.region = section.get("region").map(str::to_string);
             }
         }
         Ok(profile)
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn profiles_as_the_aws_cli_writes_them() {
+            let dir = tempfile::tempdir().unwrap();
+            let credentials = dir.path().join("credentials");
+            let config = dir.path().join("config");
+            std::fs::write(
+                &credentials,
+                "[default]\naws_access_key_id = AKIADEFAULT\naws_secret_access_key = s1\n\n\
+                 [ci]\naws_access_key_id = AKIACI\naws_secret_access_key = s2\naws_session_token = t2\n",
+            )
+            .unwrap();
+            std::fs::write(&config, "[default]\nregion = eu-west-1\n[profile ci]\nregion = us-west-2\n").unwrap();
+            let ci = read_from("ci", Some(&credentials), Some(&config)).unwrap();
+            let credential = ci.credential.unwrap();
+            assert_eq!((credential.key_id.as_str(), credential.secret_key.as_str()), ("AKIACI", "s2"));
+            assert_eq!(credential.token.as_deref(), Some("t2"));
+            assert_eq!(ci.region.as_deref(), Some("us-west-2"));
+            let default = read_from("default", Some(&credentials), Some(&config)).unwrap();
+            assert_eq!(default.credential.unwrap().key_id, "AKIADEFAULT");
+            assert_eq!(default.region.as_deref(), Some("eu-west-1"));
+            let none = read_from("absent", Some(&credentials), Some(&dir.path().join("nope"))).unwrap();
+            assert!(none.credential.is_none() && none.region.is_none());
+            // A broken file is an error naming the file and line, never a value.
+            std::fs::write(&credentials, "[default\naws_secret_access_key = hush\n").unwrap();
+            let message = read_from("default", Some(&credentials), None).err().unwrap();
+            assert!(message.contains("credentials") && !message.contains("hush"), "{message}");
+        }
     }
 }
