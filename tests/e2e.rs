@@ -4,6 +4,7 @@
 // Tests may unwrap and print: a failure is the point, and the output is the measurement.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod predict;
 mod s3;
 mod slurm;
 mod support;

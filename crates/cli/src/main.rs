@@ -95,6 +95,39 @@ enum Command {
         #[arg(long)]
         device: Option<DeviceChoice>,
     },
+    /// Score new images with a model bundle (`report/bundle.safetensors` of a run): per image the
+    /// normalised score, the verdict and optionally the heatmap overlay. Bad images get an error row
+    /// and do not stop the others (unless --fail-fast).
+    Predict {
+        /// The bundle: a path or URL.
+        #[arg(long)]
+        model: PathBuf,
+        /// Images: files, folders (searched at any depth), shell patterns, or object-store URLs
+        /// (an object, or every image under a prefix).
+        #[arg(required = true)]
+        inputs: Vec<String>,
+        /// The backbone weights (default: where the run read them); their SHA-256 must match.
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// The table: a file or URL ending in .csv, .parquet or .jsonl (default: JSON lines on stdout).
+        #[arg(long)]
+        output: Option<String>,
+        /// Write an overlay PNG per image into this folder (or URL prefix).
+        #[arg(long)]
+        overlays: Option<String>,
+        /// Images per network batch.
+        #[arg(long, default_value_t = 16)]
+        batch_size: usize,
+        /// Where the backbone runs.
+        #[arg(long, default_value = "auto")]
+        device: DeviceChoice,
+        /// CPU threads (0 = all cores).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+        /// Stop at the first image that cannot be scored.
+        #[arg(long)]
+        fail_fast: bool,
+    },
     /// Print the resolved job (every default filled in, every path absolute) and its hash.
     Config {
         /// The job file.
@@ -275,6 +308,9 @@ fn run(cli: Cli) -> Result<()> {
             ));
             report(&job, false, cli.quiet)
         }
+        Command::Predict { model, inputs, weights, output, overlays, batch_size, device, threads, fail_fast } => {
+            predict(PredictArgs { model, inputs, weights, output, overlays, batch_size, device, threads, fail_fast })
+        }
         Command::Config { job } => {
             let job = Job::load(&job)?;
             let value: serde_json::Value = serde_json::from_str(&job.to_canonical_json())?;
@@ -282,6 +318,96 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+struct PredictArgs {
+    model: PathBuf,
+    inputs: Vec<String>,
+    weights: Option<PathBuf>,
+    output: Option<String>,
+    overlays: Option<String>,
+    batch_size: usize,
+    device: DeviceChoice,
+    threads: usize,
+    fail_fast: bool,
+}
+
+fn predict(args: PredictArgs) -> Result<()> {
+    use padim_predict::{OutputFormat, Predictor, Row};
+    let predictor = Predictor::load(&args.model, args.weights.as_deref(), args.device, args.threads)
+        .with_context(|| format!("loading the bundle {}", args.model.display()))?;
+    let images = padim_predict::expand_inputs(&args.inputs)?;
+    let overlays = args.overlays.as_deref().map(padim_store::Store::open).transpose()?;
+    let threshold = predictor.bundle.info.threshold;
+    let mut rows = Vec::with_capacity(images.len());
+    let mut failed = 0usize;
+    for chunk in images.chunks(args.batch_size.max(1)) {
+        let paths: Vec<&std::path::Path> = chunk.iter().map(PathBuf::as_path).collect();
+        let contents = padim_store::read_inputs(&paths);
+        let batch: Vec<(PathBuf, Result<_, String>)> =
+            chunk.iter().cloned().zip(contents.into_iter().map(|c| c.map_err(|e| e.to_string()))).collect();
+        for ((path, _), result) in batch.iter().zip(predictor.predict(&batch, overlays.is_some())) {
+            let name = path.display().to_string();
+            match result {
+                Ok(prediction) => {
+                    let mut overlay = None;
+                    if let (Some(store), Some(heatmap)) = (&overlays, &prediction.heatmap) {
+                        let png = predictor.overlay_png(heatmap).map_err(anyhow::Error::msg)?;
+                        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+                        let key = format!("{:06}-{stem}.png", rows.len());
+                        store.put(&key, png)?;
+                        overlay = Some(store.url_of(&key));
+                    }
+                    rows.push(Row {
+                        path: name,
+                        status: "ok",
+                        score: Some(prediction.score),
+                        raw_score: Some(prediction.raw_score),
+                        anomalous: Some(prediction.anomalous),
+                        threshold,
+                        overlay,
+                        error: None,
+                    });
+                }
+                Err(error) if args.fail_fast => return Err(error).context("scoring stopped (--fail-fast)"),
+                Err(error) => {
+                    failed += 1;
+                    write_stderr(&format!("warning: {error}"));
+                    rows.push(Row {
+                        path: name,
+                        status: "error",
+                        score: None,
+                        raw_score: None,
+                        anomalous: None,
+                        threshold,
+                        overlay: None,
+                        error: Some(error.to_string()),
+                    });
+                }
+            }
+        }
+    }
+    let format = args.output.as_deref().map(OutputFormat::of).unwrap_or(OutputFormat::JsonLines);
+    let table = padim_predict::write_rows(&rows, format)?;
+    match &args.output {
+        None => {
+            use std::io::Write;
+            std::io::stdout().write_all(&table)?;
+        }
+        Some(output) => {
+            // Published atomically through the store: a folder (or prefix) and a file name.
+            let (parent, name) = output.rsplit_once('/').unwrap_or((".", output.as_str()));
+            let parent = if parent.is_empty() { "/" } else { parent };
+            padim_store::Store::open(parent)?.put(name, table)?;
+        }
+    }
+    let anomalous = rows.iter().filter(|r| r.anomalous == Some(true)).count();
+    write_stderr(&format!(
+        "predict: {} images, {anomalous} anomalous, {failed} could not be scored (model `{}`, threshold {threshold:.4})",
+        rows.len(),
+        predictor.bundle.info.model.subset
+    ));
+    Ok(())
 }
 
 fn done_verb(already_done: bool) -> &'static str {

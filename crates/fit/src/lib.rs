@@ -7,6 +7,7 @@
 //!
 //! This crate does no IO: callers feed it embeddings and store what it returns.
 
+pub mod bundle;
 pub mod model;
 pub mod stage;
 pub mod stats;

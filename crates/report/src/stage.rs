@@ -144,6 +144,34 @@ impl ReportSummary {
 }
 
 const DONE_KEY: &str = "report/done.json";
+/// The deployable bundle of the headline model (`padim predict --model`).
+pub const BUNDLE_KEY: &str = "report/bundle.safetensors";
+
+/// The bundle of the headline model: its matrices as fitted, with the calibration of this report.
+fn bundle(store: &Store, job: &Job, headline: &ModelMetrics, summary: &ReportSummary) -> Result<Vec<u8>, ReportError> {
+    use padim_fit::bundle::{BundleInfo, MatrixType, encode_bundle};
+    let key = format!("fit/model-{}.safetensors", headline.model);
+    let bytes =
+        store.get(&key)?.ok_or_else(|| ReportError::Table { what: store.url_of(&key), message: "missing".into() })?;
+    let bad = |e: padim_fit::model::ModelError| ReportError::Table { what: store.url_of(&key), message: e.to_string() };
+    let model = padim_fit::model::decode_model(&bytes).map_err(bad)?;
+    let info = BundleInfo {
+        format_version: BundleInfo::FORMAT_VERSION,
+        job: job.name.clone(),
+        model: model.info.clone(),
+        weights_location: job.backbone.weights.display().to_string(),
+        preprocess: job.preprocess.clone(),
+        score_settings: job.score.clone(),
+        score: job.report.score,
+        normalisation: headline.normalisation,
+        threshold_rule: headline.threshold_rule,
+        target_rate: job.report.target_rate,
+        threshold: headline.threshold,
+        display_range: summary.display_range,
+        matrices: MatrixType::F32,
+    };
+    encode_bundle(&model, &info).map_err(bad)
+}
 
 /// Runs the report stage.
 pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<ReportSummary, ReportError> {
@@ -234,7 +262,8 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
     files.extend(write_pictures(&store, job, &maps, &headline, rows, display_max, &summary, progress)?);
     store.put("report/metrics.json", serde_json::to_vec_pretty(&summary).unwrap_or_default())?;
     store.put("report/run-manifest.json", run_manifest(&store, job, &shards)?)?;
-    files.extend(["report/metrics.json".to_string(), "report/run-manifest.json".to_string()]);
+    store.put(BUNDLE_KEY, bundle(&store, job, &headline, &summary)?)?;
+    files.extend(["report/metrics.json".to_string(), "report/run-manifest.json".to_string(), BUNDLE_KEY.to_string()]);
     DoneMarker {
         stage: "report".into(),
         shard: Shard::ALL.to_string(),

@@ -1,0 +1,133 @@
+//! `padim predict` with the bundle a run wrote: its scores for the run's images equal the report's,
+//! bad images get error rows without stopping the others, wrong weights and f16 matrices.
+
+use crate::support::{copy_first, csv_rows, csv_rows_of, padim, root, stdout};
+use padim_fit::bundle::{BundleInfo, MatrixType, decode_bundle, encode_bundle};
+
+#[test]
+fn predict_agrees_with_the_report() {
+    let shared = root().join("../shared/data/concrete-crack");
+    let dir = tempfile::tempdir().unwrap();
+    copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 16, "jpg");
+    copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 8, "jpg");
+    let job = dir.path().join("job.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+[run]
+name = "predict"
+output = "run"
+[dataset]
+root = ["data"]
+normal = ["Negative"]
+[split]
+seed = 2
+train = {{ Negative = 8 }}
+calibration = {{ Negative = 3, Positive = 3 }}
+test = {{ Negative = "rest", Positive = "rest" }}
+[backbone]
+name = "efficientnet-lite0"
+weights = "{}"
+[fit]
+subsets = [{{ name = "r40", count = 40, seed = 1 }}]
+"#,
+            root().join("weights/efficientnet-lite0.safetensors").display()
+        ),
+    )
+    .unwrap();
+    stdout(&padim(&["run", job.to_str().unwrap()]));
+    let run = dir.path().join("run");
+    let bundle = run.join("report/bundle.safetensors");
+    let report: Vec<_> = csv_rows(&run.join("report/scores.csv"));
+    let threshold = decode_bundle(&std::fs::read(&bundle).unwrap()).unwrap().info.threshold;
+
+    // Every image of the run, with a corrupt one among them, as CSV with overlays.
+    let corrupt = dir.path().join("data/corrupt.jpg");
+    std::fs::write(&corrupt, b"\xff\xd8 not a jpeg").unwrap();
+    let table = dir.path().join("predictions.csv");
+    let overlays = dir.path().join("overlays");
+    let out = padim(&[
+        "predict",
+        "--model",
+        bundle.to_str().unwrap(),
+        "--output",
+        table.to_str().unwrap(),
+        "--overlays",
+        overlays.to_str().unwrap(),
+        "--batch-size",
+        "5",
+        dir.path().join("data").to_str().unwrap(),
+    ]);
+    let message = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && message.contains("1 could not be scored"), "{message}");
+    let rows = csv_rows(&table);
+    assert_eq!(rows.len(), 25);
+    let bad = rows.iter().find(|r| r["path"].ends_with("corrupt.jpg")).unwrap();
+    assert!(bad["status"] == "error" && bad["error"].contains("corrupt.jpg"), "{bad:?}");
+    let mut worst = 0f64;
+    for expected in &report {
+        let row = rows.iter().find(|r| r["path"] == expected["path"]).unwrap();
+        let (score, reference): (f64, f64) =
+            (row["score"].parse().unwrap(), expected["mean_normalised"].parse().unwrap());
+        worst = worst.max((score - reference).abs());
+        if (reference - threshold).abs() > 1e-6 {
+            assert_eq!(row["anomalous"], expected["anomalous_predicted"], "{}", expected["path"]);
+        }
+        assert!(std::path::Path::new(row["overlay"].trim_start_matches("file://")).is_file());
+    }
+    eprintln!("predict vs report: largest normalised score difference {worst:e} over {} images", report.len());
+    assert!(worst < 1e-6, "predict differs from the report by {worst:e}");
+
+    // JSON lines on stdout for pipes; --fail-fast stops at the corrupt image, naming it.
+    let first = report[0]["path"].clone();
+    let lines = stdout(&padim(&["predict", "--model", bundle.to_str().unwrap(), &first]));
+    let line: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
+    assert_eq!(line["path"], first.as_str());
+    let stopped = padim(&["predict", "--model", bundle.to_str().unwrap(), "--fail-fast", corrupt.to_str().unwrap()]);
+    let message = String::from_utf8_lossy(&stopped.stderr);
+    assert!(!stopped.status.success() && message.contains("corrupt.jpg"), "{message}");
+
+    // Other weights than the bundle's: refused, saying which.
+    let other = dir.path().join("other.safetensors");
+    let mut bytes = std::fs::read(root().join("weights/efficientnet-lite0.safetensors")).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    std::fs::write(&other, bytes).unwrap();
+    let refused =
+        padim(&["predict", "--model", bundle.to_str().unwrap(), "--weights", other.to_str().unwrap(), &first]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && message.contains("the bundle was made with weights"), "{message}");
+
+    // The same bundle with f16 matrices: half the size; the effect on scores, measured.
+    let decoded = decode_bundle(&std::fs::read(&bundle).unwrap()).unwrap();
+    let info = BundleInfo { matrices: MatrixType::F16, ..decoded.info.clone() };
+    let half = dir.path().join("bundle-f16.safetensors");
+    std::fs::write(&half, encode_bundle(&decoded.model, &info).unwrap()).unwrap();
+    let sizes = (std::fs::metadata(&bundle).unwrap().len(), std::fs::metadata(&half).unwrap().len());
+    let table16 = dir.path().join("predictions-f16.csv");
+    stdout(&padim(&[
+        "predict",
+        "--model",
+        half.to_str().unwrap(),
+        "--output",
+        table16.to_str().unwrap(),
+        dir.path().join("data/Negative").to_str().unwrap(),
+        dir.path().join("data/Positive").to_str().unwrap(),
+    ]));
+    let rows16 = csv_rows_of(&std::fs::read(&table16).unwrap());
+    let (mut worst16, mut flips) = (0f64, 0);
+    for row in &rows16 {
+        let full = rows.iter().find(|r| r["path"] == row["path"]).unwrap();
+        let (a, b): (f64, f64) = (full["score"].parse().unwrap(), row["score"].parse().unwrap());
+        worst16 = worst16.max((a - b).abs());
+        flips += usize::from(full["anomalous"] != row["anomalous"]);
+    }
+    eprintln!(
+        "f16 bundle: {} of {} bytes; largest normalised score change {worst16:e}, {flips} verdicts changed of {}",
+        sizes.1,
+        sizes.0,
+        rows16.len()
+    );
+    assert!(sizes.1 * 10 < sizes.0 * 6 && worst16 < 0.05, "f16: {worst16:e}, sizes {sizes:?}");
+}
