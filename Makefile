@@ -84,6 +84,7 @@ bench: setup ## Benchmarks, as ratios against PyTorch in the same run.
 	cargo bench --workspace --bench extract
 	cargo bench --workspace --bench stages
 	cargo bench --workspace --bench scale
+	cargo bench --workspace --bench predict
 
 clean: ## Remove build outputs and runs (keeps the Python environment and weights).
 	cargo clean

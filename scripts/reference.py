@@ -315,6 +315,64 @@ def cmd_bench(args):
     print(json.dumps(results))
 
 
+def cmd_bench_predict(args):
+    """The recipe's per-image pipeline in plain PyTorch with padim's bundle (PIL decode and resize,
+    trunk, embedding, channel subset, Mahalanobis in f32, bilinear resize, Gaussian smoothing, mean or
+    max, normalisation, threshold): single-image latency (p50, p95, each image alone) and the
+    throughput of batches of --batch. Prints JSON with the normalised scores, to check agreement."""
+    import numpy as np
+    from safetensors import safe_open
+    from safetensors.numpy import load_file as load_numpy
+
+    torch.set_num_threads(args.threads)
+    bundle = load_numpy(args.bundle)
+    with safe_open(args.bundle, "np") as f:
+        info = json.loads(f.metadata()["padim-bundle"])
+    model_info = info["model"]
+    backbone = model_info["backbone"]
+    model = load_model(backbone, args.weights)
+    pre = info["preprocess"]
+    t = transform(backbone, pre["resize"][0], pre["crop"][0])
+    channels = torch.from_numpy(bundle["channels"])
+    mean = torch.from_numpy(bundle["mean"].astype(np.float32))
+    precision = torch.from_numpy(bundle["precision"].astype(np.float32))
+    grid = (model_info["grid-height"], model_info["grid-width"])
+    size = (model_info["input-height"], model_info["input-width"])
+    sigma, k = info["score-settings"]["sigma"], info["score-settings"]["kernel-size"]
+    taps = torch.arange(k, dtype=torch.float32) - k // 2
+    kernel = torch.exp(-(taps**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    lo, hi = info["normalisation"]
+
+    def scores(paths):
+        from PIL import Image
+
+        x = torch.stack([t(Image.open(p).convert("RGB")) for p in paths])
+        emb = embed(trunk(model, backbone, x, model_info["tap"]))[:, channels]
+        d = emb.flatten(2).transpose(1, 2) - mean  # n, patches, k
+        dist = torch.einsum("npi,pij,npj->np", d, precision, d).clamp(min=0).sqrt()
+        maps = F.interpolate(dist.reshape(len(paths), 1, *grid), size=size, mode="bilinear", align_corners=False)
+        padded = F.pad(maps, (k // 2,) * 4, mode="replicate")
+        smooth = F.conv2d(F.conv2d(padded, kernel.view(1, 1, 1, -1)), kernel.view(1, 1, -1, 1))
+        raw = smooth.flatten(1).mean(1) if info["score"] == "mean" else smooth.flatten(1).max(1).values
+        return ((raw - lo) / (hi - lo)).tolist()
+
+    with torch.inference_mode():
+        scores(args.images[:1])  # warm-up
+        latencies, out = [], {}
+        for path in args.images:
+            start = time.perf_counter()
+            out[path] = scores([path])[0]
+            latencies.append(time.perf_counter() - start)
+        start = time.perf_counter()
+        for i in range(0, len(args.images), args.batch):
+            scores(args.images[i : i + args.batch])
+        throughput = len(args.images) / (time.perf_counter() - start)
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    print(json.dumps({"p50": pick(0.5), "p95": pick(0.95), "throughput": throughput, "scores": out}))
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -372,6 +430,14 @@ def main():
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("models", nargs="+")
     p.set_defaults(run=cmd_bench_score)
+
+    p = sub.add_parser("bench-predict")
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--weights", required=True)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("images", nargs="+")
+    p.set_defaults(run=cmd_bench_predict)
 
     p = sub.add_parser("classify", parents=[common])
     p.add_argument("images", nargs="+")

@@ -385,6 +385,10 @@ pub struct ReportSettings {
     pub display_percentile: f64,
     /// Images per montage (true positives, true negatives, false positives, false negatives each).
     pub montage_images: usize,
+    /// Store the bundle's matrices as f16 (half the size) instead of f32. Left out of the hash when
+    /// false, so that runs made before the key existed stay valid.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bundle_f16: bool,
 }
 
 impl Default for ReportSettings {
@@ -396,6 +400,7 @@ impl Default for ReportSettings {
             model: None,
             display_percentile: 80.0,
             montage_images: 12,
+            bundle_f16: false,
         }
     }
 }

@@ -168,7 +168,7 @@ fn bundle(store: &Store, job: &Job, headline: &ModelMetrics, summary: &ReportSum
         target_rate: job.report.target_rate,
         threshold: headline.threshold,
         display_range: summary.display_range,
-        matrices: MatrixType::F32,
+        matrices: if job.report.bundle_f16 { MatrixType::F16 } else { MatrixType::F32 },
     };
     encode_bundle(&model, &info).map_err(bad)
 }
