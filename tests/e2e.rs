@@ -8,6 +8,7 @@ mod predict;
 mod s3;
 mod slurm;
 mod support;
+mod sweep;
 
 use padim_store::{EmbeddingReader, Store};
 use std::path::{Path, PathBuf};

@@ -38,6 +38,7 @@ struct RawJob {
     split: Option<SplitSettings>,
     #[serde(default)]
     report: ReportSettings,
+    sweep: Option<SweepSettings>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -251,6 +252,96 @@ pub struct SubsetSpec {
     /// Or every channel.
     #[serde(default)]
     pub all: bool,
+    /// Take the channels (`count` of them, or all) from these tapped layers only (1-based, in
+    /// embedding order); default every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
+}
+
+/// A channel count of a sweep: a number, or `"all"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SweepCount {
+    Count(usize),
+    All(AllChannels),
+}
+
+/// The word `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllChannels {
+    All,
+}
+
+/// A sweep over channel subsets: every combination of layers, count and seed is one experiment,
+/// fitted and scored in the same pass as the others (`fit.subsets` gains one subset per experiment).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SweepSettings {
+    /// Channel counts, e.g. `[50, 100, "all"]`.
+    pub counts: Vec<SweepCount>,
+    /// Seeds of the random subsets, one experiment each (`"all"` takes no seed).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Layer combinations, e.g. `["1+2+3", "2+3"]`.
+    #[serde(default = "default_layers")]
+    pub layers: Vec<String>,
+}
+
+fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+fn default_layers() -> Vec<String> {
+    vec!["1+2+3".into()]
+}
+
+impl SweepSettings {
+    /// The experiments, as subsets with stable names derived from their parameters:
+    /// `c050-s0-l123` (50 channels, seed 0, layers 1+2+3), `all-l23`.
+    pub fn experiments(&self) -> Result<Vec<SubsetSpec>, String> {
+        let mut out = Vec::new();
+        for combination in &self.layers {
+            let mut layers = Vec::new();
+            for part in combination.split('+') {
+                match part.trim().parse::<usize>() {
+                    Ok(layer @ 1..=3) if !layers.contains(&layer) => layers.push(layer),
+                    _ => return Err(format!("layers `{combination}`: use 1, 2 and 3 joined by +, e.g. \"1+2+3\"")),
+                }
+            }
+            layers.sort_unstable();
+            let tag: String = layers.iter().map(|l| l.to_string()).collect();
+            for count in &self.counts {
+                match count {
+                    SweepCount::All(_) => out.push(SubsetSpec {
+                        name: format!("all-l{tag}"),
+                        count: None,
+                        seed: 0,
+                        channels: None,
+                        all: true,
+                        layers: Some(layers.clone()),
+                    }),
+                    SweepCount::Count(0) => return Err("counts must be positive".into()),
+                    SweepCount::Count(n) => {
+                        for &seed in &self.seeds {
+                            out.push(SubsetSpec {
+                                name: format!("c{n:03}-s{seed}-l{tag}"),
+                                count: Some(*n),
+                                seed,
+                                channels: None,
+                                all: false,
+                                layers: Some(layers.clone()),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err("names no experiment (empty `counts`, `seeds` or `layers`)".into());
+        }
+        Ok(out)
+    }
 }
 
 /// Settings of the `fit` stage. Missing keys take their defaults.
@@ -275,7 +366,14 @@ impl Default for FitSettings {
     fn default() -> Self {
         FitSettings {
             epsilon: 0.01,
-            subsets: vec![SubsetSpec { name: "all".into(), count: None, seed: 0, channels: None, all: true }],
+            subsets: vec![SubsetSpec {
+                name: "all".into(),
+                count: None,
+                seed: 0,
+                channels: None,
+                all: true,
+                layers: None,
+            }],
             train_labels: Vec::new(),
             train_split: None,
             batch_images: 32,
@@ -452,6 +550,9 @@ pub struct Job {
     pub score: ScoreSettings,
     pub split: Option<SplitSettings>,
     pub report: ReportSettings,
+    /// The sweep that added experiments to `fit.subsets`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepSettings>,
 }
 
 impl Job {
@@ -591,7 +692,17 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
         tap: raw.backbone.tap,
     };
 
-    let fit = raw.fit;
+    let mut fit = raw.fit;
+    if let Some(sweep) = &raw.sweep {
+        fit.subsets.extend(sweep.experiments().map_err(|message| invalid(path, "sweep", message))?);
+    }
+    if fit
+        .subsets
+        .iter()
+        .any(|s| s.layers.as_ref().is_some_and(|l| l.is_empty() || l.iter().any(|&l| !(1..=3).contains(&l))))
+    {
+        return Err(invalid(path, "fit.subsets", "`layers` are 1, 2 or 3"));
+    }
     if !(fit.epsilon >= 0.0 && fit.epsilon.is_finite()) {
         return Err(invalid(path, "fit.epsilon", "must be a finite number >= 0"));
     }
@@ -643,7 +754,6 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
         return Err(invalid(path, "extract.row-group-mib", "must be at least 1"));
     }
 
-    let mut fit = fit;
     if let Some(split) = &raw.split {
         validate_split(split, path)?;
         // With splits, only the training split trains unless the job says otherwise.
@@ -680,6 +790,7 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
         score,
         split: raw.split,
         report,
+        sweep: raw.sweep,
     })
 }
 

@@ -93,7 +93,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let train = training_images(&store, job, &shards)?;
     let first_key = format!("extract/embeddings-{}.parquet", all_shards[0].tag());
     let meta = EmbeddingReader::open(&store, &first_key, Some(&[]), 1)?.meta().clone();
-    let subsets = resolve_subsets(&job.fit.subsets, meta.n_channels)?;
+    let subsets = resolve_subsets(&job.fit.subsets, &meta)?;
     let union = ChannelSubset::union(subsets.iter().map(|(_, s)| s));
     let n_patches = meta.n_patches();
     let need = state_bytes(n_patches, union.len()) + (job.fit.batch_images * union.len() * n_patches * 8) as u64;
@@ -255,11 +255,30 @@ fn training_images(store: &Store, job: &Job, shards: &[Shard]) -> Result<BTreeSe
     Ok(train)
 }
 
-fn resolve_subsets(specs: &[SubsetSpec], n_channels: usize) -> Result<Vec<(String, ChannelSubset)>, FitError> {
+fn resolve_subsets(specs: &[SubsetSpec], meta: &EmbeddingMeta) -> Result<Vec<(String, ChannelSubset)>, FitError> {
+    let n_channels = meta.n_channels;
     specs
         .iter()
         .map(|spec| {
-            let subset = if spec.all {
+            // The channels to choose from: every channel, or those of the named layers.
+            let candidates: Option<Vec<usize>> = match &spec.layers {
+                Some(layers) if layers.len() < meta.layers.len() && spec.channels.is_none() => Some(
+                    layers
+                        .iter()
+                        .filter_map(|&l| meta.layers.get(l - 1))
+                        .flat_map(|layer| layer.first_channel..layer.first_channel + layer.channels)
+                        .collect(),
+                ),
+                _ => None,
+            };
+            let subset = if let Some(candidates) = candidates {
+                let picked = match spec.count {
+                    Some(count) => ChannelSubset::random(candidates.len(), count, spec.seed)
+                        .map(|s| s.channels().iter().map(|&i| candidates[i]).collect()),
+                    None => Ok(candidates),
+                };
+                picked.and_then(|channels| ChannelSubset::explicit(channels, n_channels))
+            } else if spec.all {
                 Ok(ChannelSubset::all(n_channels))
             } else if let Some(count) = spec.count {
                 ChannelSubset::random(n_channels, count, spec.seed)

@@ -89,6 +89,57 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
             escape(&u.reason)
         ));
     }
+    if let Some(sweep) = &summary.sweep {
+        let cell = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+        html.push_str(&format!(
+            "<h2>Sweep</h2><p>{} experiments, fitted and scored in one pass. Best by calibration AUROC ({} score): \
+             <b>{}</b>. Per layer combination and channel count, mean &plusmn; standard deviation over seeds:</p>\
+             <table><tr><th>layers</th><th>channels</th><th>experiments</th><th>calibration AUROC</th><th>test AUROC</th>\
+             <th>accuracy</th></tr>",
+            sweep.experiments.len(),
+            summary.headline_score,
+            escape(sweep.best.as_deref().unwrap_or("none"))
+        ));
+        for g in &sweep.groups {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} &plusmn; {}</td><td>{} &plusmn; {}</td><td>{} &plusmn; {}</td></tr>",
+                escape(&g.layers),
+                g.channels,
+                g.experiments,
+                cell(g.calibration_auroc_mean),
+                cell(g.calibration_auroc_std),
+                cell(g.test_auroc_mean),
+                cell(g.test_auroc_std),
+                cell(g.accuracy_mean),
+                cell(g.accuracy_std)
+            ));
+        }
+        html.push_str(
+            "</table><p>Every experiment:</p><table><tr><th>experiment</th><th>layers</th><th>channels</th><th>seed</th>\
+             <th>calibration AUROC</th><th>test AUROC</th><th>test AUROC (mean score)</th><th>test AUROC (max score)</th>\
+             <th>accuracy</th><th>F1</th><th>pixel AUROC</th><th>model MB</th><th>score s</th></tr>",
+        );
+        for e in &sweep.experiments {
+            html.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+                 <td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td></tr>",
+                escape(&e.id),
+                escape(&e.layers),
+                e.channels,
+                e.seed.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                cell(e.calibration_auroc),
+                cell(e.test_auroc),
+                cell(e.test_auroc_mean_score),
+                cell(e.test_auroc_max_score),
+                cell(e.accuracy),
+                cell(e.f1),
+                cell(e.pixel_auroc),
+                e.model_bytes as f64 / 1e6,
+                e.score_seconds
+            ));
+        }
+        html.push_str("</table>");
+    }
     html.push_str("<h2>Pictures</h2>");
     let engine = base64::engine::general_purpose::STANDARD;
     for (name, bytes) in pictures {

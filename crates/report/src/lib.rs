@@ -10,5 +10,6 @@ pub mod html;
 pub mod metrics;
 pub mod pictures;
 pub mod stage;
+pub mod sweep;
 
 pub use stage::{ReportError, ReportSummary, run_report};

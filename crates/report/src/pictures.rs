@@ -49,7 +49,7 @@ fn draw_error(what: &str) -> impl Fn(String) -> PictureError + '_ {
 }
 
 /// Renders `draw` on a white `width x height` canvas and encodes it as PNG.
-fn render(
+pub(crate) fn render(
     what: &str,
     (width, height): (u32, u32),
     draw: impl FnOnce(&DrawingArea<BitMapBackend, Shift>) -> Result<(), String>,

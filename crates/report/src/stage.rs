@@ -132,6 +132,9 @@ pub struct ReportSummary {
     /// Model and score combinations (other than the headline) that cannot be calibrated, and why.
     pub unusable: Vec<Unusable>,
     pub pixel: Option<PixelMetrics>,
+    /// The decision table of the job's `[sweep]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::sweep::SweepSummary>,
     #[serde(skip, default)]
     pub already_done: bool,
 }
@@ -144,6 +147,81 @@ impl ReportSummary {
 }
 
 const DONE_KEY: &str = "report/done.json";
+/// The sweep's decision table: per experiment from the evaluated models, model sizes and score
+/// times, pixel AUROC where masks exist; aggregated with polars; written as `report/sweep.*` and
+/// `report/sweep-groups.*`.
+fn sweep_table(
+    store: &Store,
+    job: &Job,
+    shards: &[Shard],
+    by_model: &BTreeMap<String, Vec<Scored>>,
+    summary: &ReportSummary,
+    progress: &dyn Progress,
+) -> Result<(crate::sweep::SweepSummary, Vec<String>), ReportError> {
+    use crate::sweep::{Experiment, SweepSummary, best, experiments_frame, groups, groups_frame};
+    let Some(sweep) = &job.sweep else {
+        return Err(ReportError::Table { what: "sweep".into(), message: "no [sweep]".into() });
+    };
+    let specs = sweep.experiments().map_err(|message| ReportError::Table { what: "sweep".into(), message })?;
+    let mut micros: BTreeMap<String, u64> = BTreeMap::new();
+    for shard in shards {
+        let key = format!("score/done-{}.json", shard.tag());
+        if let Some(marker) = DoneMarker::read(store, &key)? {
+            for (name, value) in marker.counts {
+                if let Some(model) = name.strip_prefix(padim_score::stage::MICROS_PREFIX) {
+                    *micros.entry(model.to_string()).or_default() += value;
+                }
+            }
+        }
+    }
+    let kind = job.report.score.name();
+    let metrics_of = |model: &str, score: &str| summary.models.iter().find(|m| m.model == model && m.score == score);
+    let mut experiments = Vec::new();
+    for spec in &specs {
+        let key = format!("fit/model-{}.safetensors", spec.name);
+        let bytes = store
+            .get(&key)?
+            .ok_or_else(|| ReportError::Table { what: store.url_of(&key), message: "missing".into() })?;
+        let model = padim_fit::model::decode_model(&bytes)
+            .map_err(|e| ReportError::Table { what: store.url_of(&key), message: e.to_string() })?;
+        let pixel_auroc = match (&job.dataset.mask, by_model.get(&spec.name)) {
+            (Some(_), Some(rows)) => {
+                let tests: Vec<&Scored> = rows.iter().filter(|r| r.split == "test").collect();
+                let ids: BTreeSet<u32> = tests.iter().map(|r| r.image).collect();
+                let maps = load_maps(store, shards, &spec.name, &ids)?;
+                Some(pixel_metrics(job, &maps, &spec.name, &tests, progress)?.auroc)
+            }
+            _ => None,
+        };
+        let headline = metrics_of(&spec.name, kind);
+        let layers = spec.layers.as_ref().map(|l| l.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("+"));
+        experiments.push(Experiment {
+            id: spec.name.clone(),
+            layers: layers.unwrap_or_else(|| "1+2+3".into()),
+            count: spec.count,
+            channels: model.channels.len(),
+            seed: spec.count.map(|_| spec.seed),
+            calibration_auroc: headline.map(|m| m.calibration.auroc),
+            test_auroc: headline.map(|m| m.test.auroc),
+            test_auroc_mean_score: metrics_of(&spec.name, "mean").map(|m| m.test.auroc),
+            test_auroc_max_score: metrics_of(&spec.name, "max").map(|m| m.test.auroc),
+            accuracy: headline.map(|m| m.test.accuracy),
+            f1: headline.map(|m| m.test.f1),
+            pixel_auroc,
+            model_bytes: bytes.len() as u64,
+            score_seconds: micros.get(&spec.name).copied().unwrap_or(0) as f64 / 1e6,
+        });
+    }
+    let table = table_error("sweep");
+    let mut frame = experiments_frame(&experiments).map_err(&table)?;
+    let mut grouped = groups_frame(&frame).map_err(&table)?;
+    let groups = groups(&grouped).map_err(&table)?;
+    let mut keys = put_table(store, "sweep", &mut frame)?;
+    keys.extend(put_table(store, "sweep-groups", &mut grouped)?);
+    let best = best(&experiments);
+    Ok((SweepSummary { experiments, groups, best }, keys))
+}
+
 /// The deployable bundle of the headline model (`padim predict --model`).
 pub const BUNDLE_KEY: &str = "report/bundle.safetensors";
 
@@ -247,7 +325,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         None
     };
 
-    let summary = ReportSummary {
+    let mut summary = ReportSummary {
         job: job.name.clone(),
         config_hash: hash.clone(),
         headline_model: headline_model.clone(),
@@ -256,9 +334,15 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         models,
         unusable,
         pixel,
+        sweep: None,
         already_done: false,
     };
     let mut files = write_tables(&store, &by_model, &summary, job)?;
+    if job.sweep.is_some() {
+        let (sweep, keys) = sweep_table(&store, job, &shards, &by_model, &summary, progress)?;
+        summary.sweep = Some(sweep);
+        files.extend(keys);
+    }
     files.extend(write_pictures(&store, job, &maps, &headline, rows, display_max, &summary, progress)?);
     store.put("report/metrics.json", serde_json::to_vec_pretty(&summary).unwrap_or_default())?;
     store.put("report/run-manifest.json", run_manifest(&store, job, &shards)?)?;
@@ -780,6 +864,9 @@ fn write_pictures(
     }
     progress.finish();
     pictures.push(("colorbar.png".into(), pictures::colorbar(display_max)?));
+    if let Some(sweep) = &summary.sweep {
+        pictures.push(("sweep-auroc.png".into(), crate::sweep::auroc_plot(&sweep.groups)?));
+    }
 
     let html = crate::html::page(job, summary, &pictures);
     let mut keys = Vec::new();

@@ -11,7 +11,7 @@ use padim_store::{
     write_scores,
 };
 use rayon::prelude::*;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreStageError {
@@ -26,6 +26,9 @@ pub enum ScoreStageError {
     #[error("model {model} was fitted on {found}, but {url} holds embeddings of {expected}")]
     Mismatch { model: String, url: String, found: String, expected: String },
 }
+
+/// Done-marker counts with this prefix hold each model's scoring time in microseconds.
+pub const MICROS_PREFIX: &str = "micros/";
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreSummary {
@@ -101,9 +104,12 @@ pub fn run_score(
         let (grid_h, grid_w) = (meta.grid_height, meta.grid_width);
         let n_patches = grid_h * grid_w;
         let (mut score_rows, mut map_rows) = (Vec::new(), Vec::new());
+        // Per model: microseconds spent computing its maps and scores (gather, distances, smoothing).
+        let mut model_micros = vec![0u64; models.len()];
         while let Some(batch) = reader.next_batch()? {
             let n = batch.image_ids.len();
-            for ((name, model), positions) in models.iter().zip(&positions) {
+            for (((name, model), positions), micros) in models.iter().zip(&positions).zip(&mut model_micros) {
+                let clock = std::time::Instant::now();
                 let k = positions.len();
                 let mut values = Vec::with_capacity(n * k * n_patches);
                 for image in 0..n {
@@ -142,6 +148,7 @@ pub fn run_score(
                     });
                     map_rows.push(MapRow { image: id, model: name.clone(), map: map.to_vec() });
                 }
+                *micros += clock.elapsed().as_micros() as u64;
             }
             summary.images += n;
         }
@@ -154,7 +161,9 @@ pub fn run_score(
             shard: shard.to_string(),
             config_hash: score_hash.clone(),
             files: vec![scores_key, maps_key],
-            counts: BTreeMap::from([("rows".to_string(), score_rows.len() as u64)]),
+            counts: std::iter::once(("rows".to_string(), score_rows.len() as u64))
+                .chain(models.iter().zip(&model_micros).map(|((name, _), &us)| (format!("{MICROS_PREFIX}{name}"), us)))
+                .collect(),
         }
         .write(&store, &done_key)?;
         summary.shards_done += 1;

@@ -1,0 +1,246 @@
+//! The decision table of a sweep: one row per experiment (channel subset), aggregated per layer
+//! combination and channel count as mean and standard deviation over seeds (polars), the best
+//! experiment by calibration AUROC (never by a test number), and a plot of AUROC against the channel
+//! count with error bars, one line per layer combination.
+
+use crate::pictures::{PictureError, render};
+use plotters::prelude::*;
+use polars::prelude::*;
+use serde::{Deserialize, Serialize};
+
+/// One experiment's numbers; metrics are of the job's image score (`report.score`) unless named.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Experiment {
+    pub id: String,
+    /// `1+2+3`, `2+3`, ...
+    pub layers: String,
+    /// The requested count; `None` for all channels of the layers.
+    pub count: Option<usize>,
+    /// Channels the model uses.
+    pub channels: usize,
+    pub seed: Option<u64>,
+    /// `None` where the calibration split cannot calibrate the experiment (see `unusable`).
+    pub calibration_auroc: Option<f64>,
+    pub test_auroc: Option<f64>,
+    pub test_auroc_mean_score: Option<f64>,
+    pub test_auroc_max_score: Option<f64>,
+    /// At the threshold calibrated on the calibration split.
+    pub accuracy: Option<f64>,
+    pub f1: Option<f64>,
+    pub pixel_auroc: Option<f64>,
+    pub model_bytes: u64,
+    /// Time score spent on this model (all shards), in seconds.
+    pub score_seconds: f64,
+}
+
+/// Per layer combination and count: mean and standard deviation over seeds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Group {
+    pub layers: String,
+    pub channels: usize,
+    pub experiments: usize,
+    pub calibration_auroc_mean: Option<f64>,
+    pub calibration_auroc_std: Option<f64>,
+    pub test_auroc_mean: Option<f64>,
+    pub test_auroc_std: Option<f64>,
+    pub accuracy_mean: Option<f64>,
+    pub accuracy_std: Option<f64>,
+}
+
+/// The sweep part of `metrics.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SweepSummary {
+    pub experiments: Vec<Experiment>,
+    pub groups: Vec<Group>,
+    /// The experiment with the highest calibration AUROC (ties: fewer channels, then id).
+    pub best: Option<String>,
+}
+
+/// The per-experiment table.
+pub fn experiments_frame(experiments: &[Experiment]) -> PolarsResult<DataFrame> {
+    df!(
+        "id" => experiments.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        "layers" => experiments.iter().map(|e| e.layers.as_str()).collect::<Vec<_>>(),
+        "count" => experiments.iter().map(|e| e.count.map(|c| c as u32)).collect::<Vec<_>>(),
+        "channels" => experiments.iter().map(|e| e.channels as u32).collect::<Vec<_>>(),
+        "seed" => experiments.iter().map(|e| e.seed).collect::<Vec<_>>(),
+        "calibration_auroc" => experiments.iter().map(|e| e.calibration_auroc).collect::<Vec<_>>(),
+        "test_auroc" => experiments.iter().map(|e| e.test_auroc).collect::<Vec<_>>(),
+        "test_auroc_mean_score" => experiments.iter().map(|e| e.test_auroc_mean_score).collect::<Vec<_>>(),
+        "test_auroc_max_score" => experiments.iter().map(|e| e.test_auroc_max_score).collect::<Vec<_>>(),
+        "accuracy" => experiments.iter().map(|e| e.accuracy).collect::<Vec<_>>(),
+        "f1" => experiments.iter().map(|e| e.f1).collect::<Vec<_>>(),
+        "pixel_auroc" => experiments.iter().map(|e| e.pixel_auroc).collect::<Vec<_>>(),
+        "model_bytes" => experiments.iter().map(|e| e.model_bytes).collect::<Vec<_>>(),
+        "score_seconds" => experiments.iter().map(|e| e.score_seconds).collect::<Vec<_>>(),
+    )
+}
+
+/// Mean and standard deviation (ddof 1) over seeds per layer combination and channel count.
+// polars marks eager group-by aggregations deprecated in favour of its lazy API; the report builds
+// polars without `lazy` (a large part of its compile time) and these few rows need nothing more.
+#[allow(deprecated)]
+pub fn groups_frame(experiments: &DataFrame) -> PolarsResult<DataFrame> {
+    let metrics = ["calibration_auroc", "test_auroc", "accuracy"];
+    let keys = ["layers", "channels"];
+    let grouped = || experiments.group_by_stable(keys).map(|g| g.select(metrics));
+    let mean = grouped()?.mean()?;
+    let mut std = grouped()?.std(1)?;
+    for metric in metrics {
+        std.rename(&format!("{metric}_agg_std"), format!("{metric}_std").into())?;
+    }
+    let mut count = experiments.group_by_stable(keys)?.select(["id"]).count()?;
+    count.rename("id_count", "experiments".into())?;
+    let mut out = mean.join(&std, keys, keys, JoinArgs::new(JoinType::Inner), None)?;
+    out = out.join(&count, keys, keys, JoinArgs::new(JoinType::Inner), None)?;
+    out.sort(keys, SortMultipleOptions::default())
+}
+
+/// Reads the groups back out of the polars table.
+pub fn groups(frame: &DataFrame) -> PolarsResult<Vec<Group>> {
+    let strings = |name: &str| -> PolarsResult<Vec<String>> {
+        Ok(frame.column(name)?.str()?.iter().map(|v| v.unwrap_or_default().to_string()).collect())
+    };
+    let floats = |name: &str| -> PolarsResult<Vec<Option<f64>>> {
+        Ok(frame.column(name)?.cast(&DataType::Float64)?.f64()?.iter().collect())
+    };
+    let counts = |name: &str| -> PolarsResult<Vec<usize>> {
+        Ok(frame.column(name)?.cast(&DataType::UInt64)?.u64()?.iter().map(|v| v.unwrap_or(0) as usize).collect())
+    };
+    let (layers, channels, n) = (strings("layers")?, counts("channels")?, counts("experiments")?);
+    let (cal_mean, cal_std) = (floats("calibration_auroc_mean")?, floats("calibration_auroc_std")?);
+    let (test_mean, test_std) = (floats("test_auroc_mean")?, floats("test_auroc_std")?);
+    let (acc_mean, acc_std) = (floats("accuracy_mean")?, floats("accuracy_std")?);
+    Ok((0..frame.height())
+        .map(|i| Group {
+            layers: layers[i].clone(),
+            channels: channels[i],
+            experiments: n[i],
+            calibration_auroc_mean: cal_mean[i],
+            calibration_auroc_std: cal_std[i],
+            test_auroc_mean: test_mean[i],
+            test_auroc_std: test_std[i],
+            accuracy_mean: acc_mean[i],
+            accuracy_std: acc_std[i],
+        })
+        .collect())
+}
+
+/// The best experiment by calibration AUROC; ties go to fewer channels, then to the smaller id.
+pub fn best(experiments: &[Experiment]) -> Option<String> {
+    experiments
+        .iter()
+        .filter_map(|e| e.calibration_auroc.map(|auc| (auc, e)))
+        .max_by(|(a, x), (b, y)| a.total_cmp(b).then(y.channels.cmp(&x.channels)).then(y.id.cmp(&x.id)))
+        .map(|(_, e)| e.id.clone())
+}
+
+/// Test AUROC (mean over seeds, with one standard deviation as error bars) against channels, one
+/// line per layer combination; calibration AUROC dashed.
+pub fn auroc_plot(groups: &[Group]) -> Result<Vec<u8>, PictureError> {
+    let max_channels = groups.iter().map(|g| g.channels).max().unwrap_or(1) as f64;
+    let values = groups.iter().flat_map(|g| {
+        [g.test_auroc_mean, g.calibration_auroc_mean]
+            .into_iter()
+            .flatten()
+            .map(move |m| m - g.test_auroc_std.unwrap_or(0.0).max(g.calibration_auroc_std.unwrap_or(0.0)))
+    });
+    let low = values.fold(1.0f64, f64::min).clamp(0.0, 0.99);
+    let low = (low * 50.0).floor() / 50.0;
+    let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+    let mut combinations: Vec<&str> = groups.iter().map(|g| g.layers.as_str()).collect();
+    combinations.dedup();
+    render("sweep", (640, 440), |root| {
+        let mut chart = ChartBuilder::on(root)
+            .caption("AUROC against channels (mean ± sd over seeds)", ("sans-serif", 18))
+            .margin(15)
+            .x_label_area_size(40)
+            .y_label_area_size(55)
+            .build_cartesian_2d(0f64..max_channels * 1.05, low..1.0)
+            .map_err(|e| e.to_string())?;
+        chart.configure_mesh().x_desc("channels").y_desc("AUROC").draw().map_err(|e| e.to_string())?;
+        for (combination, color) in combinations.iter().zip(colors.iter().cycle()) {
+            let color = *color;
+            let members: Vec<&Group> = groups.iter().filter(|g| g.layers == *combination).collect();
+            let test: Vec<(f64, f64, f64)> = members
+                .iter()
+                .filter_map(|g| g.test_auroc_mean.map(|m| (g.channels as f64, m, g.test_auroc_std.unwrap_or(0.0))))
+                .collect();
+            chart
+                .draw_series(LineSeries::new(test.iter().map(|(x, y, _)| (*x, *y)), color.stroke_width(2)))
+                .map_err(|e| e.to_string())?
+                .label(format!("layers {combination}: test"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], color.stroke_width(2)));
+            chart
+                .draw_series(
+                    test.iter().map(|(x, y, sd)| ErrorBar::new_vertical(*x, y - sd, *y, y + sd, color.filled(), 8)),
+                )
+                .map_err(|e| e.to_string())?;
+            let calibration: Vec<(f64, f64)> =
+                members.iter().filter_map(|g| g.calibration_auroc_mean.map(|m| (g.channels as f64, m))).collect();
+            chart
+                .draw_series(DashedLineSeries::new(calibration, 6, 4, color.mix(0.6).stroke_width(1)))
+                .map_err(|e| e.to_string())?
+                .label(format!("layers {combination}: calibration"))
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], color.mix(0.6).stroke_width(1)));
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::LowerRight)
+            .background_style(WHITE.mix(0.8))
+            .border_style(BLACK)
+            .draw()
+            .map_err(|e| e.to_string())?;
+        Ok(())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn experiment(id: &str, layers: &str, channels: usize, seed: u64, cal: f64, test: f64) -> Experiment {
+        Experiment {
+            id: id.into(),
+            layers: layers.into(),
+            count: Some(channels),
+            channels,
+            seed: Some(seed),
+            calibration_auroc: Some(cal),
+            test_auroc: Some(test),
+            test_auroc_mean_score: Some(test),
+            test_auroc_max_score: None,
+            accuracy: Some(test - 0.1),
+            f1: None,
+            pixel_auroc: None,
+            model_bytes: 1,
+            score_seconds: 0.5,
+        }
+    }
+
+    #[test]
+    fn groups_are_mean_and_sample_std_over_seeds_and_best_is_by_calibration() {
+        let experiments = vec![
+            experiment("c010-s0-l123", "1+2+3", 10, 0, 0.90, 0.80),
+            experiment("c010-s1-l123", "1+2+3", 10, 1, 0.92, 0.84),
+            experiment("c010-s2-l123", "1+2+3", 10, 2, 0.94, 0.88),
+            experiment("c020-s0-l23", "2+3", 20, 0, 0.94, 0.99),
+        ];
+        let frame = experiments_frame(&experiments).unwrap();
+        let groups = groups(&groups_frame(&frame).unwrap()).unwrap();
+        assert_eq!(groups.len(), 2);
+        let first = &groups[0];
+        assert_eq!((first.layers.as_str(), first.channels, first.experiments), ("1+2+3", 10, 3));
+        assert!((first.test_auroc_mean.unwrap() - 0.84).abs() < 1e-12);
+        assert!((first.test_auroc_std.unwrap() - 0.04).abs() < 1e-12, "{:?}", first.test_auroc_std);
+        assert!((first.calibration_auroc_std.unwrap() - 0.02).abs() < 1e-12);
+        assert_eq!(groups[1].test_auroc_std, None, "one seed has no standard deviation");
+        // A tie on calibration AUROC goes to fewer channels; the test AUROC plays no part.
+        assert_eq!(best(&experiments).as_deref(), Some("c010-s2-l123"));
+        crate::pictures::ensure_font().unwrap();
+        assert!(auroc_plot(&groups).unwrap().starts_with(b"\x89PNG"));
+    }
+}

@@ -1,0 +1,118 @@
+//! A `[sweep]` job: every experiment is fitted and scored in one pass, and each experiment's numbers
+//! equal those of a job that runs that experiment alone; the decision table aggregates over seeds.
+
+use crate::support::{copy_first, csv_rows, padim, root, stdout};
+use std::path::Path;
+
+fn write_job(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
+    let text = format!(
+        r#"
+[run]
+name = "{name}"
+output = "{name}"
+[dataset]
+root = ["data"]
+normal = ["Negative"]
+[split]
+seed = 4
+train = {{ Negative = 10 }}
+calibration = {{ Negative = 4, Positive = 4 }}
+test = {{ Negative = "rest", Positive = "rest" }}
+[backbone]
+name = "efficientnet-lite0"
+weights = "{}"
+{extra}
+"#,
+        root().join("weights/efficientnet-lite0.safetensors").display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+#[test]
+fn sweep_experiments_equal_each_experiment_alone() {
+    let shared = root().join("../shared/data/concrete-crack");
+    let dir = tempfile::tempdir().unwrap();
+    copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 20, "jpg");
+    copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 10, "jpg");
+    let sweep = write_job(
+        dir.path(),
+        "sweep",
+        "[fit]\nsubsets = []\n[sweep]\ncounts = [20, \"all\"]\nseeds = [0, 1]\nlayers = [\"1+2+3\", \"2+3\"]\n\
+         [report]\nmodel = \"all-l123\"\n",
+    );
+    let out = stdout(&padim(&["run", sweep.to_str().unwrap()]));
+    assert!(out.contains("fit done: 10 training images, 6 model(s)"), "{out}");
+
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("sweep/report/metrics.json")).unwrap()).unwrap();
+    let table = &metrics["sweep"];
+    let ids: Vec<&str> = table["experiments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["c020-s0-l123", "c020-s1-l123", "all-l123", "c020-s0-l23", "c020-s1-l23", "all-l23"]);
+    let experiment =
+        |id: &str| table["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap().clone();
+    assert_eq!(experiment("all-l123")["channels"], 176);
+    assert_eq!(experiment("all-l23")["channels"], 152, "layers 2 and 3 of Lite0: 40 + 112 channels");
+    assert!(experiment("c020-s0-l123")["score-seconds"].as_f64().unwrap() > 0.0);
+    // Groups: two seeds of 20 channels per layer combination, one experiment of all channels.
+    let groups = table["groups"].as_array().unwrap();
+    assert_eq!(groups.len(), 4);
+    let pair = groups.iter().find(|g| g["layers"] == "2+3" && g["channels"] == 20).unwrap();
+    assert_eq!(pair["experiments"], 2);
+    let (a, b) = (
+        experiment("c020-s0-l23")["test-auroc"].as_f64().unwrap(),
+        experiment("c020-s1-l23")["test-auroc"].as_f64().unwrap(),
+    );
+    assert!((pair["test-auroc-mean"].as_f64().unwrap() - (a + b) / 2.0).abs() < 1e-12);
+    assert!((pair["test-auroc-std"].as_f64().unwrap() - (a - b).abs() / 2f64.sqrt()).abs() < 1e-12);
+    // The best experiment is the one with the highest calibration AUROC.
+    let best = table["best"].as_str().unwrap();
+    let top = ids.iter().map(|id| experiment(id)["calibration-auroc"].as_f64().unwrap()).fold(0f64, f64::max);
+    assert_eq!(experiment(best)["calibration-auroc"].as_f64().unwrap(), top);
+    let rows = csv_rows(&dir.path().join("sweep/report/sweep.csv"));
+    assert_eq!(rows.len(), 6);
+    assert!(dir.path().join("sweep/report/sweep-auroc.png").is_file());
+
+    // Two experiments alone: a random subset of layers 2+3, and every channel.
+    let sweep_metrics = csv_rows(&dir.path().join("sweep/report/metrics.csv"));
+    for (id, subset) in [
+        ("c020-s1-l23", "{ name = \"c020-s1-l23\", count = 20, seed = 1, layers = [2, 3] }"),
+        ("all-l123", "{ name = \"all-l123\", all = true }"),
+    ] {
+        let alone = write_job(dir.path(), &format!("alone-{id}"), &format!("[fit]\nsubsets = [{subset}]\n"));
+        stdout(&padim(&["run", alone.to_str().unwrap()]));
+        let metrics = csv_rows(&dir.path().join(format!("alone-{id}/report/metrics.csv")));
+        assert_eq!(metrics.len(), 4, "mean and max, calibration and test");
+        for row in &metrics {
+            let theirs = sweep_metrics
+                .iter()
+                .find(|r| r["model"] == id && r["score"] == row["score"] && r["set"] == row["set"])
+                .unwrap();
+            for column in ["tp", "fp", "tn", "fn"] {
+                assert_eq!(row[column], theirs[column], "{id} {column}");
+            }
+            for column in ["auroc", "aupr", "threshold", "accuracy", "f1"] {
+                let (x, y): (f64, f64) = (row[column].parse().unwrap(), theirs[column].parse().unwrap());
+                assert!((x - y).abs() <= 1e-9 * x.abs().max(1.0), "{id} {column}: alone {x}, in the sweep {y}");
+            }
+        }
+        // The image scores too.
+        let scores = |path: &Path| -> Vec<(String, f64)> {
+            csv_rows(path)
+                .into_iter()
+                .filter(|r| r["model"] == id)
+                .map(|r| (r["path"].clone(), r["mean"].parse().unwrap()))
+                .collect()
+        };
+        let (alone, swept) = (
+            scores(&dir.path().join(format!("alone-{id}/report/scores.csv"))),
+            scores(&dir.path().join("sweep/report/scores.csv")),
+        );
+        assert_eq!(alone.len(), swept.len());
+        for ((pa, a), (pb, b)) in alone.iter().zip(&swept) {
+            assert_eq!(pa, pb);
+            assert!((a - b).abs() <= 1e-9 * a.abs(), "{pa}: {a} vs {b}");
+        }
+    }
+}
