@@ -85,6 +85,7 @@ bench: setup ## Benchmarks, as ratios against PyTorch in the same run.
 	cargo bench --workspace --bench stages
 	cargo bench --workspace --bench scale
 	cargo bench --workspace --bench predict
+	cargo bench --workspace --bench sweep
 
 clean: ## Remove build outputs and runs (keeps the Python environment and weights).
 	cargo clean

@@ -1,0 +1,69 @@
+//! Sweep benchmark (`cargo bench --workspace --bench sweep`, in `make bench`): fit, score and report
+//! of a 12-experiment sweep (counts 25, 50, 100 x seeds 0-3) against one experiment alone, on the
+//! same extracted embeddings (extraction excluded: it runs once for both), real concrete-crack
+//! images, 2 cores, the real `padim` binary.
+#![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
+
+#[path = "../../../tests/support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+use support::{copy_first, padim, root, stdout};
+
+fn job(dir: &Path, name: &str, body: &str) -> String {
+    let text = format!(
+        "[run]\nname = \"{name}\"\noutput = \"{name}\"\n[dataset]\nroot = [\"data\"]\nnormal = [\"Negative\"]\n\
+         [split]\nseed = 0\ntrain = {{ Negative = 100 }}\ncalibration = {{ Negative = 20, Positive = 20 }}\n\
+         test = {{ Negative = \"rest\", Positive = \"rest\" }}\n[backbone]\nname = \"efficientnet-lite0\"\n\
+         weights = \"{}\"\n{body}",
+        root().join("weights/efficientnet-lite0.safetensors").display()
+    );
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// Seconds of fit, score and report on a copy of the extracted run.
+fn stages(dir: &Path, job: &str, name: &str) -> [f64; 3] {
+    let run = dir.join(name);
+    std::fs::create_dir_all(&run).unwrap();
+    for part in ["split", "extract"] {
+        let status = Command::new("cp").arg("-r").arg(dir.join("extracted").join(part)).arg(&run).status().unwrap();
+        assert!(status.success());
+    }
+    ["fit", "score", "report"].map(|stage| {
+        let clock = Instant::now();
+        stdout(&padim(&[stage, job]));
+        clock.elapsed().as_secs_f64()
+    })
+}
+
+fn main() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path();
+    let shared = root().join("../shared/data/concrete-crack");
+    copy_first(&shared.join("Negative"), &dir.join("data/Negative"), 200, "jpg");
+    copy_first(&shared.join("Positive"), &dir.join("data/Positive"), 100, "jpg");
+    let extracted = job(dir, "extracted", "[fit]\nsubsets = [{ name = \"c100-s0\", count = 100, seed = 0 }]\n");
+    stdout(&padim(&["split", &extracted]));
+    stdout(&padim(&["extract", &extracted]));
+
+    let sweep = job(dir, "sweep", "[fit]\nsubsets = []\n[sweep]\ncounts = [25, 50, 100]\nseeds = [0, 1, 2, 3]\n");
+    let one = job(dir, "one", "[fit]\nsubsets = [{ name = \"c100-s0\", count = 100, seed = 0 }]\n");
+    let all = job(dir, "all", "[fit]\nsubsets = [{ name = \"all\", all = true }]\n");
+    let timings = [
+        ("sweep: 12 experiments", stages(dir, &sweep, "sweep")),
+        ("one experiment: 100 channels", stages(dir, &one, "one")),
+        ("one experiment: all 176 channels", stages(dir, &all, "all")),
+    ];
+    println!("\nsweep benchmark: 300 real images (100 train, 40 calibration, 160 test), extraction excluded");
+    println!("{:<34} {:>8} {:>8} {:>8} {:>8} {:>12}", "", "fit s", "score s", "report s", "total s", "sweep ratio");
+    let sweep_total: f64 = timings[0].1.iter().sum();
+    for (name, [fit, score, report]) in timings {
+        let total = fit + score + report;
+        println!("{name:<34} {fit:>8.2} {score:>8.2} {report:>8.2} {total:>8.2} {:>11.2}x", sweep_total / total);
+    }
+    println!("(sweep ratio: the sweep's total time over this row's; goal under 2x one experiment)");
+}
