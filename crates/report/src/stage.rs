@@ -189,7 +189,7 @@ fn sweep_table(
                 let tests: Vec<&Scored> = rows.iter().filter(|r| r.split == "test").collect();
                 let ids: BTreeSet<u32> = tests.iter().map(|r| r.image).collect();
                 let maps = load_maps(store, shards, &spec.name, &ids)?;
-                Some(pixel_metrics(job, &maps, &spec.name, &tests, progress)?.auroc)
+                Some(pixel_metrics(job, &maps, &spec.name, &tests, false, progress)?.auroc)
             }
             _ => None,
         };
@@ -320,7 +320,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
     let test_ids: BTreeSet<u32> = tests.iter().map(|r| r.image).collect();
     let maps = load_maps(&store, &shards, &headline_model, &test_ids)?;
     let pixel = if job.dataset.mask.is_some() {
-        Some(pixel_metrics(job, &maps, &headline_model, &tests, progress)?)
+        Some(pixel_metrics(job, &maps, &headline_model, &tests, true, progress)?)
     } else {
         None
     };
@@ -610,11 +610,14 @@ fn network_mask(job: &Job, image: &Path) -> Result<Option<Vec<bool>>, ReportErro
     Ok(Some(rgb.chunks_exact(3).map(|p| p[0] > 127).collect()))
 }
 
+/// Pixel AUROC and, with `with_pro`, PRO (the costly part; the sweep table needs only the AUROC and
+/// gets NaN for PRO, which it never shows).
 fn pixel_metrics(
     job: &Job,
     maps: &HashMap<u32, Vec<f32>>,
     model: &str,
     tests: &[&Scored],
+    with_pro: bool,
     progress: &dyn Progress,
 ) -> Result<PixelMetrics, ReportError> {
     let normal = &job.dataset.normal;
@@ -651,7 +654,11 @@ fn pixel_metrics(
     let as_f64: Vec<f64> = scores.iter().map(|&s| s as f64).collect();
     let what = format!("model {model}, test pixels");
     let roc = Roc::new(&as_f64, &truth, &what).map_err(|source| ReportError::Metric { what: what.clone(), source })?;
-    let pro = pro_auc(&scores, &regions, n_regions, 0.3).map_err(|source| ReportError::Metric { what, source })?;
+    let pro = if with_pro {
+        pro_auc(&scores, &regions, n_regions, 0.3).map_err(|source| ReportError::Metric { what, source })?
+    } else {
+        f64::NAN
+    };
     Ok(PixelMetrics { images: per_image.len(), regions: n_regions, auroc: roc.auc(), pro })
 }
 
