@@ -5,6 +5,7 @@
 //! Conventions (scikit-learn's): an image is predicted anomalous when its score is `>= threshold`;
 //! the ROC starts at `(0, 0)` with threshold `+inf` and has one point per distinct score.
 
+use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -55,8 +56,11 @@ impl Roc {
     pub fn new(scores: &[f64], anomalous: &[bool], what: &str) -> Result<Roc, MetricError> {
         assert_eq!(scores.len(), anomalous.len(), "one label per score");
         let (positives, negatives) = validate(scores, anomalous, what)?;
-        let mut order: Vec<usize> = (0..scores.len()).collect();
-        order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+        // Sorted (score, truth) pairs, highest first: the order within ties does not matter (one
+        // point per distinct score). A parallel sort of the values themselves, not of indices into
+        // them: pixel ROCs have tens of millions of points.
+        let mut order: Vec<(f64, bool)> = scores.iter().copied().zip(anomalous.iter().copied()).collect();
+        order.par_sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
         let mut roc = Roc {
             thresholds: vec![f64::INFINITY],
             fpr: vec![0.0],
@@ -67,16 +71,16 @@ impl Roc {
             negatives,
         };
         let (mut tp, mut fp) = (0usize, 0usize);
-        for (rank, &index) in order.iter().enumerate() {
-            if anomalous[index] {
+        for (rank, &(score, anomalous)) in order.iter().enumerate() {
+            if anomalous {
                 tp += 1;
             } else {
                 fp += 1;
             }
             // One point per distinct score: after the last of a run of ties.
-            let last_of_ties = order.get(rank + 1).is_none_or(|&next| scores[next] != scores[index]);
+            let last_of_ties = order.get(rank + 1).is_none_or(|next| next.0 != score);
             if last_of_ties {
-                roc.thresholds.push(scores[index]);
+                roc.thresholds.push(score);
                 roc.tp.push(tp);
                 roc.fp.push(fp);
                 roc.tpr.push(tp as f64 / positives as f64);
