@@ -1,7 +1,7 @@
 //! `padim predict` with the bundle a run wrote: its scores for the run's images equal the report's,
 //! bad images get error rows without stopping the others, wrong weights and f16 matrices.
 
-use crate::support::{copy_first, csv_rows, csv_rows_of, padim, root, stdout};
+use crate::support::{Split, copy_first, csv_rows, csv_rows_of, padim, root, small_job, stdout};
 use padim_fit::bundle::{BundleInfo, MatrixType, decode_bundle, encode_bundle};
 
 #[test]
@@ -10,32 +10,10 @@ fn predict_agrees_with_the_report() {
     let dir = tempfile::tempdir().unwrap();
     copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 16, "jpg");
     copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 8, "jpg");
-    let job = dir.path().join("job.toml");
-    std::fs::write(
-        &job,
-        format!(
-            r#"
-[run]
-name = "predict"
-output = "run"
-[dataset]
-root = ["data"]
-normal = ["Negative"]
-[split]
-seed = 2
-train = {{ Negative = 8 }}
-calibration = {{ Negative = 3, Positive = 3 }}
-test = {{ Negative = "rest", Positive = "rest" }}
-[backbone]
-name = "efficientnet-lite0"
-weights = "{}"
-[fit]
-subsets = [{{ name = "r40", count = 40, seed = 1 }}]
-"#,
-            root().join("weights/efficientnet-lite0.safetensors").display()
-        ),
-    )
-    .unwrap();
+    let split = Split { seed: 2, train: 8, calibration: 3 };
+    let extra = r#"[fit]
+subsets = [{ name = "r40", count = 40, seed = 1 }]"#;
+    let job = small_job(dir.path(), "job", "predict", "run", split, extra);
     stdout(&padim(&["run", job.to_str().unwrap()]));
     let run = dir.path().join("run");
     let bundle = run.join("report/bundle.safetensors");

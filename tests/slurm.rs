@@ -3,7 +3,7 @@
 //! array, a 4-task fit array with the dependent merge, a 4-task score array and the report, chained
 //! with `--dependency=afterok`; the results equal an unsharded run's.
 
-use crate::support::{copy_first, csv_rows, padim, root, stdout};
+use crate::support::{Split, copy_first, csv_rows, padim, root, small_job, stdout};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -39,32 +39,11 @@ impl Drop for Cluster {
 }
 
 fn write_job(dir: &Path, output: &str) -> PathBuf {
-    let text = format!(
-        r#"
-[run]
-name = "slurm"
-output = "{output}"
-[dataset]
-root = ["data"]
-normal = ["Negative"]
-[split]
-seed = 1
-train = {{ Negative = 8 }}
-calibration = {{ Negative = 3, Positive = 3 }}
-test = {{ Negative = "rest", Positive = "rest" }}
-[backbone]
-name = "efficientnet-lite0"
-weights = "{}"
-[extract]
+    let extra = r#"[extract]
 threads = 1
 [fit]
-subsets = [{{ name = "random40", count = 40, seed = 0 }}]
-"#,
-        root().join("weights/efficientnet-lite0.safetensors").display()
-    );
-    let path = dir.join(format!("{output}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+subsets = [{ name = "random40", count = 40, seed = 0 }]"#;
+    small_job(dir, output, "slurm", output, Split { seed: 1, train: 8, calibration: 3 }, extra)
 }
 
 #[test]

@@ -1,33 +1,11 @@
 //! A `[sweep]` job: every experiment is fitted and scored in one pass, and each experiment's numbers
 //! equal those of a job that runs that experiment alone; the decision table aggregates over seeds.
 
-use crate::support::{copy_first, csv_rows, padim, root, stdout};
+use crate::support::{Split, copy_first, csv_rows, padim, root, small_job, stdout};
 use std::path::Path;
 
 fn write_job(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
-    let text = format!(
-        r#"
-[run]
-name = "{name}"
-output = "{name}"
-[dataset]
-root = ["data"]
-normal = ["Negative"]
-[split]
-seed = 4
-train = {{ Negative = 10 }}
-calibration = {{ Negative = 4, Positive = 4 }}
-test = {{ Negative = "rest", Positive = "rest" }}
-[backbone]
-name = "efficientnet-lite0"
-weights = "{}"
-{extra}
-"#,
-        root().join("weights/efficientnet-lite0.safetensors").display()
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path
+    small_job(dir, name, name, name, Split { seed: 4, train: 10, calibration: 4 }, extra)
 }
 
 #[test]
@@ -54,7 +32,7 @@ fn sweep_experiments_equal_each_experiment_alone() {
         |id: &str| table["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap().clone();
     assert_eq!(experiment("all-l123")["channels"], 176);
     assert_eq!(experiment("all-l23")["channels"], 152, "layers 2 and 3 of Lite0: 40 + 112 channels");
-    assert!(experiment("c020-s0-l123")["score-seconds"].as_f64().unwrap() > 0.0);
+    assert!(experiment("c020-s0-l123")["score-cpu-seconds"].as_f64().unwrap() > 0.0);
     // Groups: two seeds of 20 channels per layer combination, one experiment of all channels.
     let groups = table["groups"].as_array().unwrap();
     assert_eq!(groups.len(), 4);

@@ -1,6 +1,7 @@
 //! Helpers shared by the test binaries at the top of the repository.
 #![allow(dead_code)]
 
+pub mod python;
 pub mod s3;
 
 use std::path::{Path, PathBuf};
@@ -69,4 +70,31 @@ pub fn csv_rows_of(bytes: &[u8]) -> Vec<std::collections::HashMap<String, String
         .records()
         .map(|r| headers.iter().zip(r.unwrap().iter()).map(|(h, v)| (h.to_string(), v.to_string())).collect())
         .collect()
+}
+
+/// The split of a small concrete-crack job: `train` normal images, `calibration` of each label,
+/// the rest test.
+#[derive(Debug, Clone, Copy)]
+pub struct Split {
+    pub seed: u64,
+    pub train: usize,
+    pub calibration: usize,
+}
+
+/// Writes `DIR/FILE.toml`: a job named `name` writing to `output` (relative to DIR), over
+/// `DIR/data/{Negative,Positive}` with `split`, on the Lite0 weights, with `extra` TOML after it
+/// (its `[fit]`, `[sweep]`, `[extract]` ...). Returns the file's path.
+pub fn small_job(dir: &Path, file: &str, name: &str, output: &str, split: Split, extra: &str) -> PathBuf {
+    let Split { seed, train, calibration } = split;
+    let text = format!(
+        "[run]\nname = \"{name}\"\noutput = \"{output}\"\n[dataset]\nroot = [\"data\"]\nnormal = [\"Negative\"]\n\
+         [split]\nseed = {seed}\ntrain = {{ Negative = {train} }}\n\
+         calibration = {{ Negative = {calibration}, Positive = {calibration} }}\n\
+         test = {{ Negative = \"rest\", Positive = \"rest\" }}\n\
+         [backbone]\nname = \"efficientnet-lite0\"\nweights = \"{}\"\n{extra}\n",
+        root().join("weights/efficientnet-lite0.safetensors").display()
+    );
+    let path = dir.join(format!("{file}.toml"));
+    std::fs::write(&path, text).unwrap();
+    path
 }

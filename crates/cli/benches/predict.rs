@@ -11,7 +11,6 @@ mod support;
 use padim_core::config::DeviceChoice;
 use padim_predict::Predictor;
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Instant;
 use support::{copy_first, first_files, padim, root, stdout};
 
@@ -67,10 +66,8 @@ fn main() {
     latencies.sort_by(f64::total_cmp);
     let pick = |q: f64| latencies[((q * IMAGES as f64) as usize).min(IMAGES - 1)];
 
-    let python = std::env::var("PADIM_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root().join(".venv/bin/python"));
     let mut args = vec![
-        root().join("scripts/reference.py").display().to_string(),
-        "bench-predict".into(),
+        "bench-predict".to_string(),
         "--bundle".into(),
         bundle.display().to_string(),
         "--weights".into(),
@@ -81,14 +78,7 @@ fn main() {
         BATCH.to_string(),
     ];
     args.extend(images.iter().map(|p| p.display().to_string()));
-    let output = Command::new(python)
-        .args(&args)
-        .env("MALLOC_MMAP_THRESHOLD_", "1073741824")
-        .env("MALLOC_TRIM_THRESHOLD_", "1073741824")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let reference: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let reference: serde_json::Value = serde_json::from_str(&support::python::reference(&args)).unwrap();
     let worst = images
         .iter()
         .zip(&ours)

@@ -10,19 +10,11 @@ mod support;
 use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
-use support::{copy_first, padim, root, stdout};
+use support::{Split, copy_first, padim, root, small_job, stdout};
 
 fn job(dir: &Path, name: &str, body: &str) -> String {
-    let text = format!(
-        "[run]\nname = \"{name}\"\noutput = \"{name}\"\n[dataset]\nroot = [\"data\"]\nnormal = [\"Negative\"]\n\
-         [split]\nseed = 0\ntrain = {{ Negative = 100 }}\ncalibration = {{ Negative = 20, Positive = 20 }}\n\
-         test = {{ Negative = \"rest\", Positive = \"rest\" }}\n[backbone]\nname = \"efficientnet-lite0\"\n\
-         weights = \"{}\"\n{body}",
-        root().join("weights/efficientnet-lite0.safetensors").display()
-    );
-    let path = dir.join(format!("{name}.toml"));
-    std::fs::write(&path, text).unwrap();
-    path.display().to_string()
+    let split = Split { seed: 0, train: 100, calibration: 20 };
+    small_job(dir, name, name, name, split, body).display().to_string()
 }
 
 /// Seconds of fit, score and report on a copy of the extracted run.

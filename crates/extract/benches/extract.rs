@@ -7,28 +7,16 @@
 //! PADIM_BENCH_BACKBONES (comma-separated; default all three).
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+#[path = "../../../tests/support/python.rs"]
+mod python;
+
 use padim_core::config::{BackboneKind, Preprocess, Tap};
 use padim_extract::{Backbone, Preprocessor};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Instant;
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
-}
-
-fn python(args: &[&str]) -> String {
-    let python = std::env::var("PADIM_PYTHON").map(PathBuf::from).unwrap_or_else(|_| root().join(".venv/bin/python"));
-    // The same allocator settings as padim's (see `tune_allocator`), so that both sides are measured
-    // without glibc's per-batch unmapping.
-    let output = Command::new(&python)
-        .args(args)
-        .env("MALLOC_MMAP_THRESHOLD_", "1073741824")
-        .env("MALLOC_TRIM_THRESHOLD_", "1073741824")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 fn env_usize(name: &str, default: usize) -> usize {
@@ -55,16 +43,10 @@ fn main() {
             root().join("weights/efficientnet-lite0.safetensors")
         } else {
             let out = dir.path().join(format!("{}.safetensors", kind.name()));
-            let script = root().join("scripts/export_weights.py");
-            python(&[
-                script.to_str().unwrap(),
-                "--backbone",
-                kind.name(),
-                "--source",
-                "random",
-                "--out",
-                out.to_str().unwrap(),
-            ]);
+            python::script(
+                "export_weights.py",
+                &["--backbone", kind.name(), "--source", "random", "--out", out.to_str().unwrap()],
+            );
             out
         };
         let net = Backbone::load(kind, &weights, Tap::BlockOutput, tch::Device::Cpu).unwrap();
@@ -85,9 +67,7 @@ fn main() {
         let rust = n_images as f64 / start.elapsed().as_secs_f64();
         assert!(copied > 0);
 
-        let script = root().join("scripts/reference.py");
-        let reference = python(&[
-            script.to_str().unwrap(),
+        let reference = python::reference(&[
             "bench",
             "--backbone",
             kind.name(),

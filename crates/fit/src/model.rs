@@ -7,9 +7,9 @@
 
 use crate::stats::{Gaussians, PatchStats};
 use crate::subset::ChannelSubset;
-use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use rayon::prelude::*;
+use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
-use std::collections::HashMap;
 
 /// The metadata key of padim's JSON.
 pub const METADATA_KEY: &str = "padim";
@@ -46,45 +46,102 @@ impl ModelInfo {
     pub const FORMAT_VERSION: u32 = 1;
 }
 
-fn le_bytes_f64(values: &[f64]) -> Vec<u8> {
-    values.iter().flat_map(|v| v.to_le_bytes()).collect()
+/// The values of one tensor to write.
+enum Data<'a> {
+    /// f64 values stored as f32.
+    F32(&'a [f64]),
+    F64(&'a [f64]),
+    I64(Vec<i64>),
 }
 
-fn le_bytes_f32(values: impl Iterator<Item = f64>) -> Vec<u8> {
-    values.flat_map(|v| (v as f32).to_le_bytes()).collect()
+impl Data<'_> {
+    fn dtype(&self) -> &'static str {
+        match self {
+            Data::F32(_) => "F32",
+            Data::F64(_) => "F64",
+            Data::I64(_) => "I64",
+        }
+    }
+
+    fn byte_len(&self) -> usize {
+        match self {
+            Data::F32(values) => values.len() * 4,
+            Data::F64(values) => values.len() * 8,
+            Data::I64(values) => values.len() * 8,
+        }
+    }
+
+    /// Writes the little-endian bytes into `out` (of `byte_len()`), in parallel blocks.
+    fn write(&self, out: &mut [u8]) {
+        const BLOCK: usize = 1 << 16;
+        match self {
+            Data::F32(values) => {
+                out.par_chunks_mut(4 * BLOCK).zip(values.par_chunks(BLOCK)).for_each(|(out, values)| {
+                    for (bytes, &v) in out.chunks_exact_mut(4).zip(values) {
+                        bytes.copy_from_slice(&(v as f32).to_le_bytes());
+                    }
+                })
+            }
+            Data::F64(values) => {
+                out.par_chunks_mut(8 * BLOCK).zip(values.par_chunks(BLOCK)).for_each(|(out, values)| {
+                    for (bytes, &v) in out.chunks_exact_mut(8).zip(values) {
+                        bytes.copy_from_slice(&v.to_le_bytes());
+                    }
+                })
+            }
+            Data::I64(values) => {
+                for (bytes, &v) in out.chunks_exact_mut(8).zip(values) {
+                    bytes.copy_from_slice(&v.to_le_bytes());
+                }
+            }
+        }
+    }
 }
 
-fn le_bytes_i64(values: impl Iterator<Item = i64>) -> Vec<u8> {
-    values.flat_map(|v| v.to_le_bytes()).collect()
-}
-
-fn serialize(
-    tensors: Vec<(&str, Dtype, Vec<usize>, Vec<u8>)>,
-    metadata: String,
-    kind: &'static str,
-) -> Result<Vec<u8>, ModelError> {
-    let format = |e: safetensors::SafeTensorError| ModelError::Format { kind, message: e.to_string() };
-    let views: Vec<(&str, TensorView<'_>)> = tensors
-        .iter()
-        .map(|(name, dtype, shape, data)| Ok((*name, TensorView::new(*dtype, shape.clone(), data).map_err(format)?)))
-        .collect::<Result<_, ModelError>>()?;
-    let info = HashMap::from([(METADATA_KEY.to_string(), metadata)]);
-    safetensors::tensor::serialize(views, Some(info)).map_err(format)
+/// A safetensors file: the 8-byte header length, the JSON header (tensors and one `__metadata__`
+/// entry, keys sorted, padded with spaces to a multiple of 8 bytes), then the tensors' bytes in the
+/// given order. Written into one buffer: each tensor is converted straight into its place rather
+/// than into a buffer of its own that `safetensors::serialize` would copy again (hundreds of
+/// megabytes for a sweep's models). Every file is read back with the `safetensors` crate.
+fn serialize(tensors: &[(&str, Vec<usize>, Data)], metadata: String) -> Vec<u8> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), serde_json::json!({ METADATA_KEY: metadata }));
+    let mut offset = 0;
+    for (name, shape, data) in tensors {
+        let end = offset + data.byte_len();
+        header.insert(
+            (*name).to_string(),
+            serde_json::json!({ "dtype": data.dtype(), "shape": shape, "data_offsets": [offset, end] }),
+        );
+        offset = end;
+    }
+    let mut json = serde_json::Value::Object(header).to_string().into_bytes();
+    json.resize(json.len().next_multiple_of(8), b' ');
+    let start = 8 + json.len();
+    let mut out = vec![0u8; start + offset];
+    out[..8].copy_from_slice(&(json.len() as u64).to_le_bytes());
+    out[8..start].copy_from_slice(&json);
+    let mut rest = &mut out[start..];
+    for (_, _, data) in tensors {
+        let (place, tail) = rest.split_at_mut(data.byte_len());
+        data.write(place);
+        rest = tail;
+    }
+    out
 }
 
 /// Encodes a fitted model.
 pub fn encode_model(gaussians: &Gaussians, info: &ModelInfo) -> Result<Vec<u8>, ModelError> {
     let (p, k) = (gaussians.n_patches, gaussians.channels.len());
     let json = serde_json::to_string(info).map_err(|e| ModelError::Format { kind: "model", message: e.to_string() })?;
-    serialize(
-        vec![
-            ("channels", Dtype::I64, vec![k], le_bytes_i64(gaussians.channels.channels().iter().map(|&c| c as i64))),
-            ("mean", Dtype::F32, vec![p, k], le_bytes_f32(gaussians.mean.iter().copied())),
-            ("precision", Dtype::F32, vec![p, k, k], le_bytes_f32(gaussians.precision.iter().copied())),
+    Ok(serialize(
+        &[
+            ("channels", vec![k], Data::I64(gaussians.channels.channels().iter().map(|&c| c as i64).collect())),
+            ("mean", vec![p, k], Data::F32(&gaussians.mean)),
+            ("precision", vec![p, k, k], Data::F32(&gaussians.precision)),
         ],
         json,
-        "model",
-    )
+    ))
 }
 
 /// A model read back: f32 means and precisions as stored.
@@ -131,6 +188,17 @@ fn tensor<'a>(
     Ok(view.data())
 }
 
+/// The number of channels of a model file from its safetensors header alone (the JSON after the
+/// 8-byte length), so that callers need not read the matrices.
+pub fn channels_in_header(header: &[u8]) -> Result<usize, ModelError> {
+    let format = |message: String| ModelError::Format { kind: "model", message };
+    let header: serde_json::Value = serde_json::from_slice(header).map_err(|e| format(format!("bad header: {e}")))?;
+    header["channels"]["shape"][0]
+        .as_u64()
+        .map(|k| k as usize)
+        .ok_or_else(|| format("the header has no `channels` tensor shape".into()))
+}
+
 /// Decodes a model file.
 pub fn decode_model(bytes: &[u8]) -> Result<Model, ModelError> {
     let kind = "model";
@@ -158,16 +226,15 @@ pub fn decode_model(bytes: &[u8]) -> Result<Model, ModelError> {
 /// Encodes partial statistics (f64, exact) with `metadata` JSON.
 pub fn encode_partial(stats: &PatchStats, metadata: String) -> Result<Vec<u8>, ModelError> {
     let (p, d) = (stats.n_patches(), stats.channels().len());
-    serialize(
-        vec![
-            ("count", Dtype::I64, vec![1], le_bytes_i64(std::iter::once(stats.count() as i64))),
-            ("channels", Dtype::I64, vec![d], le_bytes_i64(stats.channels().channels().iter().map(|&c| c as i64))),
-            ("mean", Dtype::F64, vec![p, d], le_bytes_f64(stats.mean())),
-            ("comoment", Dtype::F64, vec![p, d, d], le_bytes_f64(stats.comoment())),
+    Ok(serialize(
+        &[
+            ("count", vec![1], Data::I64(vec![stats.count() as i64])),
+            ("channels", vec![d], Data::I64(stats.channels().channels().iter().map(|&c| c as i64).collect())),
+            ("mean", vec![p, d], Data::F64(stats.mean())),
+            ("comoment", vec![p, d, d], Data::F64(stats.comoment())),
         ],
         metadata,
-        "partial statistics",
-    )
+    ))
 }
 
 /// Decodes partial statistics and their metadata JSON.

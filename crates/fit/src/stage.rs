@@ -2,7 +2,7 @@
 //! state per shard, kept so that a rerun resumes), merge them, and write one model per subset.
 
 use crate::model::{ModelError, ModelInfo, decode_partial, encode_model, encode_partial};
-use crate::stats::{PatchStats, StatsError, state_bytes};
+use crate::stats::{Gaussians, PatchStats, StatsError, state_bytes};
 use crate::subset::ChannelSubset;
 use padim_core::config::{Job, SubsetSpec};
 use padim_core::{Progress, Shard};
@@ -34,8 +34,9 @@ pub enum FitError {
     #[error("{count} training image(s) (labels {labels:?}{split}): the covariance needs at least 2")]
     TooFewImages { count: u64, labels: Vec<String>, split: String },
     #[error(
-        "fit would hold {need_gib:.1} GiB of statistics ({channels} channels x {patches} patches, f64), over \
-         fit.memory-budget-gib = {budget_gib}; fit fewer or smaller channel subsets, or raise the budget"
+        "fit would hold {need_gib:.1} GiB (f64 statistics of {channels} channels x {patches} patches, and the \
+         models being inverted and written), over fit.memory-budget-gib = {budget_gib}; fit fewer or smaller \
+         channel subsets, or raise the budget"
     )]
     MemoryBudget { need_gib: f64, budget_gib: f64, channels: usize, patches: usize },
     #[error("{url} was made by another fit configuration; use --force to redo it")]
@@ -96,7 +97,16 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let subsets = resolve_subsets(&job.fit.subsets, &meta)?;
     let union = ChannelSubset::union(subsets.iter().map(|(_, s)| s));
     let n_patches = meta.n_patches();
-    let need = state_bytes(n_patches, union.len()) + (job.fit.batch_images * union.len() * n_patches * 8) as u64;
+    // The statistics, plus the larger of a batch being accumulated and the models in flight (a
+    // group being inverted, one queued for the writer, one being encoded: see `model_groups`).
+    let batch = (job.fit.batch_images * union.len() * n_patches * 8) as u64;
+    let largest = subsets.iter().map(|(_, s)| precision_bytes(n_patches, s.len())).max().unwrap_or(0);
+    let group = model_groups(&subsets, n_patches)
+        .iter()
+        .map(|g| g.iter().map(|(_, s)| precision_bytes(n_patches, s.len())).sum::<u64>())
+        .max()
+        .unwrap_or(0);
+    let need = state_bytes(n_patches, union.len()) + batch.max(group + largest * 5 / 2);
     let budget = job.fit.memory_budget_gib * (1u64 << 30) as f64;
     if need as f64 > budget {
         return Err(FitError::MemoryBudget {
@@ -143,34 +153,61 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         return Err(FitError::TooFewImages { count: total.count(), labels: train_labels(job), split });
     }
 
-    let mut models = Vec::new();
     let clock = std::time::Instant::now();
-    for (name, subset) in &subsets {
-        let key = format!("fit/model-{name}.safetensors");
-        let clock = std::time::Instant::now();
-        let gaussians = total
-            .gaussians(subset, job.fit.epsilon)
-            .map_err(|source| FitError::Stats { url: store.url_of(&key), source })?;
-        tracing::debug!(seconds = clock.elapsed().as_secs_f64(), subset = %name, "inverted the covariances");
-        let info = ModelInfo {
-            format_version: ModelInfo::FORMAT_VERSION,
-            subset: name.clone(),
-            backbone: meta.backbone.clone(),
-            weights_sha256: meta.weights_sha256.clone(),
-            tap: meta.tap.clone(),
-            layers: meta.layers.iter().map(|l| l.name.clone()).collect(),
-            input_height: meta.input_height,
-            input_width: meta.input_width,
-            grid_height: meta.grid_height,
-            grid_width: meta.grid_width,
-            embedding_channels: meta.n_channels,
-            epsilon: job.fit.epsilon,
-            n_train_images: total.count(),
-            config_hash: fit_hash.clone(),
-        };
-        store.put(&key, encode_model(&gaussians, &info)?)?;
-        models.push(key);
-    }
+    let info = |name: &str| ModelInfo {
+        format_version: ModelInfo::FORMAT_VERSION,
+        subset: name.to_string(),
+        backbone: meta.backbone.clone(),
+        weights_sha256: meta.weights_sha256.clone(),
+        tap: meta.tap.clone(),
+        layers: meta.layers.iter().map(|l| l.name.clone()).collect(),
+        input_height: meta.input_height,
+        input_width: meta.input_width,
+        grid_height: meta.grid_height,
+        grid_width: meta.grid_width,
+        embedding_channels: meta.n_channels,
+        epsilon: job.fit.epsilon,
+        n_train_images: total.count(),
+        config_hash: fit_hash.clone(),
+    };
+    let model_key = |name: &str| format!("fit/model-{name}.safetensors");
+    // Subsets are inverted in groups of at most GROUP_BYTES of f64 precision matrices (one pass over
+    // the statistics per group), and a second thread encodes and writes each model while the next
+    // group is inverted.
+    let models = std::thread::scope(|scope| -> Result<Vec<String>, FitError> {
+        let (sender, receiver) = std::sync::mpsc::sync_channel::<Gaussians>(1);
+        let writer = scope.spawn(|| -> Result<Vec<String>, FitError> {
+            let mut written = Vec::new();
+            for gaussians in receiver {
+                let name = &subsets[written.len()].0;
+                let key = model_key(name);
+                store.put(&key, encode_model(&gaussians, &info(name))?)?;
+                written.push(key);
+            }
+            Ok(written)
+        });
+        let mut fitted_all = Ok(());
+        'groups: for group in model_groups(&subsets, n_patches) {
+            let clock = std::time::Instant::now();
+            let members: Vec<&ChannelSubset> = group.iter().map(|(_, subset)| subset).collect();
+            let fitted = match total.gaussians_many(&members, job.fit.epsilon) {
+                Ok(fitted) => fitted,
+                Err((index, source)) => {
+                    fitted_all = Err(FitError::Stats { url: store.url_of(&model_key(&group[index].0)), source });
+                    break;
+                }
+            };
+            tracing::debug!(seconds = clock.elapsed().as_secs_f64(), subsets = group.len(), "inverted the covariances");
+            for gaussians in fitted {
+                if sender.send(gaussians).is_err() {
+                    break 'groups; // the writer failed: its error is reported below
+                }
+            }
+        }
+        drop(sender);
+        let written = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
+        fitted_all.map(|()| written)
+    })?;
     tracing::info!(seconds = clock.elapsed().as_secs_f64(), "fitted and wrote the models");
     let marker = DoneMarker {
         stage: "fit".into(),
@@ -182,6 +219,33 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     marker.write(&store, DONE_KEY)?;
     tracing::info!(train = total.count(), models = models.len(), "fit done");
     Ok(FitSummary { n_train: total.count(), models, already_done: false, partials: shards.len() })
+}
+
+/// Most bytes of f64 precision matrices one group of subsets may hold while it is inverted.
+const GROUP_BYTES: u64 = 1 << 28;
+
+/// Bytes of one subset's f64 precision matrices.
+fn precision_bytes(n_patches: usize, k: usize) -> u64 {
+    (n_patches * k * k * 8) as u64
+}
+
+/// Consecutive subsets in groups of at most [`GROUP_BYTES`] of precision matrices (a larger subset
+/// is a group of its own).
+fn model_groups(subsets: &[(String, ChannelSubset)], n_patches: usize) -> Vec<&[(String, ChannelSubset)]> {
+    let mut groups = Vec::new();
+    let (mut start, mut bytes) = (0, 0u64);
+    for (i, (_, subset)) in subsets.iter().enumerate() {
+        let size = precision_bytes(n_patches, subset.len());
+        if i > start && bytes + size > GROUP_BYTES {
+            groups.push(&subsets[start..i]);
+            (start, bytes) = (i, 0);
+        }
+        bytes += size;
+    }
+    if start < subsets.len() {
+        groups.push(&subsets[start..]);
+    }
+    groups
 }
 
 fn train_labels(job: &Job) -> Vec<String> {

@@ -16,7 +16,7 @@
 
 use crate::subset::ChannelSubset;
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, ArrayViewMut2, Axis};
-use ndarray_linalg::InverseC;
+use ndarray_linalg::InverseCInto;
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -191,56 +191,102 @@ impl PatchStats {
         let k = positions.len();
         let base = patch * d * d;
         let scale = 1.0 / (self.count as f64 - 1.0);
-        let mut cov = Array2::<f64>::zeros((k, k));
-        for (i, &pi) in positions.iter().enumerate() {
-            for (j, &pj) in positions.iter().enumerate() {
-                cov[[i, j]] = self.comoment[base + pi * d + pj] * scale;
+        let mut cov = vec![0f64; k * k];
+        for ((i, &pi), out) in positions.iter().enumerate().zip(cov.chunks_exact_mut(k.max(1))) {
+            let row = &self.comoment[base + pi * d..base + (pi + 1) * d];
+            for (value, &pj) in out.iter_mut().zip(positions) {
+                *value = row[pj] * scale;
             }
-            cov[[i, i]] += epsilon;
+            out[i] += epsilon;
         }
+        let cov = Array2::from_shape_vec((k, k), cov).expect("k x k");
         Ok(cov)
     }
 
     /// The Gaussians of `subset` (a subset of the tracked channels): means and inverse covariances
     /// (through a Cholesky factorisation), per patch, in parallel.
     pub fn gaussians(&self, subset: &ChannelSubset, epsilon: f64) -> Result<Gaussians, StatsError> {
-        let positions = subset.positions_in(&self.channels).ok_or(StatsError::Subset)?;
+        let mut fitted = self.gaussians_many(&[subset], epsilon).map_err(|(_, e)| e)?;
+        Ok(fitted.pop().expect("one subset, one result"))
+    }
+
+    /// The Gaussians of several subsets in one pass over the patches: each patch's co-moment
+    /// matrix is read from memory once for all of them (and then from cache), instead of the
+    /// whole state being streamed once per subset. Patches run in parallel. An error comes with
+    /// the position in `subsets` of the subset it concerns.
+    pub fn gaussians_many(
+        &self,
+        subsets: &[&ChannelSubset],
+        epsilon: f64,
+    ) -> Result<Vec<Gaussians>, (usize, StatsError)> {
+        let positions: Vec<Vec<usize>> = subsets
+            .iter()
+            .enumerate()
+            .map(|(i, subset)| subset.positions_in(&self.channels).ok_or((i, StatsError::Subset)))
+            .collect::<Result<_, _>>()?;
         if self.count < 2 {
-            return Err(StatsError::TooFewImages(self.count));
+            return Err((0, StatsError::TooFewImages(self.count)));
         }
-        let (d, k) = (self.channels.len(), positions.len());
-        let mut precision = vec![0f64; self.n_patches * k * k];
-        precision.par_chunks_mut(k * k).enumerate().try_for_each(|(patch, out)| {
-            let cov = self.covariance(patch, &positions, epsilon)?;
-            let inverse = cov.invc().map_err(|_| StatsError::Singular { patch, epsilon })?;
-            // The inverse is symmetric in exact arithmetic; make it so in floating point.
-            for (i, row) in out.chunks_exact_mut(k).enumerate() {
-                for (j, value) in row.iter_mut().enumerate() {
-                    *value = 0.5 * (inverse[[i, j]] + inverse[[j, i]]);
+        let d = self.channels.len();
+        let mut precisions: Vec<Vec<f64>> =
+            positions.iter().map(|p| vec![0f64; self.n_patches * p.len() * p.len()]).collect();
+        // Per patch, its slice of every subset's output.
+        let mut per_patch: Vec<Vec<&mut [f64]>> =
+            (0..self.n_patches).map(|_| Vec::with_capacity(subsets.len())).collect();
+        for precision in &mut precisions {
+            let size = precision.len() / self.n_patches.max(1);
+            let mut rest: &mut [f64] = precision;
+            for slices in &mut per_patch {
+                let (out, tail) = std::mem::take(&mut rest).split_at_mut(size);
+                slices.push(out);
+                rest = tail;
+            }
+        }
+        per_patch.into_par_iter().enumerate().try_for_each(|(patch, outputs)| {
+            for (index, (out, positions)) in outputs.into_iter().zip(&positions).enumerate() {
+                let k = positions.len();
+                // The matrix is symmetric, so its row-major memory is also its column-major self:
+                // handing LAPACK the column-major view spares ndarray-linalg a transposed copy.
+                let cov = self.covariance(patch, positions, epsilon).map_err(|e| (index, e))?.reversed_axes();
+                let inverse = cov.invc_into().map_err(|_| (index, StatsError::Singular { patch, epsilon }))?;
+                let inverse = inverse.as_slice_memory_order().expect("a fresh inverse is contiguous");
+                // The inverse is symmetric in exact arithmetic; make it so in floating point.
+                for (i, row) in out.chunks_exact_mut(k).enumerate() {
+                    for (j, value) in row.iter_mut().enumerate() {
+                        *value = 0.5 * (inverse[i * k + j] + inverse[j * k + i]);
+                    }
                 }
             }
-            Ok::<(), StatsError>(())
+            Ok::<(), (usize, StatsError)>(())
         })?;
-        let mut mean = Vec::with_capacity(self.n_patches * k);
-        for patch in 0..self.n_patches {
-            mean.extend(positions.iter().map(|&p| self.mean[patch * d + p]));
-        }
-        Ok(Gaussians {
-            channels: subset.clone(),
-            n_patches: self.n_patches,
-            count: self.count,
-            epsilon,
-            mean,
-            precision,
-        })
+        Ok(subsets
+            .iter()
+            .zip(positions)
+            .zip(precisions)
+            .map(|((subset, positions), precision)| {
+                let mut mean = Vec::with_capacity(self.n_patches * positions.len());
+                for patch in 0..self.n_patches {
+                    mean.extend(positions.iter().map(|&p| self.mean[patch * d + p]));
+                }
+                Gaussians {
+                    channels: (*subset).clone(),
+                    n_patches: self.n_patches,
+                    count: self.count,
+                    epsilon,
+                    mean,
+                    precision,
+                }
+            })
+            .collect())
     }
 }
 
 /// The patch-major copy `[n_patches][n][d]` (f64) of `values` `[n][d][n_patches]` (f32), transposed a
 /// block of patches at a time so that every read is a run of contiguous values (a per-patch gather
-/// would touch one cache line per image and channel for every patch).
-pub fn patch_major(values: &[f32], n: usize, d: usize, n_patches: usize) -> Vec<f64> {
-    const BLOCK: usize = 16;
+/// would touch one cache line per image and channel for every patch). A block of 64 patches reads
+/// four cache lines per page it touches (rows are `n_patches` apart), so TLB misses stay few.
+fn patch_major(values: &[f32], n: usize, d: usize, n_patches: usize) -> Vec<f64> {
+    const BLOCK: usize = 64;
     let mut out = vec![0f64; n_patches * n * d];
     if out.is_empty() {
         return out;
@@ -429,5 +475,27 @@ mod tests {
         let a = full.gaussians(&subset, 0.01).unwrap();
         let b = small.gaussians(&subset, 0.01).unwrap();
         assert!(close(&a.mean, &b.mean) && close(&a.precision, &b.precision));
+    }
+
+    #[test]
+    fn many_subsets_at_once_equal_each_alone() {
+        let (n, d, n_patches) = (12, 6, 70);
+        let values = data(n, d, n_patches, 4);
+        let ids: Vec<u32> = (0..n as u32).collect();
+        let mut stats = PatchStats::new(n_patches, ChannelSubset::all(d));
+        stats.update(&ids, &values).unwrap();
+        let subsets = [
+            ChannelSubset::explicit(vec![0, 2, 5], d).unwrap(),
+            ChannelSubset::all(d),
+            ChannelSubset::explicit(vec![4], d).unwrap(),
+        ];
+        let members: Vec<&ChannelSubset> = subsets.iter().collect();
+        let many = stats.gaussians_many(&members, 0.01).unwrap();
+        for (subset, fitted) in subsets.iter().zip(&many) {
+            assert_eq!(fitted, &stats.gaussians(subset, 0.01).unwrap());
+        }
+        // A subset outside the tracked channels is named by its position.
+        let small = PatchStats::new(n_patches, ChannelSubset::explicit(vec![0, 2, 5], d).unwrap());
+        assert!(matches!(small.gaussians_many(&[&subsets[0], &subsets[1]], 0.01), Err((1, StatsError::Subset))));
     }
 }

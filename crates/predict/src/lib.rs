@@ -15,7 +15,7 @@ pub use output::{OutputFormat, Row, write_rows};
 use padim_core::config::{BackboneKind, DeviceChoice, ScoreKind, Tap};
 use padim_extract::{Backbone, Preprocessor};
 use padim_fit::bundle::{Bundle, decode_bundle};
-use padim_score::{MapStats, distances, resize_bilinear, smooth_gaussian};
+use padim_score::{MapFilter, MapStats, distances};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -60,6 +60,7 @@ pub struct Predictor {
     pub bundle: Bundle,
     net: Backbone,
     preprocessor: Preprocessor,
+    filter: MapFilter,
 }
 
 impl Predictor {
@@ -94,7 +95,16 @@ impl Predictor {
         let net = Backbone::load(kind, &local, tap, device).map_err(|e| e.named(&weights_location))?;
         let (mean, std) = net.normalization();
         let preprocessor = Preprocessor::new(info.preprocess.clone(), mean, std);
-        Ok(Predictor { bundle, net, preprocessor })
+        let (model, settings) = (&bundle.info.model, &bundle.info.score_settings);
+        let filter = MapFilter::new(
+            model.grid_height,
+            model.grid_width,
+            model.input_height,
+            model.input_width,
+            settings.sigma,
+            settings.kernel_size,
+        );
+        Ok(Predictor { bundle, net, preprocessor, filter })
     }
 
     /// Scores one batch of encoded images (`path` names each in errors); with `heatmaps`, keeps the
@@ -179,18 +189,11 @@ impl Predictor {
         }
         let ids: Vec<u32> = (0..n as u32).collect();
         let maps = distances(model, &ids, &values).map_err(|e| e.to_string())?;
-        let settings = &info.score_settings;
+        let filter = &self.filter;
         Ok(maps
             .par_chunks(n_patches)
             .map(|map| {
-                let resized = resize_bilinear(map, grid_h, grid_w, info.model.input_height, info.model.input_width);
-                let smooth = smooth_gaussian(
-                    &resized,
-                    info.model.input_height,
-                    info.model.input_width,
-                    settings.sigma,
-                    settings.kernel_size,
-                );
+                let smooth = filter.apply(map);
                 let stats = MapStats::of(&smooth);
                 let raw = match info.score {
                     ScoreKind::Mean => stats.mean,

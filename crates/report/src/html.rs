@@ -117,7 +117,7 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         html.push_str(
             "</table><p>Every experiment:</p><table><tr><th>experiment</th><th>layers</th><th>channels</th><th>seed</th>\
              <th>calibration AUROC</th><th>test AUROC</th><th>test AUROC (mean score)</th><th>test AUROC (max score)</th>\
-             <th>accuracy</th><th>F1</th><th>pixel AUROC</th><th>model MB</th><th>score s</th></tr>",
+             <th>accuracy</th><th>F1</th><th>pixel AUROC</th><th>model MB</th><th>score CPU s</th></tr>",
         );
         for e in &sweep.experiments {
             html.push_str(&format!(
@@ -135,7 +135,7 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
                 cell(e.f1),
                 cell(e.pixel_auroc),
                 e.model_bytes as f64 / 1e6,
-                e.score_seconds
+                e.score_cpu_seconds
             ));
         }
         html.push_str("</table>");

@@ -135,12 +135,7 @@ pub fn histograms(
                 .map_err(|e| e.to_string())?
                 .label(format!("threshold {threshold:.3}"))
                 .legend(|(x, y)| PathElement::new([(x, y), (x + 12, y)], BLACK.stroke_width(2)));
-            chart
-                .configure_series_labels()
-                .background_style(WHITE.mix(0.8))
-                .border_style(BLACK)
-                .draw()
-                .map_err(|e| e.to_string())?;
+            legend(&mut chart, SeriesLabelPosition::MiddleRight)?;
         }
         Ok(())
     })
@@ -178,15 +173,22 @@ pub fn roc_curves(curves: &[(&str, &Roc, usize)]) -> Result<Vec<u8>, PictureErro
                 .draw_series([Circle::new((roc.fpr[*point], roc.tpr[*point]), 5, color.filled())])
                 .map_err(|e| e.to_string())?;
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        legend(&mut chart, SeriesLabelPosition::LowerRight)
     })
+}
+
+/// Draws the labelled series' legend at `position`, in the report's one style.
+pub(crate) fn legend<'a, DB: DrawingBackend + 'a, CT: CoordTranslate>(
+    chart: &mut ChartContext<'a, DB, CT>,
+    position: SeriesLabelPosition,
+) -> Result<(), String> {
+    chart
+        .configure_series_labels()
+        .position(position)
+        .background_style(WHITE.mix(0.8))
+        .border_style(BLACK)
+        .draw()
+        .map_err(|e| e.to_string())
 }
 
 /// The 2x2 confusion matrix with counts and row percentages.

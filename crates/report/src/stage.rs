@@ -179,11 +179,7 @@ fn sweep_table(
     let mut experiments = Vec::new();
     for spec in &specs {
         let key = format!("fit/model-{}.safetensors", spec.name);
-        let bytes = store
-            .get(&key)?
-            .ok_or_else(|| ReportError::Table { what: store.url_of(&key), message: "missing".into() })?;
-        let model = padim_fit::model::decode_model(&bytes)
-            .map_err(|e| ReportError::Table { what: store.url_of(&key), message: e.to_string() })?;
+        let (channels, model_bytes) = stored_model_channels(store, &key)?;
         let pixel_auroc = match (&job.dataset.mask, by_model.get(&spec.name)) {
             (Some(_), Some(rows)) => {
                 let tests: Vec<&Scored> = rows.iter().filter(|r| r.split == "test").collect();
@@ -199,7 +195,7 @@ fn sweep_table(
             id: spec.name.clone(),
             layers: layers.unwrap_or_else(|| "1+2+3".into()),
             count: spec.count,
-            channels: model.channels.len(),
+            channels,
             seed: spec.count.map(|_| spec.seed),
             calibration_auroc: headline.map(|m| m.calibration.auroc),
             test_auroc: headline.map(|m| m.test.auroc),
@@ -208,8 +204,8 @@ fn sweep_table(
             accuracy: headline.map(|m| m.test.accuracy),
             f1: headline.map(|m| m.test.f1),
             pixel_auroc,
-            model_bytes: bytes.len() as u64,
-            score_seconds: micros.get(&spec.name).copied().unwrap_or(0) as f64 / 1e6,
+            model_bytes,
+            score_cpu_seconds: micros.get(&spec.name).copied().unwrap_or(0) as f64 / 1e6,
         });
     }
     let table = table_error("sweep");
@@ -565,12 +561,25 @@ fn load_maps(
     Ok(out)
 }
 
-/// The smoothed map at input resolution, as the score stage computes it.
-fn full_map(job: &Job, grid: &[f32]) -> Vec<f32> {
+/// The channel count (from the safetensors header) and size of a stored model.
+fn stored_model_channels(store: &Store, key: &str) -> Result<(usize, u64), ReportError> {
+    let error = |message: String| ReportError::Table { what: store.url_of(key), message };
+    let size = store.size(key)?.ok_or_else(|| error("missing".into()))?;
+    let length: [u8; 8] =
+        store.get_range(key, 0..8.min(size))?.as_ref().try_into().map_err(|_| error("not a model file".into()))?;
+    let end = 8u64.saturating_add(u64::from_le_bytes(length));
+    if end > size {
+        return Err(error("not a model file (header longer than the file)".into()));
+    }
+    let header = store.get_range(key, 8..end)?;
+    let channels = padim_fit::model::channels_in_header(&header).map_err(|e| error(e.to_string()))?;
+    Ok((channels, size))
+}
+
+/// The score stage's resizing and smoothing of grid maps to the input resolution, for this job.
+fn map_filter(job: &Job) -> padim_score::MapFilter {
     let [height, width] = job.preprocess.crop.map(|v| v as usize);
-    let (gh, gw) = (height / 4, width / 4);
-    let resized = padim_score::maps::resize_bilinear(grid, gh, gw, height, width);
-    padim_score::maps::smooth_gaussian(&resized, height, width, job.score.sigma, job.score.kernel_size)
+    padim_score::MapFilter::new(height / 4, width / 4, height, width, job.score.sigma, job.score.kernel_size)
 }
 
 fn preprocessor(job: &Job) -> Preprocessor {
@@ -623,6 +632,7 @@ fn pixel_metrics(
     let normal = &job.dataset.normal;
     progress.start("report (pixel metrics)", tests.len() as u64);
     type MapAndMask = (Vec<f32>, Vec<bool>);
+    let filter = map_filter(job);
     let per_image: Result<Vec<Option<MapAndMask>>, ReportError> = tests
         .par_iter()
         .map(|row| {
@@ -635,7 +645,7 @@ fn pixel_metrics(
                 None if normal.contains(&row.label) => vec![false; grid.len() * 16],
                 None => return Ok(None),
             };
-            Ok(Some((full_map(job, grid), mask)))
+            Ok(Some((filter.apply(grid), mask)))
         })
         .collect();
     progress.finish();
@@ -848,6 +858,7 @@ fn write_pictures(
     }
     let wanted: BTreeSet<u32> = chosen.iter().flat_map(|(_, _, m)| m.iter().map(|(r, _)| r.image)).collect();
     let [height, width] = job.preprocess.crop;
+    let filter = map_filter(job);
     progress.start("report (montages)", wanted.len() as u64);
     for (name, title, members) in &chosen {
         let tiles: Result<Vec<Tile>, ReportError> = members
@@ -855,7 +866,7 @@ fn write_pictures(
             .map(|(row, score)| {
                 progress.advance(1);
                 let rgb = network_view(job, Path::new(&row.path))?;
-                let map = maps.get(&row.image).map(|g| full_map(job, g)).unwrap_or_default();
+                let map = maps.get(&row.image).map(|g| filter.apply(g)).unwrap_or_default();
                 let file =
                     Path::new(&row.path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
                 Ok(Tile {

@@ -30,8 +30,9 @@ pub struct Experiment {
     pub f1: Option<f64>,
     pub pixel_auroc: Option<f64>,
     pub model_bytes: u64,
-    /// Time score spent on this model (all shards), in seconds.
-    pub score_seconds: f64,
+    /// CPU time score spent on this model (distances, resizing and smoothing; summed over threads
+    /// and shards), in seconds.
+    pub score_cpu_seconds: f64,
 }
 
 /// Per layer combination and count: mean and standard deviation over seeds.
@@ -75,7 +76,7 @@ pub fn experiments_frame(experiments: &[Experiment]) -> PolarsResult<DataFrame> 
         "f1" => experiments.iter().map(|e| e.f1).collect::<Vec<_>>(),
         "pixel_auroc" => experiments.iter().map(|e| e.pixel_auroc).collect::<Vec<_>>(),
         "model_bytes" => experiments.iter().map(|e| e.model_bytes).collect::<Vec<_>>(),
-        "score_seconds" => experiments.iter().map(|e| e.score_seconds).collect::<Vec<_>>(),
+        "score_cpu_seconds" => experiments.iter().map(|e| e.score_cpu_seconds).collect::<Vec<_>>(),
     )
 }
 
@@ -187,14 +188,7 @@ pub fn auroc_plot(groups: &[Group]) -> Result<Vec<u8>, PictureError> {
                 .label(format!("layers {combination}: calibration"))
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], color.mix(0.6).stroke_width(1)));
         }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.8))
-            .border_style(BLACK)
-            .draw()
-            .map_err(|e| e.to_string())?;
-        Ok(())
+        crate::pictures::legend(&mut chart, SeriesLabelPosition::LowerRight)
     })
 }
 
@@ -217,7 +211,7 @@ mod tests {
             f1: None,
             pixel_auroc: None,
             model_bytes: 1,
-            score_seconds: 0.5,
+            score_cpu_seconds: 0.5,
         }
     }
 

@@ -11,6 +11,9 @@
 //! the memory run, default 2000; 0 skips it).
 #![allow(clippy::print_stdout, clippy::unwrap_used)]
 
+#[path = "../../../tests/support/python.rs"]
+mod python;
+
 use padim_core::{Job, NoProgress};
 use padim_fit::stage::{FitOptions, run_fit};
 use padim_score::stage::run_score;
@@ -174,7 +177,7 @@ fn score(job: &Job) -> f64 {
 fn reference(command: &str, job: &Job, threads: usize) -> f64 {
     let run = PathBuf::from(&job.output);
     // The model files first: `--normal` takes one or more values and would swallow them.
-    let mut args = vec![root().join("scripts/reference.py").display().to_string(), command.into()];
+    let mut args = vec![command.to_string()];
     for spec in &job.fit.subsets {
         args.push(run.join(format!("fit/model-{}.safetensors", spec.name)).display().to_string());
     }
@@ -182,14 +185,7 @@ fn reference(command: &str, job: &Job, threads: usize) -> f64 {
     if command == "bench-fit" {
         args.extend(["--patches".into(), (GRID * GRID).to_string(), "--normal".into(), "Negative".into()]);
     }
-    let output = Command::new(root().join(".venv/bin/python"))
-        .args(&args)
-        .env("MALLOC_MMAP_THRESHOLD_", "1073741824")
-        .env("MALLOC_TRIM_THRESHOLD_", "1073741824")
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let result: serde_json::Value = serde_json::from_str(&python::reference(&args)).unwrap();
     result["seconds"].as_f64().unwrap()
 }
 

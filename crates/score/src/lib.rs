@@ -10,6 +10,6 @@ pub mod mahalanobis;
 pub mod maps;
 pub mod stage;
 
-pub use mahalanobis::{ScoreError, distances};
-pub use maps::{MapStats, gaussian_kernel, resize_bilinear, smooth_gaussian};
+pub use mahalanobis::{ScoreError, distances, distances_many};
+pub use maps::{MapFilter, MapStats, gaussian_kernel, resize_bilinear, smooth_gaussian};
 pub use stage::{ScoreStageError, ScoreSummary, run_score};

@@ -2,9 +2,11 @@
 //! per patch, the deviations of all images form a matrix `D` (`n x k`) and the squared distances are
 //! the row sums of `D .* (D P)` with `P` the patch's precision matrix: one GEMM per patch per batch.
 
-use ndarray::{Array1, ArrayView2, ArrayViewMut2, Axis};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{ArrayView2, ArrayViewMut2};
 use padim_fit::model::Model;
 use rayon::prelude::*;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum ScoreError {
@@ -17,40 +19,129 @@ pub enum ScoreError {
 /// Distances `[n_images, n_patches]` for `values` `[n_images, k, n_patches]` holding the model's
 /// channels in the model's order. Computed in f64.
 pub fn distances(model: &Model, image_ids: &[u32], values: &[f32]) -> Result<Vec<f32>, ScoreError> {
-    let (n, k, n_patches) = (image_ids.len(), model.channels.len(), model.n_patches());
-    let expected = n * k * n_patches;
+    let positions: Vec<usize> = (0..model.channels.len()).collect();
+    let mut maps = distances_many(&[(model, positions.as_slice())], &model.channels, image_ids, values)?;
+    Ok(maps.pop().map(|(map, _)| map).unwrap_or_default())
+}
+
+/// Distances of a batch to several models in one pass: `values` is `[n_images, channels.len(),
+/// n_patches]` for `channels` (the union of the models' channels, or more); each model comes with
+/// the positions of its channels within `channels`, in the model's order. The batch is made
+/// patch-major once; per patch, every model's deviations are gathered from that patch's block
+/// (which stays in cache) for one GEMM each. Returns per model the maps `[n_images, n_patches]` and
+/// the CPU time spent on that model (summed over threads). Computed in f64.
+pub fn distances_many(
+    models: &[(&Model, &[usize])],
+    channels: &[usize],
+    image_ids: &[u32],
+    values: &[f32],
+) -> Result<Vec<(Vec<f32>, Duration)>, ScoreError> {
+    let (n, u) = (image_ids.len(), channels.len());
+    let Some(n_patches) = models.first().map(|(m, _)| m.n_patches()) else { return Ok(Vec::new()) };
+    let expected = n * u * n_patches;
     if values.len() != expected {
-        return Err(ScoreError::Shape { n_images: n, k, n_patches, expected, got: values.len() });
+        return Err(ScoreError::Shape { n_images: n, k: u, n_patches, expected, got: values.len() });
     }
     if let Some(position) = values.iter().position(|v| !v.is_finite()) {
         return Err(ScoreError::NonFinite {
-            image: image_ids[position / (k * n_patches)],
-            channel: model.channels[(position / n_patches) % k],
+            image: image_ids[position / (u * n_patches)],
+            channel: channels[(position / n_patches) % u],
             patch: position % n_patches,
         });
     }
-    let mut deviations = padim_fit::stats::patch_major(values, n, k, n_patches);
-    let per_patch: Vec<Vec<f64>> = deviations
-        .par_chunks_mut(n * k)
-        .enumerate()
-        .map(|(patch, deviations)| {
-            let mut deviations = ArrayViewMut2::from_shape((n, k), deviations).expect("n x k");
-            let mean: Array1<f64> = model.mean[patch * k..(patch + 1) * k].iter().map(|&v| v as f64).collect();
-            deviations -= &mean;
-            let precision: Vec<f64> =
-                model.precision[patch * k * k..(patch + 1) * k * k].iter().map(|&v| v as f64).collect();
-            let precision = ArrayView2::from_shape((k, k), &precision).expect("k x k");
-            let projected = deviations.dot(&precision);
-            (&deviations * &projected).sum_axis(Axis(1)).iter().map(|d2| d2.max(0.0).sqrt()).collect()
+    for (model, positions) in models {
+        assert!(model.n_patches() == n_patches && positions.len() == model.channels.len(), "model shape");
+        assert!(positions.iter().all(|&p| p < u), "positions within the channels");
+    }
+    // Patch blocks of BLOCK consecutive patches: one task transposes its block of the batch
+    // (`[patch][image][channel]`, f64; every read is a run of BLOCK contiguous values) and scores it
+    // with every model while the block is in cache.
+    const BLOCK: usize = 64;
+    let per_block: Vec<Vec<(Vec<f32>, Duration)>> = (0..n_patches.div_ceil(BLOCK))
+        .into_par_iter()
+        .map_init(<(Vec<f64>, Scratch)>::default, |(transposed, scratch), block| {
+            let first = block * BLOCK;
+            let width = BLOCK.min(n_patches - first);
+            transposed.clear();
+            transposed.resize(width * n * u, 0.0);
+            for image in 0..n {
+                for channel in 0..u {
+                    let row = &values[(image * u + channel) * n_patches + first..][..width];
+                    for (offset, &value) in row.iter().enumerate() {
+                        transposed[(offset * n + image) * u + channel] = value as f64;
+                    }
+                }
+            }
+            models
+                .iter()
+                .map(|(model, positions)| {
+                    let clock = Instant::now();
+                    let mut distances = Vec::with_capacity(width * n);
+                    for offset in 0..width {
+                        let patch = first + offset;
+                        let block = &transposed[offset * n * u..(offset + 1) * n * u];
+                        distances.extend(scratch.patch(model, positions, patch, n, block));
+                    }
+                    (distances, clock.elapsed())
+                })
+                .collect()
         })
         .collect();
-    let mut out = vec![0f32; n * n_patches];
-    for (patch, column) in per_patch.iter().enumerate() {
-        for (image, distance) in column.iter().enumerate() {
-            out[image * n_patches + patch] = *distance as f32;
+    let mut out: Vec<(Vec<f32>, Duration)> =
+        models.iter().map(|_| (vec![0f32; n * n_patches], Duration::ZERO)).collect();
+    for (block, per_model) in per_block.into_iter().enumerate() {
+        for ((map, time), (distances, spent)) in out.iter_mut().zip(per_model) {
+            *time += spent;
+            for (offset, column) in distances.chunks_exact(n).enumerate() {
+                let patch = block * BLOCK + offset;
+                for (image, &distance) in column.iter().enumerate() {
+                    map[image * n_patches + patch] = distance;
+                }
+            }
         }
     }
     Ok(out)
+}
+
+/// One task's buffers, reused from patch to patch.
+#[derive(Default)]
+struct Scratch {
+    deviations: Vec<f64>,
+    precision: Vec<f64>,
+    projected: Vec<f64>,
+}
+
+impl Scratch {
+    /// The distances of the `n` images to `model`'s Gaussian at `patch`; `block` holds the images'
+    /// values `[image][channel]` of the union, of which the model reads `positions`.
+    fn patch<'a>(
+        &'a mut self,
+        model: &Model,
+        positions: &[usize],
+        patch: usize,
+        n: usize,
+        block: &[f64],
+    ) -> impl Iterator<Item = f32> + 'a {
+        let k = positions.len();
+        let u = block.len() / n.max(1);
+        let mean = &model.mean[patch * k..(patch + 1) * k];
+        self.deviations.clear();
+        for image in block.chunks_exact(u) {
+            self.deviations.extend(positions.iter().zip(mean).map(|(&p, &m)| image[p] - m as f64));
+        }
+        self.precision.clear();
+        self.precision.extend(model.precision[patch * k * k..(patch + 1) * k * k].iter().map(|&v| v as f64));
+        self.projected.clear();
+        self.projected.resize(n * k, 0.0);
+        let deviations = ArrayView2::from_shape((n, k), &self.deviations).expect("n x k");
+        let precision = ArrayView2::from_shape((k, k), &self.precision).expect("k x k");
+        let mut projected = ArrayViewMut2::from_shape((n, k), &mut self.projected).expect("n x k");
+        general_mat_mul(1.0, &deviations, &precision, 0.0, &mut projected);
+        self.deviations.chunks_exact(k.max(1)).zip(self.projected.chunks_exact(k.max(1))).map(|(d, p)| {
+            let squared: f64 = d.iter().zip(p).map(|(a, b)| a * b).sum();
+            squared.max(0.0).sqrt() as f32
+        })
+    }
 }
 
 #[cfg(test)]
@@ -95,5 +186,46 @@ mod tests {
         let mut bad = values;
         bad[3] = f32::INFINITY;
         assert!(matches!(distances(&m, &[7], &bad), Err(ScoreError::NonFinite { image: 7, channel: 1, patch: 1 })));
+    }
+
+    #[test]
+    fn many_models_in_one_pass_equal_each_alone() {
+        // Three models over channels of a 5-channel union, 70 patches (more than one patch block),
+        // 3 images; precisions are symmetric positive definite (A A^T + I).
+        let (u, n_patches, n) = (5, 70, 3);
+        let value = |i: usize| ((i * 7919 % 1013) as f32 / 1013.0 - 0.5) * 4.0;
+        let make = |channels: Vec<usize>, salt: usize| {
+            let k = channels.len();
+            let mean: Vec<f32> = (0..n_patches * k).map(|i| value(i + salt)).collect();
+            let mut precision = vec![0f32; n_patches * k * k];
+            for patch in 0..n_patches {
+                let a: Vec<f32> = (0..k * k).map(|i| value(patch * 31 + i + salt * 3)).collect();
+                for i in 0..k {
+                    for j in 0..k {
+                        let dot: f32 = (0..k).map(|t| a[i * k + t] * a[j * k + t]).sum();
+                        precision[(patch * k + i) * k + j] = dot + if i == j { 1.0 } else { 0.0 };
+                    }
+                }
+            }
+            let mut m = model(k, n_patches, mean, precision);
+            m.channels = channels;
+            m
+        };
+        let models = [make(vec![0, 2, 3], 1), make(vec![0, 1, 2, 3, 4], 2), make(vec![4], 3)];
+        let values: Vec<f32> = (0..n * u * n_patches).map(|i| value(i * 3 + 11)).collect();
+        let ids = [4, 5, 6];
+        let positions: Vec<&[usize]> = models.iter().map(|m| m.channels.as_slice()).collect();
+        let with: Vec<(&Model, &[usize])> = models.iter().zip(positions).collect();
+        let union: Vec<usize> = (0..u).collect();
+        let many = distances_many(&with, &union, &ids, &values).unwrap();
+        for (m, (maps, _)) in models.iter().zip(&many) {
+            let mut own = Vec::new();
+            for image in 0..n {
+                for &c in &m.channels {
+                    own.extend_from_slice(&values[(image * u + c) * n_patches..][..n_patches]);
+                }
+            }
+            assert_eq!(maps, &distances(m, &ids, &own).unwrap());
+        }
     }
 }

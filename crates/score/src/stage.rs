@@ -1,8 +1,8 @@
 //! The score stage: every fitted model on every extract shard's images, one pass over each shard's
 //! embeddings reading only the channels the models use.
 
-use crate::mahalanobis::{ScoreError, distances};
-use crate::maps::{MapStats, resize_bilinear, smooth_gaussian};
+use crate::mahalanobis::{ScoreError, distances_many};
+use crate::maps::{MapFilter, MapStats};
 use padim_core::config::Job;
 use padim_core::{Progress, Shard};
 use padim_fit::model::{Model, ModelError, decode_model};
@@ -12,6 +12,7 @@ use padim_store::{
 };
 use rayon::prelude::*;
 use std::collections::HashMap;
+use std::time::{Duration, Instant};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreStageError {
@@ -27,7 +28,8 @@ pub enum ScoreStageError {
     Mismatch { model: String, url: String, found: String, expected: String },
 }
 
-/// Done-marker counts with this prefix hold each model's scoring time in microseconds.
+/// Done-marker counts with this prefix hold each model's scoring CPU time (distances, resizing and
+/// smoothing, summed over threads) in microseconds.
 pub const MICROS_PREFIX: &str = "micros/";
 
 #[derive(Debug, Clone, PartialEq)]
@@ -52,18 +54,22 @@ pub fn run_score(
     let fit_done = DoneMarker::read(&store, "fit/done.json")?
         .filter(|m| m.config_hash == job.fit_hash())
         .ok_or_else(|| ScoreStageError::NoFit { url: store.url_of("fit/done.json") })?;
-    let mut models: Vec<(String, Model)> = Vec::new();
-    for key in &fit_done.files {
-        let bytes = store.get(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) })?;
-        let model = decode_model(&bytes).map_err(|source| ScoreStageError::Model { url: store.url_of(key), source })?;
-        models.push((model.info.subset.clone(), model));
-    }
+    // Models are read and decoded in parallel (a sweep's can be hundreds of megabytes).
+    let models: Vec<(String, Model)> = fit_done
+        .files
+        .par_iter()
+        .map(|key| {
+            let bytes = store.get(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) })?;
+            let model =
+                decode_model(&bytes).map_err(|source| ScoreStageError::Model { url: store.url_of(key), source })?;
+            Ok((model.info.subset.clone(), model))
+        })
+        .collect::<Result<_, ScoreStageError>>()?;
     let mut union: Vec<usize> = models.iter().flat_map(|(_, m)| m.channels.iter().copied()).collect();
     union.sort_unstable();
     union.dedup();
     let positions: Vec<Vec<usize>> =
         models.iter().map(|(_, m)| m.channels.iter().map(|c| union.binary_search(c).unwrap_or(0)).collect()).collect();
-
     let score_hash = job.score_hash();
     let mut shards = padim_fit::stage::latest_extract_shards(&store)?;
     if let Some(part) = shard {
@@ -104,38 +110,34 @@ pub fn run_score(
         let (grid_h, grid_w) = (meta.grid_height, meta.grid_width);
         let n_patches = grid_h * grid_w;
         let (mut score_rows, mut map_rows) = (Vec::new(), Vec::new());
-        // Per model: microseconds spent computing its maps and scores (gather, distances, smoothing).
-        let mut model_micros = vec![0u64; models.len()];
+        let filter =
+            MapFilter::new(grid_h, grid_w, meta.input_height, meta.input_width, job.score.sigma, job.score.kernel_size);
+        let with_positions: Vec<(&Model, &[usize])> =
+            models.iter().zip(&positions).map(|((_, model), p)| (model, p.as_slice())).collect();
+        // Per model: CPU time spent on its distances, resizing and smoothing (summed over threads).
+        let mut model_time = vec![Duration::ZERO; models.len()];
         while let Some(batch) = reader.next_batch()? {
             let n = batch.image_ids.len();
-            for (((name, model), positions), micros) in models.iter().zip(&positions).zip(&mut model_micros) {
-                let clock = std::time::Instant::now();
-                let k = positions.len();
-                let mut values = Vec::with_capacity(n * k * n_patches);
-                for image in 0..n {
-                    for &position in positions {
-                        let start = (image * union.len() + position) * n_patches;
-                        values.extend_from_slice(&batch.values[start..start + n_patches]);
-                    }
-                }
-                let maps = distances(model, &batch.image_ids, &values)
-                    .map_err(|source| ScoreStageError::Score { url: url.clone(), source })?;
-                // Resizing and smoothing are independent per image: one image per task.
-                let stats: Vec<MapStats> = maps
-                    .par_chunks(n_patches)
-                    .map(|map| {
-                        let resized = resize_bilinear(map, grid_h, grid_w, meta.input_height, meta.input_width);
-                        let smooth = smooth_gaussian(
-                            &resized,
-                            meta.input_height,
-                            meta.input_width,
-                            job.score.sigma,
-                            job.score.kernel_size,
-                        );
-                        MapStats::of(&smooth)
-                    })
-                    .collect();
-                for ((&id, map), stats) in batch.image_ids.iter().zip(maps.chunks(n_patches)).zip(stats) {
+            let maps = distances_many(&with_positions, &union, &batch.image_ids, &batch.values)
+                .map_err(|source| ScoreStageError::Score { url: url.clone(), source })?;
+            // Resizing and smoothing are independent per map: one map per task.
+            let stats: Vec<(MapStats, Duration)> = maps
+                .iter()
+                .flat_map(|(maps, _)| maps.chunks(n_patches))
+                .collect::<Vec<_>>()
+                .into_par_iter()
+                .map(|map| {
+                    let clock = Instant::now();
+                    let stats = MapStats::of(&filter.apply(map));
+                    (stats, clock.elapsed())
+                })
+                .collect();
+            let mut stats = stats.into_iter();
+            for (((name, _), (maps, spent)), time) in models.iter().zip(maps).zip(&mut model_time) {
+                *time += spent;
+                for (&id, map) in batch.image_ids.iter().zip(maps.chunks(n_patches)) {
+                    let (stats, spent) = stats.next().expect("one statistic per map");
+                    *time += spent;
                     let row = images.get(&id);
                     score_rows.push(ScoreRow {
                         image: id,
@@ -148,7 +150,6 @@ pub fn run_score(
                     });
                     map_rows.push(MapRow { image: id, model: name.clone(), map: map.to_vec() });
                 }
-                *micros += clock.elapsed().as_micros() as u64;
             }
             summary.images += n;
         }
@@ -162,7 +163,12 @@ pub fn run_score(
             config_hash: score_hash.clone(),
             files: vec![scores_key, maps_key],
             counts: std::iter::once(("rows".to_string(), score_rows.len() as u64))
-                .chain(models.iter().zip(&model_micros).map(|((name, _), &us)| (format!("{MICROS_PREFIX}{name}"), us)))
+                .chain(
+                    models
+                        .iter()
+                        .zip(&model_time)
+                        .map(|((name, _), time)| (format!("{MICROS_PREFIX}{name}"), time.as_micros() as u64)),
+                )
                 .collect(),
         }
         .write(&store, &done_key)?;

@@ -123,14 +123,25 @@ impl Store {
         .map_err(|e| self.object_error(key, e))
     }
 
-    /// Whether `key` exists.
-    pub fn exists(&self, key: &str) -> Result<bool, StoreError> {
+    /// Bytes `range` of `key` (which must exist and hold them).
+    pub fn get_range(&self, key: &str, range: std::ops::Range<u64>) -> Result<Bytes, StoreError> {
+        let path = self.object_path(key);
+        self.block_on(self.inner.get_range(&path, range)).map_err(|e| self.object_error(key, e))
+    }
+
+    /// The size of `key` in bytes, or `None` if it does not exist.
+    pub fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let path = self.object_path(key);
         match self.block_on(self.inner.head(&path)) {
-            Ok(_) => Ok(true),
-            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Ok(meta) => Ok(Some(meta.size)),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
             Err(e) => Err(self.object_error(key, e)),
         }
+    }
+
+    /// Whether `key` exists.
+    pub fn exists(&self, key: &str) -> Result<bool, StoreError> {
+        self.size(key).map(|size| size.is_some())
     }
 
     /// Keys (relative to this location) of every object under `key_prefix`, sorted.
@@ -177,6 +188,10 @@ mod tests {
         assert!(dir.path().join("run/a/y.json").is_file());
         let by_url = Store::open(&format!("file://{}", dir.path().join("run").display())).unwrap();
         assert!(by_url.exists("a/y.json").unwrap());
+        assert_eq!(by_url.size("a/y.json").unwrap(), Some(1));
+        assert_eq!(by_url.size("a/none").unwrap(), None);
+        store.put("a/z.bin", b"0123456789".to_vec()).unwrap();
+        assert_eq!(store.get_range("a/z.bin", 2..5).unwrap().as_ref(), b"234");
         assert!(Store::open("gopher://x").is_err());
     }
 }
