@@ -14,5 +14,20 @@ pub mod stats;
 pub mod subset;
 
 pub use stage::{FitError, FitOptions, FitSummary, run_fit};
+
+/// Makes OpenBLAS run each call on the calling thread. padim parallelises the linear algebra over
+/// patches (rayon) and calls BLAS on small matrices from every worker; OpenBLAS's own threads would
+/// oversubscribe the cores (measured: the fit takes twice as long). `openblas_set_num_threads` takes
+/// effect at once, unlike `OPENBLAS_NUM_THREADS`, which OpenBLAS reads only when it loads (so setting
+/// the variable needed a re-execution of the whole binary, 0.35 s of libtorch loading). Call once at
+/// start-up, before BLAS is used.
+#[allow(unsafe_code)]
+pub fn single_threaded_blas() {
+    unsafe extern "C" {
+        fn openblas_set_num_threads(threads: std::ffi::c_int);
+    }
+    // SAFETY: the function only stores OpenBLAS's thread count; it takes a plain integer.
+    unsafe { openblas_set_num_threads(1) }
+}
 pub use stats::{Gaussians, PatchStats, StatsError};
 pub use subset::ChannelSubset;

@@ -15,7 +15,8 @@
 //! independent of the number of images.
 
 use crate::subset::ChannelSubset;
-use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, ArrayViewMut2, Axis};
+use ndarray::linalg::general_mat_mul;
+use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, ArrayViewMut2, Axis, s};
 use ndarray_linalg::InverseCInto;
 use rayon::prelude::*;
 
@@ -123,24 +124,26 @@ impl PatchStats {
             return Ok(());
         }
         let (n_a, n_b) = (self.count as f64, n as f64);
-        let mut patch_major = patch_major(values, n, d, n_patches);
+        // One spare row per patch for the correction term below.
+        let mut patch_major = patch_major(values, n, d, n_patches, 1);
         self.mean
             .par_chunks_mut(d)
             .zip(self.comoment.par_chunks_mut(d * d))
-            .zip(patch_major.par_chunks_mut(n * d))
+            .zip(patch_major.par_chunks_mut((n + 1) * d))
             .for_each(|((mean, comoment), x)| {
-                let mut x = ArrayViewMut2::from_shape((n, d), x).expect("n x d");
-                let batch_mean = x.mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(d));
-                x -= &batch_mean;
-                let batch_comoment = x.t().dot(&x);
-                merge_into(
-                    ArrayViewMut1::from(mean),
-                    ArrayViewMut2::from_shape((d, d), comoment).expect("d x d"),
-                    n_a,
-                    batch_mean.view(),
-                    &batch_comoment,
-                    n_b,
-                );
+                let mut x = ArrayViewMut2::from_shape((n + 1, d), x).expect("(n + 1) x d");
+                let batch_mean = x.slice(s![..n, ..]).mean_axis(Axis(0)).unwrap_or_else(|| Array1::zeros(d));
+                let mut mean = ArrayViewMut1::from(mean);
+                let delta = &batch_mean - &mean;
+                // Chan's update as one product: the batch centred on its mean, plus the row
+                // sqrt(n_a n_b / n) delta, so that X^T X = C_b + delta delta^T n_a n_b / n, added to M
+                // by the GEMM itself (beta = 1).
+                let mut centred = x.slice_mut(s![..n, ..]);
+                centred -= &batch_mean;
+                x.row_mut(n).assign(&(&delta * (n_a * n_b / (n_a + n_b)).sqrt()));
+                let mut comoment = ArrayViewMut2::from_shape((d, d), comoment).expect("d x d");
+                general_mat_mul(1.0, &x.t(), &x, 1.0, &mut comoment);
+                mean.scaled_add(n_b / (n_a + n_b), &delta);
             });
         self.count += n as u64;
         Ok(())
@@ -281,24 +284,26 @@ impl PatchStats {
     }
 }
 
-/// The patch-major copy `[n_patches][n][d]` (f64) of `values` `[n][d][n_patches]` (f32), transposed a
+/// The patch-major copy `[n_patches][n + spare][d]` (f64) of `values` `[n][d][n_patches]` (f32), the
+/// `spare` rows of each patch zero; transposed a
 /// block of patches at a time so that every read is a run of contiguous values (a per-patch gather
 /// would touch one cache line per image and channel for every patch). A block of 64 patches reads
 /// four cache lines per page it touches (rows are `n_patches` apart), so TLB misses stay few.
-fn patch_major(values: &[f32], n: usize, d: usize, n_patches: usize) -> Vec<f64> {
+fn patch_major(values: &[f32], n: usize, d: usize, n_patches: usize, spare: usize) -> Vec<f64> {
     const BLOCK: usize = 64;
-    let mut out = vec![0f64; n_patches * n * d];
+    let rows = n + spare;
+    let mut out = vec![0f64; n_patches * rows * d];
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(BLOCK * n * d).enumerate().for_each(|(block, out)| {
+    out.par_chunks_mut(BLOCK * rows * d).enumerate().for_each(|(block, out)| {
         let first = block * BLOCK;
-        let width = out.len() / (n * d);
+        let width = out.len() / (rows * d);
         for image in 0..n {
             for channel in 0..d {
                 let row = &values[(image * d + channel) * n_patches + first..][..width];
                 for (offset, &value) in row.iter().enumerate() {
-                    out[(offset * n + image) * d + channel] = value as f64;
+                    out[(offset * rows + image) * d + channel] = value as f64;
                 }
             }
         }

@@ -14,6 +14,10 @@
 #[path = "../../../tests/support/python.rs"]
 mod python;
 
+/// The padim binary's allocator, so that the stages run as they do there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use padim_core::{Job, NoProgress};
 use padim_fit::stage::{FitOptions, run_fit};
 use padim_score::stage::run_score;
