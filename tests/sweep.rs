@@ -94,3 +94,50 @@ fn sweep_experiments_equal_each_experiment_alone() {
         }
     }
 }
+
+/// The sweep's experiments scored in `--models` parts (and in two extract shards): the report needs
+/// every part, and then equals the one-task report.
+#[test]
+fn sweep_scored_in_model_parts_equals_one_task() {
+    let shared = root().join("../shared/data/concrete-crack");
+    let dir = tempfile::tempdir().unwrap();
+    copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 16, "jpg");
+    copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 8, "jpg");
+    let extra = "[fit]\nsubsets = []\n[sweep]\ncounts = [10, 30]\nseeds = [0, 1]\n";
+    let whole = write_job(dir.path(), "whole", extra);
+    let parts = write_job(dir.path(), "parts", extra);
+    stdout(&padim(&["run", whole.to_str().unwrap()]));
+    let parts = parts.to_str().unwrap();
+    stdout(&padim(&["split", parts]));
+    for i in 0..2 {
+        stdout(&padim(&["extract", parts, "--shard", &format!("{i}/2")]));
+    }
+    stdout(&padim(&["fit", parts]));
+    // Four models in three parts (2, 1, 1), each part over both extract shards.
+    for part in ["0/3", "2/3"] {
+        let out = stdout(&padim(&["score", parts, "--models", part]));
+        assert!(out.contains("score done: 24 images x"), "{out}");
+    }
+    let refused = padim(&["report", parts]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && message.contains("shard(s) 0, 1 of 2"), "{message}");
+    stdout(&padim(&["score", parts, "--models", "1/3"]));
+    let too_many = padim(&["score", parts, "--models", "0/5"]);
+    let message = String::from_utf8_lossy(&too_many.stderr);
+    assert!(message.contains("models part 0/5 holds none of the fit's 4 model(s)"), "{message}");
+    stdout(&padim(&["report", parts]));
+    let read =
+        |name: &str, file: &str| std::fs::read_to_string(dir.path().join(name).join("report").join(file)).unwrap();
+    for file in ["metrics.csv", "scores.csv", "roc.csv"] {
+        assert_eq!(read("whole", file), read("parts", file), "{file}");
+    }
+    let rows = |name: &str| csv_rows(&dir.path().join(name).join("report/sweep.csv"));
+    let (a, b) = (rows("whole"), rows("parts"));
+    assert_eq!(a.len(), 4);
+    for (x, y) in a.iter().zip(&b) {
+        for column in ["id", "channels", "calibration_auroc", "test_auroc", "accuracy", "model_bytes"] {
+            assert_eq!(x[column], y[column], "{column}");
+        }
+        assert!(y["score_cpu_seconds"].parse::<f64>().unwrap() > 0.0);
+    }
+}

@@ -70,6 +70,10 @@ enum Command {
         job: PathBuf,
         #[command(flatten)]
         sharding: Sharding,
+        /// Score only part J/M of the fit's models (in their order), e.g. 0/3: a sweep's experiments
+        /// split across tasks. The report needs every part of every extract shard.
+        #[arg(long, value_name = "J/M")]
+        models: Option<Shard>,
         /// Redo shards even if they are marked done.
         #[arg(long)]
         force: bool,
@@ -242,11 +246,11 @@ fn run(cli: Cli) -> Result<()> {
             ));
             Ok(())
         }
-        Command::Score { job, sharding, force } => {
+        Command::Score { job, sharding, models, force } => {
             let shard = sharding.resolve()?;
             let job = Job::load(&job)?;
             let reporter = progress::Bars::new(cli.quiet);
-            let summary = padim_score::run_score(&job, force, shard, &reporter)
+            let summary = padim_score::run_score(&job, force, shard, models, &reporter)
                 .with_context(|| format!("score of job `{}`", job.name))?;
             write_stdout(&format!(
                 "score done: {} images x {} models in {} shard(s), {} shard(s) already done -> {}/score",
@@ -288,7 +292,7 @@ fn run(cli: Cli) -> Result<()> {
                 summary.n_train,
                 summary.models.len()
             ));
-            let summary = padim_score::run_score(&job, false, None, &reporter)
+            let summary = padim_score::run_score(&job, false, None, None, &reporter)
                 .with_context(|| format!("score of job `{}`", job.name))?;
             write_stdout(&format!(
                 "score {}: {} images x {} model(s)",

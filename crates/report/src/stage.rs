@@ -28,7 +28,8 @@ pub enum ReportError {
     #[error("table {what}: {message}")]
     Table { what: String, message: String },
     #[error(
-        "score is not finished under {url}: shard(s) {missing} of {count} have no done marker for this configuration; run `padim score JOB`"
+        "score is not finished under {url}: shard(s) {missing} of {count} have no done marker for this configuration \
+         (nor `--models` parts that cover every model once); run `padim score JOB`"
     )]
     MissingScores { url: String, missing: String, count: u32 },
     #[error(
@@ -153,7 +154,7 @@ const DONE_KEY: &str = "report/done.json";
 fn sweep_table(
     store: &Store,
     job: &Job,
-    shards: &[Shard],
+    shards: &[ScoreShard],
     by_model: &BTreeMap<String, Vec<Scored>>,
     summary: &ReportSummary,
     progress: &dyn Progress,
@@ -164,13 +165,10 @@ fn sweep_table(
     };
     let specs = sweep.experiments().map_err(|message| ReportError::Table { what: "sweep".into(), message })?;
     let mut micros: BTreeMap<String, u64> = BTreeMap::new();
-    for shard in shards {
-        let key = format!("score/done-{}.json", shard.tag());
-        if let Some(marker) = DoneMarker::read(store, &key)? {
-            for (name, value) in marker.counts {
-                if let Some(model) = name.strip_prefix(padim_score::stage::MICROS_PREFIX) {
-                    *micros.entry(model.to_string()).or_default() += value;
-                }
+    for marker in shards.iter().flat_map(|s| &s.markers) {
+        for (name, value) in &marker.counts {
+            if let Some(model) = name.strip_prefix(padim_score::stage::MICROS_PREFIX) {
+                *micros.entry(model.to_string()).or_default() += value;
             }
         }
     }
@@ -341,7 +339,8 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
     }
     files.extend(write_pictures(&store, job, &maps, &headline, rows, display_max, &summary, progress)?);
     store.put("report/metrics.json", serde_json::to_vec_pretty(&summary).unwrap_or_default())?;
-    store.put("report/run-manifest.json", run_manifest(&store, job, &shards)?)?;
+    let extract_shards: Vec<Shard> = shards.iter().map(|s| s.shard).collect();
+    store.put("report/run-manifest.json", run_manifest(&store, job, &extract_shards)?)?;
     store.put(BUNDLE_KEY, bundle(&store, job, &headline, &summary)?)?;
     files.extend(["report/metrics.json".to_string(), "report/run-manifest.json".to_string(), BUNDLE_KEY.to_string()]);
     DoneMarker {
@@ -355,16 +354,53 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
     Ok(summary)
 }
 
-/// The extract shards; every one must have a score done marker of this configuration.
-fn score_shards(store: &Store, score_hash: &str) -> Result<Vec<Shard>, ReportError> {
+/// One extract shard's score outputs: its whole-model done marker, or the markers of `--models`
+/// parts that together cover every model once.
+struct ScoreShard {
+    shard: Shard,
+    markers: Vec<DoneMarker>,
+}
+
+impl ScoreShard {
+    /// The files of its markers whose keys start with `prefix` (`score/scores-`, `score/maps-`).
+    fn files<'a>(&'a self, prefix: &'a str) -> impl Iterator<Item = &'a String> + 'a {
+        self.markers.iter().flat_map(|m| m.files.iter()).filter(move |f| f.starts_with(prefix))
+    }
+
+    /// Whether its outputs hold `model` (its markers count each model's time).
+    fn marker_has(marker: &DoneMarker, model: &str) -> bool {
+        marker.counts.contains_key(&format!("{}{model}", padim_score::stage::MICROS_PREFIX))
+    }
+}
+
+/// The extract shards' score outputs; every shard must be scored with every model of this
+/// configuration.
+fn score_shards(store: &Store, score_hash: &str) -> Result<Vec<ScoreShard>, ReportError> {
     let shards = padim_fit::stage::latest_extract_shards(store)?;
     let count = shards.first().map_or(0, |s| s.count);
-    let mut missing = Vec::new();
+    let models: Vec<String> = DoneMarker::read(store, "fit/done.json")?
+        .map(|m| m.files)
+        .unwrap_or_default()
+        .iter()
+        .filter_map(|f| f.strip_prefix("fit/model-").and_then(|f| f.strip_suffix(".safetensors")).map(String::from))
+        .collect();
+    let parts: Vec<String> = store
+        .list("score")?
+        .into_iter()
+        .filter(|k| k.starts_with("score/done-") && k.contains(padim_score::stage::MODELS_INFIX))
+        .collect();
+    let (mut out, mut missing) = (Vec::new(), Vec::new());
     for index in 0..count {
         let shard = Shard { index, count };
-        let marker = DoneMarker::read(store, &format!("score/done-{}.json", shard.tag()))?;
-        if marker.is_none_or(|m| m.config_hash != score_hash) {
-            missing.push(index.to_string());
+        let tag = shard.tag();
+        let whole = DoneMarker::read(store, &format!("score/done-{tag}.json"))?.filter(|m| m.config_hash == score_hash);
+        let markers = match whole {
+            Some(marker) => Some(vec![marker]),
+            None => model_parts(store, &tag, score_hash, &models, &parts)?,
+        };
+        match markers {
+            Some(markers) => out.push(ScoreShard { shard, markers }),
+            None => missing.push(index.to_string()),
         }
     }
     if count == 0 || !missing.is_empty() {
@@ -374,7 +410,38 @@ fn score_shards(store: &Store, score_hash: &str) -> Result<Vec<Shard>, ReportErr
             count,
         });
     }
-    Ok(shards)
+    Ok(out)
+}
+
+/// The `--models` part markers of the extract shard `tag` (of this configuration, from one split
+/// J/M) that cover `models` exactly once, if there are such.
+fn model_parts(
+    store: &Store,
+    tag: &str,
+    score_hash: &str,
+    models: &[String],
+    keys: &[String],
+) -> Result<Option<Vec<DoneMarker>>, ReportError> {
+    let prefix = format!("score/done-{tag}{}", padim_score::stage::MODELS_INFIX);
+    // Per split (the part's count, the key's `-of-M` tail): its markers.
+    let mut splits: BTreeMap<String, Vec<DoneMarker>> = BTreeMap::new();
+    for key in keys.iter().filter(|k| k.starts_with(&prefix)) {
+        let Some(marker) = DoneMarker::read(store, key)?.filter(|m| m.config_hash == score_hash) else { continue };
+        let split = key.rsplit_once("-of-").map(|(_, m)| m.to_string()).unwrap_or_default();
+        splits.entry(split).or_default().push(marker);
+    }
+    for markers in splits.into_values() {
+        let covered: Vec<&String> =
+            models.iter().filter(|m| markers.iter().filter(|k| ScoreShard::marker_has(k, m)).count() == 1).collect();
+        let scored: usize = markers
+            .iter()
+            .map(|k| k.counts.keys().filter(|c| c.starts_with(padim_score::stage::MICROS_PREFIX)).count())
+            .sum();
+        if !models.is_empty() && covered.len() == models.len() && scored == models.len() {
+            return Ok(Some(markers));
+        }
+    }
+    Ok(None)
 }
 
 fn read_parquet(store: &Store, key: &str) -> Result<DataFrame, ReportError> {
@@ -384,19 +451,21 @@ fn read_parquet(store: &Store, key: &str) -> Result<DataFrame, ReportError> {
 }
 
 /// The scores of every shard joined with the image table's paths (polars).
-fn load_scores(store: &Store, shards: &[Shard]) -> Result<DataFrame, ReportError> {
+fn load_scores(store: &Store, shards: &[ScoreShard]) -> Result<DataFrame, ReportError> {
     let mut scores: Option<DataFrame> = None;
     let mut images: Option<DataFrame> = None;
     for shard in shards {
-        let tag = shard.tag();
-        let s = read_parquet(store, &format!("score/scores-{tag}.parquet"))?;
+        let tag = shard.shard.tag();
+        for key in shard.files("score/scores-") {
+            let s = read_parquet(store, key)?;
+            scores = Some(match scores {
+                None => s,
+                Some(all) => all.vstack(&s).map_err(table_error("scores"))?,
+            });
+        }
         let i = read_parquet(store, &format!("extract/images-{tag}.parquet"))?
             .select(["image", "path"])
             .map_err(table_error("image table"))?;
-        scores = Some(match scores {
-            None => s,
-            Some(all) => all.vstack(&s).map_err(table_error("scores"))?,
-        });
         images = Some(match images {
             None => i,
             Some(all) => all.vstack(&i).map_err(table_error("image table"))?,
@@ -546,15 +615,19 @@ pub fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
 /// The raw grid maps of `model` for the images in `wanted`, from every shard.
 fn load_maps(
     store: &Store,
-    shards: &[Shard],
+    shards: &[ScoreShard],
     model: &str,
     wanted: &BTreeSet<u32>,
 ) -> Result<HashMap<u32, Vec<f32>>, ReportError> {
     let mut out = HashMap::new();
     for shard in shards {
-        for row in read_maps(store, &format!("score/maps-{}.parquet", shard.tag()))? {
-            if row.model == model && wanted.contains(&row.image) {
-                out.insert(row.image, row.map);
+        for marker in shard.markers.iter().filter(|m| ScoreShard::marker_has(m, model)) {
+            for key in marker.files.iter().filter(|f| f.starts_with("score/maps-")) {
+                for row in read_maps(store, key)? {
+                    if row.model == model && wanted.contains(&row.image) {
+                        out.insert(row.image, row.map);
+                    }
+                }
             }
         }
     }

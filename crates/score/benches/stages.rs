@@ -174,7 +174,7 @@ fn fit(job: &Job) -> f64 {
 }
 
 fn score(job: &Job) -> f64 {
-    seconds(|| run_score(job, true, None, &NoProgress).unwrap())
+    seconds(|| run_score(job, true, None, None, &NoProgress).unwrap())
 }
 
 /// Seconds the PyTorch reference takes for `command` (bench-fit or bench-score) with `job`'s models.

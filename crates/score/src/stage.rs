@@ -24,9 +24,14 @@ pub enum ScoreStageError {
     Score { url: String, source: ScoreError },
     #[error("fit is not done under {url} for this job's configuration: run `padim fit JOB` first")]
     NoFit { url: String },
+    #[error("models part {part} holds none of the fit's {models} model(s): use at most {models} parts")]
+    EmptyPart { part: String, models: usize },
     #[error("model {model} was fitted on {found}, but {url} holds embeddings of {expected}")]
     Mismatch { model: String, url: String, found: String, expected: String },
 }
+
+/// Between an extract shard's tag and a model part's tag in score file names.
+pub const MODELS_INFIX: &str = "-models-";
 
 /// Done-marker counts with this prefix hold each model's scoring CPU time (distances, resizing and
 /// smoothing, summed over threads) in microseconds.
@@ -41,11 +46,15 @@ pub struct ScoreSummary {
 }
 
 /// Scores every extract shard (or, with `shard`, that shard of the extract shards) with every model
-/// of the job's fit.
+/// of the job's fit (or, with `models`, that part of them, in the fit's order: a sweep's experiments
+/// sharded across tasks, each reading the embeddings once for its models). A part's outputs carry
+/// its tag (`score/scores-TAG-models-J-of-M.parquet`, its own done marker); the report takes, per
+/// extract shard, the whole-model marker or parts that together cover every model once.
 pub fn run_score(
     job: &Job,
     force: bool,
     shard: Option<Shard>,
+    models: Option<Shard>,
     progress: &dyn Progress,
 ) -> Result<ScoreSummary, ScoreStageError> {
     let span = tracing::info_span!("score", job = %job.name);
@@ -54,9 +63,19 @@ pub fn run_score(
     let fit_done = DoneMarker::read(&store, "fit/done.json")?
         .filter(|m| m.config_hash == job.fit_hash())
         .ok_or_else(|| ScoreStageError::NoFit { url: store.url_of("fit/done.json") })?;
+    let part = models;
+    let files = match part {
+        Some(part) => &fit_done.files[part.range(fit_done.files.len())],
+        None => &fit_done.files[..],
+    };
+    if let Some(part) = part
+        && files.is_empty()
+    {
+        return Err(ScoreStageError::EmptyPart { part: part.to_string(), models: fit_done.files.len() });
+    }
+    let suffix = part.map(|p| format!("{MODELS_INFIX}{}", p.tag())).unwrap_or_default();
     // Models are read and decoded in parallel (a sweep's can be hundreds of megabytes).
-    let models: Vec<(String, Model)> = fit_done
-        .files
+    let models: Vec<(String, Model)> = files
         .par_iter()
         .map(|key| {
             let bytes = store.get(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) })?;
@@ -79,7 +98,7 @@ pub fn run_score(
     progress.start("score", shards.len() as u64);
     for shard in shards {
         let tag = shard.tag();
-        let done_key = format!("score/done-{tag}.json");
+        let done_key = format!("score/done-{tag}{suffix}.json");
         if !force && DoneMarker::read(&store, &done_key)?.is_some_and(|m| m.config_hash == score_hash) {
             summary.shards_skipped += 1;
             progress.advance(1);
@@ -153,13 +172,16 @@ pub fn run_score(
             }
             summary.images += n;
         }
-        let scores_key = format!("score/scores-{tag}.parquet");
-        let maps_key = format!("score/maps-{tag}.parquet");
+        let scores_key = format!("score/scores-{tag}{suffix}.parquet");
+        let maps_key = format!("score/maps-{tag}{suffix}.parquet");
         write_scores(&store, &scores_key, &score_rows)?;
         write_maps(&store, &maps_key, &map_rows)?;
         DoneMarker {
             stage: "score".into(),
-            shard: shard.to_string(),
+            shard: match part {
+                Some(part) => format!("{shard}, models {part}"),
+                None => shard.to_string(),
+            },
             config_hash: score_hash.clone(),
             files: vec![scores_key, maps_key],
             counts: std::iter::once(("rows".to_string(), score_rows.len() as u64))
