@@ -106,12 +106,25 @@ fn sweep_scored_in_model_parts_equals_one_task() {
     let extra = "[fit]\nsubsets = []\n[sweep]\ncounts = [10, 30]\nseeds = [0, 1]\n";
     let whole = write_job(dir.path(), "whole", extra);
     let parts = write_job(dir.path(), "parts", extra);
-    stdout(&padim(&["run", whole.to_str().unwrap()]));
-    let parts = parts.to_str().unwrap();
-    stdout(&padim(&["split", parts]));
+    // Both runs share the same two extract shards (copied: the same bytes), so that only the
+    // scoring differs.
+    let whole = whole.to_str().unwrap();
+    stdout(&padim(&["split", whole]));
     for i in 0..2 {
-        stdout(&padim(&["extract", parts, "--shard", &format!("{i}/2")]));
+        stdout(&padim(&["extract", whole, "--shard", &format!("{i}/2")]));
     }
+    stdout(&padim(&["run", whole]));
+    std::fs::create_dir_all(dir.path().join("parts")).unwrap();
+    for stage in ["split", "extract"] {
+        let status = std::process::Command::new("cp")
+            .arg("-r")
+            .arg(dir.path().join("whole").join(stage))
+            .arg(dir.path().join("parts"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    let parts = parts.to_str().unwrap();
     stdout(&padim(&["fit", parts]));
     // Four models in three parts (2, 1, 1), each part over both extract shards.
     for part in ["0/3", "2/3"] {
