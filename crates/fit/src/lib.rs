@@ -14,6 +14,8 @@ pub mod stats;
 pub mod subset;
 
 pub use stage::{FitError, FitOptions, FitSummary, run_fit};
+pub use stats::{Gaussians, PatchStats, StatsError};
+pub use subset::ChannelSubset;
 
 /// Makes OpenBLAS run each call on the calling thread. padim parallelises the linear algebra over
 /// patches (rayon) and calls BLAS on small matrices from every worker; OpenBLAS's own threads would
@@ -29,5 +31,3 @@ pub fn single_threaded_blas() {
     // SAFETY: the function only stores OpenBLAS's thread count; it takes a plain integer.
     unsafe { openblas_set_num_threads(1) }
 }
-pub use stats::{Gaussians, PatchStats, StatsError};
-pub use subset::ChannelSubset;

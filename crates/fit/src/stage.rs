@@ -101,7 +101,8 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     // group being inverted, one queued for the writer, one being encoded: see `model_groups`).
     let batch = (job.fit.batch_images * union.len() * n_patches * 8) as u64;
     let largest = subsets.iter().map(|(_, s)| precision_bytes(n_patches, s.len())).max().unwrap_or(0);
-    let group = model_groups(&subsets, n_patches)
+    let groups = model_groups(&subsets, n_patches);
+    let group = groups
         .iter()
         .map(|g| g.iter().map(|(_, s)| precision_bytes(n_patches, s.len())).sum::<u64>())
         .max()
@@ -187,7 +188,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
             Ok(written)
         });
         let mut fitted_all = Ok(());
-        'groups: for group in model_groups(&subsets, n_patches) {
+        'groups: for group in groups {
             let clock = std::time::Instant::now();
             let members: Vec<&ChannelSubset> = group.iter().map(|(_, subset)| subset).collect();
             let fitted = match total.gaussians_many(&members, job.fit.epsilon) {

@@ -285,30 +285,46 @@ impl PatchStats {
 }
 
 /// The patch-major copy `[n_patches][n + spare][d]` (f64) of `values` `[n][d][n_patches]` (f32), the
-/// `spare` rows of each patch zero; transposed a
-/// block of patches at a time so that every read is a run of contiguous values (a per-patch gather
-/// would touch one cache line per image and channel for every patch). A block of 64 patches reads
-/// four cache lines per page it touches (rows are `n_patches` apart), so TLB misses stay few.
+/// `spare` rows of each patch zero, transposed in parallel blocks of [`TRANSPOSE_BLOCK`] patches
+/// (see [`transpose_block`]).
 fn patch_major(values: &[f32], n: usize, d: usize, n_patches: usize, spare: usize) -> Vec<f64> {
-    const BLOCK: usize = 64;
     let rows = n + spare;
     let mut out = vec![0f64; n_patches * rows * d];
     if out.is_empty() {
         return out;
     }
-    out.par_chunks_mut(BLOCK * rows * d).enumerate().for_each(|(block, out)| {
-        let first = block * BLOCK;
-        let width = out.len() / (rows * d);
-        for image in 0..n {
-            for channel in 0..d {
-                let row = &values[(image * d + channel) * n_patches + first..][..width];
-                for (offset, &value) in row.iter().enumerate() {
-                    out[(offset * rows + image) * d + channel] = value as f64;
-                }
-            }
-        }
+    out.par_chunks_mut(TRANSPOSE_BLOCK * rows * d).enumerate().for_each(|(block, out)| {
+        transpose_block(values, n, d, n_patches, block * TRANSPOSE_BLOCK, rows, out);
     });
     out
+}
+
+/// Patches per block of [`transpose_block`]: 64 patches read four cache lines per page they touch
+/// (rows are `n_patches` apart), so TLB misses stay few (16 thrashed the TLB).
+pub const TRANSPOSE_BLOCK: usize = 64;
+
+/// Writes patches `first..first + out.len() / (rows * d)` of `values` (`[n][d][n_patches]`, f32) into
+/// `out` as `[patch][row][channel]` (f64) with `rows >= n` rows per patch (the rows after `n` are
+/// left as they are). Every read is a run of contiguous values (a per-patch gather would touch one
+/// cache line per image and channel for every patch). Shared by fit's updates and score's distances.
+pub fn transpose_block(
+    values: &[f32],
+    n: usize,
+    d: usize,
+    n_patches: usize,
+    first: usize,
+    rows: usize,
+    out: &mut [f64],
+) {
+    let width = out.len() / (rows * d).max(1);
+    for image in 0..n {
+        for channel in 0..d {
+            let row = &values[(image * d + channel) * n_patches + first..][..width];
+            for (offset, &value) in row.iter().enumerate() {
+                out[(offset * rows + image) * d + channel] = value as f64;
+            }
+        }
+    }
 }
 
 /// Chan's pairwise update of one patch's (mean, co-moment) with another's.

@@ -174,6 +174,16 @@ fn sweep_table(
     }
     let kind = job.report.score.name();
     let metrics_of = |model: &str, score: &str| summary.models.iter().find(|m| m.model == model && m.score == score);
+    // The test maps of every experiment, read in one pass over the maps files (for pixel AUROC).
+    let mut maps = match &job.dataset.mask {
+        Some(_) => {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            let ids: BTreeSet<u32> =
+                by_model.values().flatten().filter(|r| r.split == "test").map(|r| r.image).collect();
+            load_maps(store, shards, &names, &ids)?
+        }
+        None => HashMap::new(),
+    };
     let mut experiments = Vec::new();
     for spec in &specs {
         let key = format!("fit/model-{}.safetensors", spec.name);
@@ -181,8 +191,7 @@ fn sweep_table(
         let pixel_auroc = match (&job.dataset.mask, by_model.get(&spec.name)) {
             (Some(_), Some(rows)) => {
                 let tests: Vec<&Scored> = rows.iter().filter(|r| r.split == "test").collect();
-                let ids: BTreeSet<u32> = tests.iter().map(|r| r.image).collect();
-                let maps = load_maps(store, shards, &spec.name, &ids)?;
+                let maps = maps.remove(&spec.name).unwrap_or_default();
                 Some(pixel_metrics(job, &maps, &spec.name, &tests, false, progress)?.auroc)
             }
             _ => None,
@@ -312,7 +321,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
     // Maps of the headline model for the pictures and pixel metrics (resized and smoothed as in score).
     let tests: Vec<&Scored> = rows.iter().filter(|r| r.split == "test").collect();
     let test_ids: BTreeSet<u32> = tests.iter().map(|r| r.image).collect();
-    let maps = load_maps(&store, &shards, &headline_model, &test_ids)?;
+    let maps = load_maps(&store, &shards, &[&headline_model], &test_ids)?.remove(&headline_model).unwrap_or_default();
     let pixel = if job.dataset.mask.is_some() {
         Some(pixel_metrics(job, &maps, &headline_model, &tests, true, progress)?)
     } else {
@@ -612,20 +621,21 @@ pub fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
     values[low] + (values[high] - values[low]) * (rank - low as f64)
 }
 
-/// The raw grid maps of `model` for the images in `wanted`, from every shard.
+/// The raw grid maps of each of `models` for the images in `wanted`, from every shard, reading each
+/// maps file once for all of them.
 fn load_maps(
     store: &Store,
     shards: &[ScoreShard],
-    model: &str,
+    models: &[&str],
     wanted: &BTreeSet<u32>,
-) -> Result<HashMap<u32, Vec<f32>>, ReportError> {
-    let mut out = HashMap::new();
+) -> Result<HashMap<String, HashMap<u32, Vec<f32>>>, ReportError> {
+    let mut out: HashMap<String, HashMap<u32, Vec<f32>>> = HashMap::new();
     for shard in shards {
-        for marker in shard.markers.iter().filter(|m| ScoreShard::marker_has(m, model)) {
+        for marker in shard.markers.iter().filter(|m| models.iter().any(|model| ScoreShard::marker_has(m, model))) {
             for key in marker.files.iter().filter(|f| f.starts_with("score/maps-")) {
                 for row in read_maps(store, key)? {
-                    if row.model == model && wanted.contains(&row.image) {
-                        out.insert(row.image, row.map);
+                    if models.contains(&row.model.as_str()) && wanted.contains(&row.image) {
+                        out.entry(row.model).or_default().insert(row.image, row.map);
                     }
                 }
             }

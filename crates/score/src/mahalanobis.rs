@@ -5,6 +5,7 @@
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
 use padim_fit::model::Model;
+use padim_fit::stats::{TRANSPOSE_BLOCK, transpose_block};
 use rayon::prelude::*;
 use std::time::{Duration, Instant};
 
@@ -53,25 +54,16 @@ pub fn distances_many(
         assert!(model.n_patches() == n_patches && positions.len() == model.channels.len(), "model shape");
         assert!(positions.iter().all(|&p| p < u), "positions within the channels");
     }
-    // Patch blocks of BLOCK consecutive patches: one task transposes its block of the batch
-    // (`[patch][image][channel]`, f64; every read is a run of BLOCK contiguous values) and scores it
-    // with every model while the block is in cache.
-    const BLOCK: usize = 64;
-    let per_block: Vec<Vec<(Vec<f32>, Duration)>> = (0..n_patches.div_ceil(BLOCK))
+    // Blocks of consecutive patches: one task transposes its block of the batch
+    // (`[patch][image][channel]`, f64) and scores it with every model while the block is in cache.
+    let per_block: Vec<Vec<(Vec<f32>, Duration)>> = (0..n_patches.div_ceil(TRANSPOSE_BLOCK))
         .into_par_iter()
         .map_init(<(Vec<f64>, Scratch)>::default, |(transposed, scratch), block| {
-            let first = block * BLOCK;
-            let width = BLOCK.min(n_patches - first);
+            let first = block * TRANSPOSE_BLOCK;
+            let width = TRANSPOSE_BLOCK.min(n_patches - first);
             transposed.clear();
             transposed.resize(width * n * u, 0.0);
-            for image in 0..n {
-                for channel in 0..u {
-                    let row = &values[(image * u + channel) * n_patches + first..][..width];
-                    for (offset, &value) in row.iter().enumerate() {
-                        transposed[(offset * n + image) * u + channel] = value as f64;
-                    }
-                }
-            }
+            transpose_block(values, n, u, n_patches, first, n, transposed);
             models
                 .iter()
                 .map(|(model, positions)| {
@@ -93,7 +85,7 @@ pub fn distances_many(
         for ((map, time), (distances, spent)) in out.iter_mut().zip(per_model) {
             *time += spent;
             for (offset, column) in distances.chunks_exact(n).enumerate() {
-                let patch = block * BLOCK + offset;
+                let patch = block * TRANSPOSE_BLOCK + offset;
                 for (image, &distance) in column.iter().enumerate() {
                     map[image * n_patches + patch] = distance;
                 }
