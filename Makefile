@@ -33,7 +33,7 @@ system: ## Install the Debian packages the build needs (as root, or with sudo).
 $(SETUP_STAMP): scripts/requirements.txt
 	@command -v python3 >/dev/null || { echo "python3 (3.11) is needed"; exit 1; }
 	test -x $(PYTHON) || python3 -m venv $(VENV)
-	$(PYTHON) -m pip install --quiet --disable-pip-version-check -r scripts/requirements.txt
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-cache-dir -r scripts/requirements.txt
 	rm -f $(VENV)/.padim-setup-* && touch $@
 
 weights: $(LITE0_WEIGHTS) ## Export the pretrained EfficientNet-Lite0 weights to safetensors.
@@ -70,8 +70,9 @@ report: setup build ## Calibrate, evaluate, draw and write the HTML report: make
 	$(PADIM) report $(JOB)
 
 SHARDS ?= 4
-submit-slurm: build ## Submit a job to Slurm as chained array jobs: make submit-slurm JOB=... SHARDS=4
-	PADIM=$(PADIM) jobs/slurm/pipeline.sh $(JOB) $(SHARDS)
+MODEL_PARTS ?= 1
+submit-slurm: build ## Submit a job to Slurm as chained array jobs: make submit-slurm JOB=... SHARDS=4 [MODEL_PARTS=3]
+	PADIM=$(PADIM) jobs/slurm/pipeline.sh $(JOB) $(SHARDS) $(MODEL_PARTS)
 
 test: setup ## Run every test (release build: the parity tests run real networks).
 	cargo test --release --workspace

@@ -1,9 +1,11 @@
 //! End to end: the real `padim` binary on real images, two shards, reruns, fit and score against
 //! PyTorch, and outputs opened by pyarrow and polars; storage in a real S3-compatible server
-//! (`s3`), and the Slurm template on a real Slurm cluster (`slurm`).
+//! (`s3`), the Slurm template on a real Slurm cluster (`slurm`) and the AWS Batch template against a
+//! local stand-in for Batch (`batch`).
 // Tests may unwrap and print: a failure is the point, and the output is the measurement.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod batch;
 mod predict;
 mod s3;
 mod slurm;
@@ -437,7 +439,7 @@ fn scheduler_templates_match_their_schemas() {
     let output = Command::new(&python).arg(&script).output().unwrap();
     let text = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{text}{}", String::from_utf8_lossy(&output.stderr));
-    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 4, "{text}");
+    assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 6, "{text}");
 
     let dir = tempfile::tempdir().unwrap();
     for engine in ["kubernetes", "aws-batch"] {

@@ -1,9 +1,10 @@
 //! The Slurm template on a real one-node Slurm cluster (Debian's slurm-wlm and munge, started by
 //! the test inside a private network namespace by scripts/slurm-cluster.sh): split, a 4-task extract
-//! array, a 4-task fit array with the dependent merge, a 4-task score array and the report, chained
-//! with `--dependency=afterok`; the results equal an unsharded run's.
+//! array, a 4-task fit array with the dependent merge, an 8-task score array (4 image shards x 2
+//! parts of the models) and the report, chained with `--dependency=afterok`; the results equal an
+//! unsharded run's.
 
-use crate::support::{Split, copy_first, csv_rows, padim, root, small_job, stdout};
+use crate::support::{Split, assert_same_metrics, assert_shard_markers, copy_first, padim, root, small_job, stdout};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -42,7 +43,7 @@ fn write_job(dir: &Path, output: &str) -> PathBuf {
     let extra = r#"[extract]
 threads = 1
 [fit]
-subsets = [{ name = "random40", count = 40, seed = 0 }]"#;
+subsets = [{ name = "random40", count = 40, seed = 0 }, { name = "random20", count = 20, seed = 1 }]"#;
     small_job(dir, output, "slurm", output, Split { seed: 1, train: 8, calibration: 3 }, extra)
 }
 
@@ -59,11 +60,11 @@ fn pipeline_runs_as_slurm_array_jobs() {
     let pipeline = root().join("jobs/slurm/pipeline.sh");
     let submitted = cluster.exec(
         work.path(),
-        &[pipeline.to_str().unwrap(), job.to_str().unwrap(), "4"],
+        &[pipeline.to_str().unwrap(), job.to_str().unwrap(), "4", "2"],
         &[("PADIM", padim_binary)],
     );
     let ids = stdout(&submitted);
-    assert_eq!(ids.lines().count(), 6, "split, extract[4], fit[4], fit, score[4], report:\n{ids}");
+    assert_eq!(ids.lines().count(), 6, "split, extract[4], fit[4], fit, score[4 x 2], report:\n{ids}");
 
     let deadline = Instant::now() + Duration::from_secs(300);
     loop {
@@ -84,34 +85,17 @@ fn pipeline_runs_as_slurm_array_jobs() {
         .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("slurm-"))
         .map(|p| format!("{}: {}", p.display(), std::fs::read_to_string(&p).unwrap()))
         .collect();
-    assert_eq!(logs.len(), 1 + 4 + 4 + 1 + 4 + 1, "one log per task");
+    assert_eq!(logs.len(), 1 + 4 + 4 + 1 + 8 + 1, "one log per task");
     assert!(run.join("report/done.json").is_file(), "the report did not finish; task logs:\n{}", logs.join("\n"));
-    // Every array task ran its own shard, taken from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT.
+    // Every array task ran its own shard, taken from SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT,
+    // and every score task its own (image shard, model part) pair of the 4 x 2.
+    assert_shard_markers(&run, 4, 2);
     for i in 0..4 {
-        let tag = format!("{i:05}-of-00004");
-        for key in [
-            format!("extract/done-{tag}.json"),
-            format!("fit/partial-done-{tag}.json"),
-            format!("score/done-{tag}.json"),
-        ] {
-            let marker: serde_json::Value = serde_json::from_slice(&std::fs::read(run.join(&key)).unwrap()).unwrap();
-            if !key.starts_with("fit/") {
-                assert_eq!(marker["shard"], format!("{i}/4"), "{key}");
-            }
-        }
+        assert!(run.join(format!("fit/partial-done-{i:05}-of-00004.json")).is_file(), "fit task {i}");
     }
 
     // The same numbers as one unsharded run.
     let whole = write_job(work.path(), "run-whole");
     stdout(&padim(&["run", whole.to_str().unwrap()]));
-    let (a, b) =
-        (csv_rows(&run.join("report/metrics.csv")), csv_rows(&work.path().join("run-whole/report/metrics.csv")));
-    assert_eq!(a.len(), b.len());
-    for (ra, rb) in a.iter().zip(&b) {
-        for column in ["model", "score", "set", "tp", "fp", "tn", "fn"] {
-            assert_eq!(ra[column], rb[column], "{column}");
-        }
-        let (x, y): (f64, f64) = (ra["auroc"].parse().unwrap(), rb["auroc"].parse().unwrap());
-        assert!((x - y).abs() < 1e-9, "auroc {x} vs {y}");
-    }
+    assert_same_metrics(&run, &work.path().join("run-whole"), &["random20", "random40"]);
 }

@@ -1,26 +1,39 @@
 #!/usr/bin/env bash
 # Runs the pipeline on AWS Batch: registers jobs/aws-batch/job-definition.json, submits extract as an
 # array job of N children (each reads AWS_BATCH_JOB_ARRAY_INDEX; PADIM_SHARDS gives the count), then
-# fit, score and report as jobs that depend on it. The job file must be inside the image (or on a
-# shared volume) at JOB, and its output an s3:// location.
-# Usage: jobs/aws-batch/submit.sh QUEUE JOB [N]
+# fit, score (an array job of N, or M of them when the fit's models are split into M parts: part j's
+# children get PADIM_MODELS=j/M) and report as jobs that depend on it. The job file must be inside the
+# image (or on a shared volume) at JOB, and its output an s3:// location.
+# Usage: jobs/aws-batch/submit.sh QUEUE JOB [N [M]]
 set -euo pipefail
-queue=${1:?usage: jobs/aws-batch/submit.sh QUEUE JOB [N]}
-job=${2:?usage: jobs/aws-batch/submit.sh QUEUE JOB [N]}
+usage="usage: jobs/aws-batch/submit.sh QUEUE JOB [N [M]]"
+queue=${1:?$usage}
+job=${2:?$usage}
 shards=${3:-4}
+parts=${4:-1}
+for n in "$shards" "$parts"; do
+    [[ $n =~ ^[1-9][0-9]*$ ]] || { echo "N and M must be positive integers, not '$n'; $usage" >&2; exit 2; }
+done
 here=$(dirname "$0")
 aws batch register-job-definition --cli-input-json "file://$here/job-definition.json" >/dev/null
-submit() { # NAME STAGE [DEPENDS-ON-ID] [ARRAY-SIZE]
+submit() { # NAME STAGE DEPENDS-ON-IDS ARRAY-SIZE [EXTRA-ENVIRONMENT]
     args=(--job-name "$1" --job-queue "$queue" --job-definition padim
           --parameters "stage=$2,job=$job"
-          --container-overrides "environment=[{name=PADIM_SHARDS,value=$shards}]")
-    [ -n "${3:-}" ] && args+=(--depends-on "jobId=$3")
-    [ -n "${4:-}" ] && args+=(--array-properties "size=$4")
+          --container-overrides "environment=[{name=PADIM_SHARDS,value=$shards}${5:+,$5}]")
+    for id in $3; do args+=(--depends-on "jobId=$id"); done
+    [ -n "$4" ] && args+=(--array-properties "size=$4")
     aws batch submit-job "${args[@]}" --query jobId --output text
 }
 split=""
-if grep -q '^\[split\]' "$job"; then split=$(submit padim-split split); fi
+if grep -q '^\[split\]' "$job"; then split=$(submit padim-split split "" ""); fi
 extract=$(submit padim-extract extract "$split" "$shards")
-fit=$(submit padim-fit fit "$extract")
-score=$(submit padim-score score "$fit")
-submit padim-report report "$score"
+fit=$(submit padim-fit fit "$extract" "")
+scores=""
+if [ "$parts" = 1 ]; then
+    scores=$(submit padim-score score "$fit" "$shards")
+else
+    for ((j = 0; j < parts; j++)); do
+        scores+=" $(submit "padim-score-$j" score "$fit" "$shards" "{name=PADIM_MODELS,value=$j/$parts}")"
+    done
+fi
+submit padim-report report "$scores" ""

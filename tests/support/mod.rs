@@ -98,3 +98,38 @@ pub fn small_job(dir: &Path, file: &str, name: &str, output: &str, split: Split,
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// Two runs' `report/metrics.csv` agree: the same rows (of exactly `models`) with the same
+/// thresholded counts and AUROC within 1e-9 (a sharded run sums in another order).
+pub fn assert_same_metrics(run: &Path, reference: &Path, models: &[&str]) {
+    let (a, b) = (csv_rows(&run.join("report/metrics.csv")), csv_rows(&reference.join("report/metrics.csv")));
+    assert_eq!(a.len(), b.len());
+    let seen: std::collections::BTreeSet<&str> = a.iter().map(|r| r["model"].as_str()).collect();
+    assert_eq!(seen, models.iter().copied().collect(), "every model reported");
+    for (ra, rb) in a.iter().zip(&b) {
+        for column in ["model", "score", "set", "tp", "fp", "tn", "fn"] {
+            assert_eq!(ra[column], rb[column], "{column}");
+        }
+        let (x, y): (f64, f64) = (ra["auroc"].parse().unwrap(), rb["auroc"].parse().unwrap());
+        assert!((x - y).abs() < 1e-9, "auroc {x} vs {y}");
+    }
+}
+
+/// The done markers of a run whose extract ran as `shards` tasks and whose score ran as `shards` x
+/// `parts` tasks (`--shard i/N --models j/M`): each names its own shard and part, and no task scored
+/// every model.
+pub fn assert_shard_markers(run: &Path, shards: u32, parts: u32) {
+    let marker = |key: &str| -> serde_json::Value {
+        let bytes = std::fs::read(run.join(key)).unwrap_or_else(|e| panic!("{key}: {e}"));
+        serde_json::from_slice(&bytes).unwrap()
+    };
+    for i in 0..shards {
+        let tag = format!("{i:05}-of-{shards:05}");
+        assert_eq!(marker(&format!("extract/done-{tag}.json"))["shard"], format!("{i}/{shards}"));
+        assert!(!run.join(format!("score/done-{tag}.json")).exists(), "score ran whole-model tasks");
+        for j in 0..parts {
+            let key = format!("score/done-{tag}-models-{j:05}-of-{parts:05}.json");
+            assert_eq!(marker(&key)["shard"], format!("{i}/{shards}, models {j}/{parts}"), "{key}");
+        }
+    }
+}
