@@ -98,15 +98,17 @@ fn sweep_experiments_equal_each_experiment_alone() {
 /// The sweep's experiments scored in `--models` parts (and in two extract shards): the report needs
 /// every part, and then equals the one-task report.
 #[test]
-fn sweep_scored_in_model_parts_equals_one_task() {
+fn sweep_scored_in_model_parts_or_passes_equals_one_task() {
     let shared = root().join("../shared/data/concrete-crack");
     let dir = tempfile::tempdir().unwrap();
     copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 16, "jpg");
     copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 8, "jpg");
-    let extra = "[fit]\nsubsets = []\n[sweep]\ncounts = [10, 30]\nseeds = [0, 1]\n";
+    // Batches of 5 images: a shard's 12 images in 3 batches, so that the order of rows matters.
+    let extra = "[fit]\nsubsets = []\n[sweep]\ncounts = [10, 30]\nseeds = [0, 1]\n[score]\nbatch-images = 5\n";
     let whole = write_job(dir.path(), "whole", extra);
     let parts = write_job(dir.path(), "parts", extra);
-    // Both runs share the same two extract shards (copied: the same bytes), so that only the
+    let budget = write_job(dir.path(), "budget", &format!("{extra}memory-budget-gib = 0.03\n"));
+    // The runs share the same two extract shards (copied: the same bytes), so that only the
     // scoring differs.
     let whole = whole.to_str().unwrap();
     stdout(&padim(&["split", whole]));
@@ -114,15 +116,17 @@ fn sweep_scored_in_model_parts_equals_one_task() {
         stdout(&padim(&["extract", whole, "--shard", &format!("{i}/2")]));
     }
     stdout(&padim(&["run", whole]));
-    std::fs::create_dir_all(dir.path().join("parts")).unwrap();
-    for stage in ["split", "extract"] {
-        let status = std::process::Command::new("cp")
-            .arg("-r")
-            .arg(dir.path().join("whole").join(stage))
-            .arg(dir.path().join("parts"))
-            .status()
-            .unwrap();
-        assert!(status.success());
+    for (run, stages) in [("parts", &["split", "extract"][..]), ("budget", &["split", "extract", "fit"])] {
+        std::fs::create_dir_all(dir.path().join(run)).unwrap();
+        for stage in stages {
+            let status = std::process::Command::new("cp")
+                .arg("-r")
+                .arg(dir.path().join("whole").join(stage))
+                .arg(dir.path().join(run))
+                .status()
+                .unwrap();
+            assert!(status.success());
+        }
     }
     let parts = parts.to_str().unwrap();
     stdout(&padim(&["fit", parts]));
@@ -153,4 +157,24 @@ fn sweep_scored_in_model_parts_equals_one_task() {
         }
         assert!(y["score_cpu_seconds"].parse::<f64>().unwrap() > 0.0);
     }
+
+    // Models that do not fit score.memory-budget-gib together are scored in several passes over
+    // the embeddings, to the same files byte for byte (rows are written model by model). The four
+    // models are ~1 MB (10 channels) and ~11 MB (30) on the 56x56 grid; 0.03 GiB holds the two small
+    // ones together, each large one alone.
+    let budget = budget.to_str().unwrap();
+    let out = stdout(&padim(&["score", budget]));
+    assert!(out.contains("models (3 passes per shard within score.memory-budget-gib)"), "{out}");
+    for file in ["scores-00000-of-00002", "maps-00000-of-00002", "scores-00001-of-00002", "maps-00001-of-00002"] {
+        let read = |run: &str| std::fs::read(dir.path().join(run).join(format!("score/{file}.parquet"))).unwrap();
+        assert!(read("whole") == read("budget"), "{file} differs from the one-pass run");
+    }
+    // A model that does not fit alone is refused by name, before any work.
+    let tiny =
+        std::fs::read_to_string(budget).unwrap().replace("memory-budget-gib = 0.03", "memory-budget-gib = 0.001");
+    std::fs::write(budget, tiny).unwrap();
+    let refused = padim(&["score", budget, "--force"]);
+    let message = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{message}");
+    assert!(message.contains("fit/model-") && message.contains("over score.memory-budget-gib = 0.001"), "{message}");
 }

@@ -1,14 +1,15 @@
 //! Sweep benchmark (`cargo bench --workspace --bench sweep`, in `make bench`): fit, score and report
 //! of a 12-experiment sweep (counts 25, 50, 100 x seeds 0-3) against one experiment alone, on the
 //! same extracted embeddings (extraction excluded: it runs once for both), real concrete-crack
-//! images, 2 cores, the real `padim` binary.
+//! images, 2 cores, the real `padim` binary; then the sweep's score again within a memory budget
+//! that splits its models into passes, against one pass (time and peak resident memory).
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
 
 #[path = "../../../tests/support/mod.rs"]
 mod support;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Instant;
 use support::{Split, copy_first, padim, root, small_job, stdout};
 
@@ -58,4 +59,52 @@ fn main() {
         println!("{name:<34} {fit:>8.2} {score:>8.2} {report:>8.2} {total:>8.2} {:>11.2}x", sweep_total / total);
     }
     println!("(sweep ratio: the sweep's total time over this row's; goal under 2x one experiment)");
+
+    // The same scoring within score.memory-budget-gib: the budget is not part of the score's
+    // identity, so --force rescoring writes the same files.
+    let model_bytes: u64 = std::fs::read_dir(dir.join("sweep/fit"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .filter(|e| e.file_name().to_string_lossy().starts_with("model-"))
+        .map(|e| e.metadata().unwrap().len())
+        .sum();
+    println!(
+        "\nscore of the sweep within score.memory-budget-gib (12 models, {} MiB of model files)",
+        model_bytes >> 20
+    );
+    println!("{:<10} {:>7} {:>8} {:>9} {:>12}", "budget", "passes", "score s", "peak MiB", "time ratio");
+    let mut first = None;
+    for budget in ["8", "0.3", "0.1"] {
+        let text = std::fs::read_to_string(&sweep).unwrap();
+        std::fs::write(&sweep, format!("{}\n[score]\nmemory-budget-gib = {budget}\n", text.trim_end())).unwrap();
+        let (seconds, peak, out) = measured(&["score", &sweep, "--force"]);
+        std::fs::write(&sweep, text).unwrap();
+        // "... 12 models (3 passes per shard within ...)" when there are several.
+        let passes = out.split_once(" passes per shard").map_or("1", |(head, _)| head.rsplit('(').next().unwrap());
+        let base = *first.get_or_insert(seconds);
+        println!(
+            "{:<10} {passes:>7} {seconds:>8.2} {:>9} {:>11.2}x",
+            format!("{budget} GiB"),
+            peak >> 20,
+            seconds / base
+        );
+    }
+}
+
+/// Seconds, peak resident memory (bytes, from the kernel's accounting of that process alone) and
+/// standard output of one `padim` run. `wait4` is the one call that gives a child's own peak.
+/// (`wait4` reaps the child, so Child::wait is never called.)
+#[allow(unsafe_code, clippy::zombie_processes)]
+fn measured(args: &[&str]) -> (f64, u64, String) {
+    let clock = Instant::now();
+    let child =
+        Command::new(env!("CARGO_BIN_EXE_padim")).args(args).arg("--quiet").stdout(Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child, once; `status` and `usage` are valid for writes.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert!(waited == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "padim {args:?} failed");
+    (clock.elapsed().as_secs_f64(), usage.ru_maxrss as u64 * 1024, out)
 }

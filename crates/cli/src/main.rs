@@ -253,8 +253,12 @@ fn run(cli: Cli) -> Result<()> {
             let reporter = progress::Bars::new(cli.quiet);
             let summary = padim_score::run_score(&job, force, shard, models, &reporter)
                 .with_context(|| format!("score of job `{}`", job.name))?;
+            let passes = match summary.passes {
+                1 => String::new(),
+                n => format!(" ({n} passes per shard within score.memory-budget-gib)"),
+            };
             write_stdout(&format!(
-                "score done: {} images x {} models in {} shard(s), {} shard(s) already done -> {}/score",
+                "score done: {} images x {} models{passes} in {} shard(s), {} shard(s) already done -> {}/score",
                 summary.images, summary.models, summary.shards_done, summary.shards_skipped, job.output
             ));
             Ok(())

@@ -392,11 +392,14 @@ pub struct ScoreSettings {
     pub kernel_size: usize,
     /// Images read per batch.
     pub batch_images: usize,
+    /// The models held in memory at once; a larger set (a sweep's) is scored in several passes over
+    /// the embeddings, with the same results. Not part of the score's identity.
+    pub memory_budget_gib: f64,
 }
 
 impl Default for ScoreSettings {
     fn default() -> Self {
-        ScoreSettings { sigma: 4.0, kernel_size: 33, batch_images: 32 }
+        ScoreSettings { sigma: 4.0, kernel_size: 33, batch_images: 32, memory_budget_gib: 8.0 }
     }
 }
 
@@ -606,7 +609,12 @@ impl Job {
 
     /// The identity of the score stage's outputs: the fit identity and the score settings.
     pub fn score_hash(&self) -> String {
-        let upstream = serde_json::json!({ "fit": self.fit_hash(), "score": self.score });
+        // The memory budget changes how the models are scheduled, never a result.
+        let mut score = serde_json::json!(self.score);
+        if let Some(settings) = score.as_object_mut() {
+            settings.remove("memory-budget-gib");
+        }
+        let upstream = serde_json::json!({ "fit": self.fit_hash(), "score": score });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 
@@ -745,6 +753,9 @@ fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
     }
     if score.batch_images == 0 {
         return Err(invalid(path, "score.batch-images", "must be at least 1"));
+    }
+    if score.memory_budget_gib.is_nan() || score.memory_budget_gib <= 0.0 {
+        return Err(invalid(path, "score.memory-budget-gib", "must be positive"));
     }
     let extract = raw.extract;
     if extract.batch_size == 0 {
@@ -941,5 +952,21 @@ weights = "w.safetensors"
         let mut c = a.clone();
         c.backbone.tap = Tap::LastBn;
         assert_ne!(a.hash(), c.hash());
+    }
+
+    #[test]
+    fn score_identity_ignores_the_memory_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let a = Job::load(&write_job(dir.path(), MINIMAL)).unwrap();
+        let b = Job::load(&write_job(dir.path(), &format!("{MINIMAL}\n[score]\nmemory-budget-gib = 0.5\n"))).unwrap();
+        assert_eq!(b.score.memory_budget_gib, 0.5);
+        assert_eq!(a.score_hash(), b.score_hash(), "scheduling only");
+        let mut c = a.clone();
+        c.score.sigma = 2.0;
+        assert_ne!(a.score_hash(), c.score_hash());
+        let bad = write_job(dir.path(), &format!("{MINIMAL}\n[score]\nmemory-budget-gib = 0\n"));
+        let message = Job::load(&bad).unwrap_err().to_string();
+        assert!(message.contains("score.memory-budget-gib") && message.contains("positive"), "{message}");
     }
 }

@@ -28,6 +28,11 @@ pub enum ScoreStageError {
     EmptyPart { part: String, models: usize },
     #[error("model {model} was fitted on {found}, but {url} holds embeddings of {expected}")]
     Mismatch { model: String, url: String, found: String, expected: String },
+    #[error(
+        "{url} needs {need_gib:.2} GiB to load and score (its file and the decoded model), over \
+         score.memory-budget-gib = {budget_gib}: raise the budget"
+    )]
+    MemoryBudget { url: String, need_gib: f64, budget_gib: f64 },
 }
 
 /// Between an extract shard's tag and a model part's tag in score file names.
@@ -41,6 +46,8 @@ pub const MICROS_PREFIX: &str = "micros/";
 pub struct ScoreSummary {
     pub images: usize,
     pub models: usize,
+    /// Passes over each shard's embeddings: 1 unless the models exceed `score.memory-budget-gib`.
+    pub passes: usize,
     pub shards_done: usize,
     pub shards_skipped: usize,
 }
@@ -74,27 +81,37 @@ pub fn run_score(
         return Err(ScoreStageError::EmptyPart { part: part.to_string(), models: fit_done.files.len() });
     }
     let suffix = part.map(|p| format!("{MODELS_INFIX}{}", p.tag())).unwrap_or_default();
-    // Models are read and decoded in parallel (a sweep's can be hundreds of megabytes).
-    let models: Vec<(String, Model)> = files
+    // Models in groups that fit the memory budget (one group, read once, unless a sweep's models
+    // do not fit together); each further group is one more pass over each shard's embeddings.
+    let sizes = files
         .par_iter()
-        .map(|key| {
-            let bytes = store.get(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) })?;
-            let model =
-                decode_model(&bytes).map_err(|source| ScoreStageError::Model { url: store.url_of(key), source })?;
-            Ok((model.info.subset.clone(), model))
-        })
-        .collect::<Result<_, ScoreStageError>>()?;
-    let mut union: Vec<usize> = models.iter().flat_map(|(_, m)| m.channels.iter().copied()).collect();
-    union.sort_unstable();
-    union.dedup();
-    let positions: Vec<Vec<usize>> =
-        models.iter().map(|(_, m)| m.channels.iter().map(|c| union.binary_search(c).unwrap_or(0)).collect()).collect();
+        .map(|key| store.size(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) }))
+        .collect::<Result<Vec<u64>, _>>()?;
+    let budget = job.score.memory_budget_gib * (1u64 << 30) as f64;
+    let groups =
+        memory_groups(&sizes, budget, rayon::current_num_threads()).map_err(|index| ScoreStageError::MemoryBudget {
+            url: store.url_of(&files[index]),
+            need_gib: (2 * sizes[index]) as f64 / (1u64 << 30) as f64,
+            budget_gib: job.score.memory_budget_gib,
+        })?;
+    if groups.len() > 1 {
+        tracing::info!(
+            passes = groups.len(),
+            models = files.len(),
+            "the models exceed score.memory-budget-gib together"
+        );
+    }
+    let resident = match groups.as_slice() {
+        [_] => Some(Pass::load(&store, files)?),
+        _ => None,
+    };
     let score_hash = job.score_hash();
     let mut shards = padim_fit::stage::latest_extract_shards(&store)?;
     if let Some(part) = shard {
         shards = shards[part.range(shards.len())].to_vec();
     }
-    let mut summary = ScoreSummary { images: 0, models: models.len(), shards_done: 0, shards_skipped: 0 };
+    let mut summary =
+        ScoreSummary { images: 0, models: files.len(), passes: groups.len(), shards_done: 0, shards_skipped: 0 };
     progress.start("score", shards.len() as u64);
     for shard in shards {
         let tag = shard.tag();
@@ -111,67 +128,94 @@ pub fn run_score(
             .collect();
         let embeddings_key = format!("extract/embeddings-{tag}.parquet");
         let url = store.url_of(&embeddings_key);
-        let mut reader = EmbeddingReader::open(&store, &embeddings_key, Some(&union), job.score.batch_images)?;
-        let meta = reader.meta().clone();
-        for (name, model) in &models {
-            let info = &model.info;
-            if (info.backbone.as_str(), info.weights_sha256.as_str(), info.grid_height, info.grid_width)
-                != (meta.backbone.as_str(), meta.weights_sha256.as_str(), meta.grid_height, meta.grid_width)
-            {
-                return Err(ScoreStageError::Mismatch {
-                    model: name.clone(),
-                    url,
-                    found: format!("{} ({}x{} grid)", info.backbone, info.grid_height, info.grid_width),
-                    expected: format!("{} ({}x{} grid)", meta.backbone, meta.grid_height, meta.grid_width),
-                });
-            }
-        }
-        let (grid_h, grid_w) = (meta.grid_height, meta.grid_width);
-        let n_patches = grid_h * grid_w;
-        let (mut score_rows, mut map_rows) = (Vec::new(), Vec::new());
-        let filter =
-            MapFilter::new(grid_h, grid_w, meta.input_height, meta.input_width, job.score.sigma, job.score.kernel_size);
-        let with_positions: Vec<(&Model, &[usize])> =
-            models.iter().zip(&positions).map(|((_, model), p)| (model, p.as_slice())).collect();
-        // Per model: CPU time spent on its distances, resizing and smoothing (summed over threads).
-        let mut model_time = vec![Duration::ZERO; models.len()];
-        while let Some(batch) = reader.next_batch()? {
-            let n = batch.image_ids.len();
-            let maps = distances_many(&with_positions, &union, &batch.image_ids, &batch.values)
-                .map_err(|source| ScoreStageError::Score { url: url.clone(), source })?;
-            // Resizing and smoothing are independent per map: one map per task.
-            let stats: Vec<(MapStats, Duration)> = maps
-                .iter()
-                .flat_map(|(maps, _)| maps.chunks(n_patches))
-                .collect::<Vec<_>>()
-                .into_par_iter()
-                .map(|map| {
-                    let clock = Instant::now();
-                    let stats = MapStats::of(&filter.apply(map));
-                    (stats, clock.elapsed())
-                })
-                .collect();
-            let mut stats = stats.into_iter();
-            for (((name, _), (maps, spent)), time) in models.iter().zip(maps).zip(&mut model_time) {
-                *time += spent;
-                for (&id, map) in batch.image_ids.iter().zip(maps.chunks(n_patches)) {
-                    let (stats, spent) = stats.next().expect("one statistic per map");
-                    *time += spent;
-                    let row = images.get(&id);
-                    score_rows.push(ScoreRow {
-                        image: id,
-                        label: row.map(|r| r.label.clone()).unwrap_or_default(),
-                        split: row.and_then(|r| r.split.clone()),
+        // Per model (in the fit's order): its rows, and the CPU time spent on its distances, resizing
+        // and smoothing (summed over threads). Rows are written model by model, so that the files do
+        // not depend on how the models were grouped.
+        let mut names = vec![String::new(); files.len()];
+        let mut score_rows: Vec<Vec<ScoreRow>> = vec![Vec::new(); files.len()];
+        let mut map_rows: Vec<Vec<MapRow>> = vec![Vec::new(); files.len()];
+        let mut model_time = vec![Duration::ZERO; files.len()];
+        for (pass_index, range) in groups.iter().enumerate() {
+            let loaded;
+            let pass = match &resident {
+                Some(pass) => pass,
+                None => {
+                    loaded = Pass::load(&store, &files[range.clone()])?;
+                    &loaded
+                }
+            };
+            let mut reader = EmbeddingReader::open(&store, &embeddings_key, Some(&pass.union), job.score.batch_images)?;
+            let meta = reader.meta().clone();
+            for (name, model) in &pass.models {
+                let info = &model.info;
+                if (info.backbone.as_str(), info.weights_sha256.as_str(), info.grid_height, info.grid_width)
+                    != (meta.backbone.as_str(), meta.weights_sha256.as_str(), meta.grid_height, meta.grid_width)
+                {
+                    return Err(ScoreStageError::Mismatch {
                         model: name.clone(),
-                        mean: stats.mean,
-                        max: stats.max,
-                        min: stats.min,
+                        url,
+                        found: format!("{} ({}x{} grid)", info.backbone, info.grid_height, info.grid_width),
+                        expected: format!("{} ({}x{} grid)", meta.backbone, meta.grid_height, meta.grid_width),
                     });
-                    map_rows.push(MapRow { image: id, model: name.clone(), map: map.to_vec() });
                 }
             }
-            summary.images += n;
+            let n_patches = meta.grid_height * meta.grid_width;
+            let filter = MapFilter::new(
+                meta.grid_height,
+                meta.grid_width,
+                meta.input_height,
+                meta.input_width,
+                job.score.sigma,
+                job.score.kernel_size,
+            );
+            let with_positions: Vec<(&Model, &[usize])> =
+                pass.models.iter().zip(&pass.positions).map(|((_, model), p)| (model, p.as_slice())).collect();
+            let at = range.start;
+            for (m, (name, _)) in pass.models.iter().enumerate() {
+                names[at + m] = name.clone();
+            }
+            while let Some(batch) = reader.next_batch()? {
+                let n = batch.image_ids.len();
+                let maps = distances_many(&with_positions, &pass.union, &batch.image_ids, &batch.values)
+                    .map_err(|source| ScoreStageError::Score { url: url.clone(), source })?;
+                // Resizing and smoothing are independent per map: one map per task.
+                let stats: Vec<(MapStats, Duration)> = maps
+                    .iter()
+                    .flat_map(|(maps, _)| maps.chunks(n_patches))
+                    .collect::<Vec<_>>()
+                    .into_par_iter()
+                    .map(|map| {
+                        let clock = Instant::now();
+                        let stats = MapStats::of(&filter.apply(map));
+                        (stats, clock.elapsed())
+                    })
+                    .collect();
+                let mut stats = stats.into_iter();
+                for (m, (maps, spent)) in maps.into_iter().enumerate() {
+                    let name = &names[at + m];
+                    model_time[at + m] += spent;
+                    for (&id, map) in batch.image_ids.iter().zip(maps.chunks(n_patches)) {
+                        let (stats, spent) = stats.next().expect("one statistic per map");
+                        model_time[at + m] += spent;
+                        let row = images.get(&id);
+                        score_rows[at + m].push(ScoreRow {
+                            image: id,
+                            label: row.map(|r| r.label.clone()).unwrap_or_default(),
+                            split: row.and_then(|r| r.split.clone()),
+                            model: name.clone(),
+                            mean: stats.mean,
+                            max: stats.max,
+                            min: stats.min,
+                        });
+                        map_rows[at + m].push(MapRow { image: id, model: name.clone(), map: map.to_vec() });
+                    }
+                }
+                if pass_index == 0 {
+                    summary.images += n;
+                }
+            }
         }
+        let (score_rows, map_rows): (Vec<ScoreRow>, Vec<MapRow>) = (score_rows.concat(), map_rows.concat());
         let scores_key = format!("score/scores-{tag}{suffix}.parquet");
         let maps_key = format!("score/maps-{tag}{suffix}.parquet");
         write_scores(&store, &scores_key, &score_rows)?;
@@ -186,10 +230,10 @@ pub fn run_score(
             files: vec![scores_key, maps_key],
             counts: std::iter::once(("rows".to_string(), score_rows.len() as u64))
                 .chain(
-                    models
+                    names
                         .iter()
                         .zip(&model_time)
-                        .map(|((name, _), time)| (format!("{MICROS_PREFIX}{name}"), time.as_micros() as u64)),
+                        .map(|(name, time)| (format!("{MICROS_PREFIX}{name}"), time.as_micros() as u64)),
                 )
                 .collect(),
         }
@@ -199,4 +243,97 @@ pub fn run_score(
     }
     progress.finish();
     Ok(summary)
+}
+
+/// Models read and decoded together (in parallel), with the union of their channels (sorted) and
+/// each model's channel positions in it.
+struct Pass {
+    models: Vec<(String, Model)>,
+    union: Vec<usize>,
+    positions: Vec<Vec<usize>>,
+}
+
+impl Pass {
+    fn load(store: &Store, keys: &[String]) -> Result<Pass, ScoreStageError> {
+        let models: Vec<(String, Model)> = keys
+            .par_iter()
+            .map(|key| {
+                let bytes = store.get(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) })?;
+                let model =
+                    decode_model(&bytes).map_err(|source| ScoreStageError::Model { url: store.url_of(key), source })?;
+                Ok((model.info.subset.clone(), model))
+            })
+            .collect::<Result<_, ScoreStageError>>()?;
+        let mut union: Vec<usize> = models.iter().flat_map(|(_, m)| m.channels.iter().copied()).collect();
+        union.sort_unstable();
+        union.dedup();
+        let positions = models
+            .iter()
+            .map(|(_, m)| m.channels.iter().map(|c| union.binary_search(c).unwrap_or(0)).collect())
+            .collect();
+        Ok(Pass { models, union, positions })
+    }
+}
+
+/// Splits models (their file sizes, in order) into consecutive groups whose memory fits `budget`
+/// bytes: each decoded model takes about its file's size, and while a group is read up to
+/// `threads` files are in memory beside the decoded models. `Err(i)`: model `i` alone does not fit.
+fn memory_groups(sizes: &[u64], budget: f64, threads: usize) -> Result<Vec<std::ops::Range<usize>>, usize> {
+    let need = |group: &[u64]| -> f64 {
+        let largest = group.iter().copied().max().unwrap_or(0);
+        (group.iter().sum::<u64>() + largest * group.len().min(threads.max(1)) as u64) as f64
+    };
+    let mut groups = Vec::new();
+    let mut start = 0;
+    for end in 1..=sizes.len() {
+        if need(&sizes[end - 1..end]) > budget {
+            return Err(end - 1);
+        }
+        if need(&sizes[start..end]) > budget {
+            groups.push(start..end - 1);
+            start = end - 1;
+        }
+    }
+    if start < sizes.len() {
+        groups.push(start..sizes.len());
+    }
+    Ok(groups)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::memory_groups;
+    use proptest::prelude::*;
+
+    #[test]
+    fn groups_of_known_sizes() {
+        // 4 threads: a group needs its sizes plus its largest times min(4, len).
+        assert_eq!(memory_groups(&[10, 10, 10], 1e9, 4), Ok(std::iter::once(0..3).collect()));
+        assert_eq!(memory_groups(&[10, 10, 10], 40.0, 4), Ok(vec![0..2, 2..3]));
+        assert_eq!(memory_groups(&[10, 30, 10], 40.0, 4), Err(1));
+        assert_eq!(memory_groups(&[10, 30, 10], 60.0, 1), Ok(vec![0..1, 1..2, 2..3]));
+    }
+
+    proptest! {
+        /// The groups cover every model once, in order; each fits; none could take the next model.
+        #[test]
+        fn groups_partition_and_fit(sizes in prop::collection::vec(1u64..100, 1..30), budget in 2.0f64..1000.0,
+                                    threads in 1usize..6) {
+            let need = |g: &[u64]| (g.iter().sum::<u64>() + g.iter().max().unwrap() * g.len().min(threads) as u64) as f64;
+            match memory_groups(&sizes, budget, threads) {
+                Err(i) => prop_assert!(need(&sizes[i..i + 1]) > budget),
+                Ok(groups) => {
+                    prop_assert_eq!(groups.first().unwrap().start, 0);
+                    prop_assert_eq!(groups.last().unwrap().end, sizes.len());
+                    for pair in groups.windows(2) {
+                        prop_assert_eq!(pair[0].end, pair[1].start);
+                        prop_assert!(need(&sizes[pair[0].start..pair[0].end + 1]) > budget, "greedy");
+                    }
+                    for g in &groups {
+                        prop_assert!(!g.is_empty() && need(&sizes[g.clone()]) <= budget);
+                    }
+                }
+            }
+        }
+    }
 }
