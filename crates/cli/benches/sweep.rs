@@ -74,7 +74,7 @@ fn main() {
     );
     println!("{:<10} {:>7} {:>8} {:>9} {:>12}", "budget", "passes", "score s", "peak MiB", "time ratio");
     let mut first = None;
-    for budget in ["8", "0.3", "0.1"] {
+    for budget in ["8", "0.5", "0.25"] {
         let text = std::fs::read_to_string(&sweep).unwrap();
         std::fs::write(&sweep, format!("{}\n[score]\nmemory-budget-gib = {budget}\n", text.trim_end())).unwrap();
         let (seconds, peak, out) = measured(&["score", &sweep, "--force"]);
