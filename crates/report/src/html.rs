@@ -92,7 +92,8 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
     if let Some(sweep) = &summary.sweep {
         let cell = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
         html.push_str(&format!(
-            "<h2>Sweep</h2><p>{} experiments, fitted and scored in one pass. Best by calibration AUROC ({} score): \
+            "<h2>Sweep</h2><p>{} experiments from one extraction, fitted together from one accumulation of their \
+             channels. Best by calibration AUROC ({} score): \
              <b>{}</b>. Per layer combination and channel count, mean &plusmn; standard deviation over seeds:</p>\
              <table><tr><th>layers</th><th>channels</th><th>experiments</th><th>calibration AUROC</th><th>test AUROC</th>\
              <th>accuracy</th></tr>",
@@ -100,18 +101,20 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
             summary.headline_score,
             escape(sweep.best.as_deref().unwrap_or("none"))
         ));
+        // A group of one experiment has no standard deviation: its value alone.
+        let spread = |mean: Option<f64>, std: Option<f64>| match std {
+            Some(_) => format!("{} &plusmn; {}", cell(mean), cell(std)),
+            None => cell(mean),
+        };
         for g in &sweep.groups {
             html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{} &plusmn; {}</td><td>{} &plusmn; {}</td><td>{} &plusmn; {}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 escape(&g.layers),
                 g.channels,
                 g.experiments,
-                cell(g.calibration_auroc_mean),
-                cell(g.calibration_auroc_std),
-                cell(g.test_auroc_mean),
-                cell(g.test_auroc_std),
-                cell(g.accuracy_mean),
-                cell(g.accuracy_std)
+                spread(g.calibration_auroc_mean, g.calibration_auroc_std),
+                spread(g.test_auroc_mean, g.test_auroc_std),
+                spread(g.accuracy_mean, g.accuracy_std)
             ));
         }
         html.push_str(

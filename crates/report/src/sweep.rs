@@ -162,7 +162,13 @@ pub fn auroc_plot(groups: &[Group]) -> Result<Vec<u8>, PictureError> {
             .y_label_area_size(55)
             .build_cartesian_2d(0f64..max_channels * 1.05, low..1.0)
             .map_err(|e| e.to_string())?;
-        chart.configure_mesh().x_desc("channels").y_desc("AUROC").draw().map_err(|e| e.to_string())?;
+        chart
+            .configure_mesh()
+            .x_desc("channels")
+            .x_label_formatter(&|x| format!("{x:.0}"))
+            .y_desc("AUROC")
+            .draw()
+            .map_err(|e| e.to_string())?;
         for (combination, color) in combinations.iter().zip(colors.iter().cycle()) {
             let color = *color;
             let members: Vec<&Group> = groups.iter().filter(|g| g.layers == *combination).collect();
