@@ -1,5 +1,7 @@
 //! A `[sweep]` job: every experiment is fitted and scored in one pass, and each experiment's numbers
-//! equal those of a job that runs that experiment alone; the decision table aggregates over seeds.
+//! equal those of a job that runs that experiment alone; the decision table aggregates over seeds;
+//! scoring split into model parts (`--models`) or memory passes (`score.memory-budget-gib`) writes
+//! the same results.
 
 use crate::support::{Split, copy_first, csv_rows, padim, root, small_job, stdout};
 use std::path::Path;

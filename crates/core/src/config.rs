@@ -274,7 +274,8 @@ pub enum AllChannels {
 }
 
 /// A sweep over channel subsets: every combination of layers, count and seed is one experiment,
-/// fitted and scored in the same pass as the others (`fit.subsets` gains one subset per experiment).
+/// fitted and scored in the same pass as the others (`fit.subsets` gains one subset per experiment;
+/// scoring takes several passes only when the models exceed `score.memory-budget-gib`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 pub struct SweepSettings {
