@@ -3,7 +3,7 @@
 
 Kubernetes: every document of jobs/kubernetes/*.yaml against the OpenAPI-derived JSON schemas of the
 latest Kubernetes release kubernetes-validate ships (strict: unknown fields are errors), plus the
-Indexed Job's contract with padim (PADIM_SHARDS equals `completions`). AWS Batch: the job definition
+Indexed Jobs' contract with padim (PADIM_SHARDS, times PADIM_MODEL_PARTS where set, equals `completions`). AWS Batch: the job definition
 against botocore's service model of RegisterJobDefinition, and the requests submit.sh makes (an array
 job with a dependency) against SubmitJob. Prints one line per checked template; exits 1 on any error. Argument: the project root (default this
 one), so that tests can check altered copies.
@@ -31,8 +31,9 @@ for path in sorted((root / "jobs/kubernetes").glob("*.yaml")):
         spec = doc["spec"]
         if spec.get("completionMode") == "Indexed":
             env = {e["name"]: e.get("value") for c in spec["template"]["spec"]["containers"] for e in c.get("env", [])}
-            if env.get("PADIM_SHARDS") != str(spec["completions"]):
-                errors.append(f"{path.name}: PADIM_SHARDS {env.get('PADIM_SHARDS')} != completions {spec['completions']}")
+            tasks = int(env.get("PADIM_SHARDS") or 0) * int(env.get("PADIM_MODEL_PARTS") or 1)
+            if tasks != spec["completions"]:
+                errors.append(f"{path.name}: PADIM_SHARDS x PADIM_MODEL_PARTS = {tasks} != completions {spec['completions']}")
         print(f"ok kubernetes {version} {path.name} {doc['kind']}/{doc['metadata']['name']}")
 
 model = get_session().get_service_model("batch")

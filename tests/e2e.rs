@@ -1,16 +1,16 @@
 //! End to end: the real `padim` binary on real images, two shards, reruns, fit and score against
 //! PyTorch, and outputs opened by pyarrow and polars; storage in a real S3-compatible server
-//! (`s3`), the Slurm template on a real Slurm cluster (`slurm`) and the AWS Batch template against a
-//! local stand-in for Batch (`batch`).
+//! (`s3`), the Slurm template on a real Slurm cluster (`slurm`) and the AWS Batch and Kubernetes
+//! templates run by local stand-ins for their engines (`templates`).
 // Tests may unwrap and print: a failure is the point, and the output is the measurement.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
-mod batch;
 mod predict;
 mod s3;
 mod slurm;
 mod support;
 mod sweep;
+mod templates;
 
 use padim_store::{EmbeddingReader, Store};
 use std::path::{Path, PathBuf};

@@ -145,6 +145,10 @@ fn sweep_scored_in_model_parts_or_passes_equals_one_task() {
     let message = String::from_utf8_lossy(&too_many.stderr);
     assert!(message.contains("models part 0/5 holds none of the fit's 4 model(s)"), "{message}");
     stdout(&padim(&["report", parts]));
+    // Part 0/1 is the whole: the outputs of a score without --models (what templates pass for M = 1).
+    stdout(&padim(&["score", parts, "--models", "0/1", "--shard", "0/2"]));
+    assert!(dir.path().join("parts/score/done-00000-of-00002.json").is_file());
+    assert!(!dir.path().join("parts/score/done-00000-of-00002-models-00000-of-00001.json").exists());
     let read =
         |name: &str, file: &str| std::fs::read_to_string(dir.path().join(name).join("report").join(file)).unwrap();
     for file in ["metrics.csv", "scores.csv", "roc.csv"] {

@@ -71,8 +71,8 @@ enum Command {
         #[command(flatten)]
         sharding: Sharding,
         /// Score only part J/M of the fit's models (in their order), e.g. 0/3: a sweep's experiments
-        /// split across tasks. The report needs every part of every extract shard. An array-job
-        /// template can set it through PADIM_MODELS.
+        /// split across tasks. The report needs every part of every extract shard; 0/1 is the
+        /// whole. An array-job template can set it through PADIM_MODELS.
         #[arg(long, value_name = "J/M", env = "PADIM_MODELS")]
         models: Option<Shard>,
         /// Redo shards even if they are marked done.

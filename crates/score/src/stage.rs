@@ -70,7 +70,8 @@ pub fn run_score(
     let fit_done = DoneMarker::read(&store, "fit/done.json")?
         .filter(|m| m.config_hash == job.fit_hash())
         .ok_or_else(|| ScoreStageError::NoFit { url: store.url_of("fit/done.json") })?;
-    let part = models;
+    // Part 0/1 is every model: the same outputs as no part, so that templates can always pass one.
+    let part = models.filter(|p| p.count > 1);
     let files = match part {
         Some(part) => &fit_done.files[part.range(fit_done.files.len())],
         None => &fit_done.files[..],
