@@ -602,20 +602,17 @@ impl Job {
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 
-    /// The identity of the fit stage's outputs: the extract identity and the fit settings.
+    /// The identity of the fit stage's outputs: the extract identity and the fit settings but the
+    /// memory budget.
     pub fn fit_hash(&self) -> String {
-        let upstream = serde_json::json!({ "extract": self.extract_hash(), "fit": self.fit });
+        let upstream = serde_json::json!({ "extract": self.extract_hash(), "fit": without_budget(&self.fit) });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 
-    /// The identity of the score stage's outputs: the fit identity and the score settings.
+    /// The identity of the score stage's outputs: the fit identity and the score settings but the
+    /// memory budget.
     pub fn score_hash(&self) -> String {
-        // The memory budget changes how the models are scheduled, never a result.
-        let mut score = serde_json::json!(self.score);
-        if let Some(settings) = score.as_object_mut() {
-            settings.remove("memory-budget-gib");
-        }
-        let upstream = serde_json::json!({ "fit": self.fit_hash(), "score": score });
+        let upstream = serde_json::json!({ "fit": self.fit_hash(), "score": without_budget(&self.score) });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 
@@ -630,6 +627,16 @@ impl Job {
         let upstream = serde_json::json!({ "score": self.score_hash(), "report": self.report });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
+}
+
+/// A stage's settings as JSON without `memory-budget-gib`: a budget refuses work or schedules it
+/// in passes, never changes a result, so it is not part of a stage's identity.
+fn without_budget(settings: &impl Serialize) -> serde_json::Value {
+    let mut value = serde_json::json!(settings);
+    if let Some(map) = value.as_object_mut() {
+        map.remove("memory-budget-gib");
+    }
+    value
 }
 
 fn invalid(path: &Path, key: &'static str, problem: impl Into<String>) -> ConfigError {
@@ -956,13 +963,18 @@ weights = "w.safetensors"
     }
 
     #[test]
-    fn score_identity_ignores_the_memory_budget() {
+    fn stage_identities_ignore_memory_budgets() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
         let a = Job::load(&write_job(dir.path(), MINIMAL)).unwrap();
-        let b = Job::load(&write_job(dir.path(), &format!("{MINIMAL}\n[score]\nmemory-budget-gib = 0.5\n"))).unwrap();
-        assert_eq!(b.score.memory_budget_gib, 0.5);
+        let budgets = "\n[fit]\nmemory-budget-gib = 2\n[score]\nmemory-budget-gib = 0.5\n";
+        let b = Job::load(&write_job(dir.path(), &format!("{MINIMAL}{budgets}"))).unwrap();
+        assert_eq!((b.fit.memory_budget_gib, b.score.memory_budget_gib), (2.0, 0.5));
+        assert_eq!(a.fit_hash(), b.fit_hash(), "a refusal threshold only");
         assert_eq!(a.score_hash(), b.score_hash(), "scheduling only");
+        let mut e = a.clone();
+        e.fit.epsilon = 0.02;
+        assert_ne!(a.fit_hash(), e.fit_hash());
         let mut c = a.clone();
         c.score.sigma = 2.0;
         assert_ne!(a.score_hash(), c.score_hash());
