@@ -8,6 +8,8 @@ PYTHON := $(VENV)/bin/python
 PADIM := $(or $(CARGO_TARGET_DIR),target)/release/padim
 LITE0_WEIGHTS := weights/efficientnet-lite0.safetensors
 PHOTOS := .cache/photos/eagle.jpg
+AZURITE_VERSION := 3.35.0
+AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 SETUP_STAMP := $(VENV)/.padim-setup-$(shell sha256sum scripts/requirements.txt | cut -c1-12)
 export LIBTORCH ?= $(abspath $(VENV))/lib/python3.11/site-packages/torch
 
@@ -16,7 +18,7 @@ export LIBTORCH ?= $(abspath $(VENV))/lib/python3.11/site-packages/torch
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: system $(SETUP_STAMP) weights $(PHOTOS) ## Install everything the build and the tests need (idempotent).
+setup: system $(SETUP_STAMP) weights $(PHOTOS) $(AZURITE) ## Install everything the build and the tests need (idempotent).
 
 # Debian packages: OpenBLAS (BLAS and LAPACK for the fit and score numerics), DejaVu Sans (the
 # font of the report's pictures), and Slurm with munge and iproute2 for the test cluster that
@@ -40,6 +42,11 @@ weights: $(LITE0_WEIGHTS) ## Export the pretrained EfficientNet-Lite0 weights to
 
 $(LITE0_WEIGHTS): $(SETUP_STAMP) scripts/export_weights.py
 	$(PYTHON) scripts/export_weights.py --backbone efficientnet-lite0 --out $@
+
+# Azurite, Microsoft's Azure Blob Storage emulator, for the az:// tests (npm, with the machine's Node.js).
+$(AZURITE):
+	@command -v npm >/dev/null || { echo "npm (Node.js 18 or later) is needed to install Azurite for the tests"; exit 1; }
+	npm install --prefix .cache/azurite --no-audit --no-fund --silent azurite@$(AZURITE_VERSION)
 
 # Real photographs with ImageNet subjects, shipped by Debian's darknet package (only its data is used).
 $(PHOTOS):

@@ -1,10 +1,12 @@
 //! End to end: the real `padim` binary on real images, two shards, reruns, fit and score against
-//! PyTorch, and outputs opened by pyarrow and polars; storage in a real S3-compatible server
-//! (`s3`), the Slurm template on a real Slurm cluster (`slurm`) and the AWS Batch and Kubernetes
-//! templates run by local stand-ins for their engines (`templates`).
+//! PyTorch, and outputs opened by pyarrow and polars; storage in a real S3-compatible server (`s3`)
+//! and in Azure Blob Storage's emulator (`azure`); the Slurm template on a real Slurm cluster
+//! (`slurm`) and the AWS Batch and Kubernetes templates run by local stand-ins for their engines
+//! (`templates`).
 // Tests may unwrap and print: a failure is the point, and the output is the measurement.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
+mod azure;
 mod predict;
 mod s3;
 mod slurm;
@@ -45,10 +47,7 @@ threads = 2
 #[test]
 fn two_shards_rerun_and_open_in_pyarrow_and_polars() {
     let shared = root().join("../shared/data/concrete-crack");
-    if !shared.is_dir() {
-        eprintln!("{} is absent: the end-to-end test has no real images to run on", shared.display());
-        return;
-    }
+    assert!(shared.is_dir(), "{} is absent: the end-to-end test has no real images to run on", shared.display());
     let dir = tempfile::tempdir().unwrap();
     for label in ["Negative", "Positive"] {
         let target = dir.path().join("data").join(label);
@@ -142,10 +141,11 @@ fn bad_job_file_names_file_and_key() {
 
 #[test]
 fn shipped_jobs_are_valid() {
-    if !root().join("../shared/data/concrete-crack").is_dir() && !root().join("data/concrete-crack").is_dir() {
-        eprintln!("no concrete-crack data: the shipped jobs cannot resolve their dataset here");
-        return;
-    }
+    let data = root().join("../shared/data/concrete-crack");
+    assert!(
+        data.is_dir() || root().join("data/concrete-crack").is_dir(),
+        "no concrete-crack data: the shipped jobs cannot resolve their dataset"
+    );
     let mut n_jobs = 0;
     for entry in std::fs::read_dir(root().join("configs")).unwrap() {
         let path = entry.unwrap().path();
@@ -163,10 +163,7 @@ fn shipped_jobs_are_valid() {
 #[test]
 fn fit_matches_pytorch_on_real_embeddings() {
     let shared = root().join("../shared/data/concrete-crack");
-    if !shared.is_dir() {
-        eprintln!("{} is absent: the fit reference test has no real images to run on", shared.display());
-        return;
-    }
+    assert!(shared.is_dir(), "{} is absent: the fit reference test has no real images to run on", shared.display());
     let dir = tempfile::tempdir().unwrap();
     for (label, n) in [("Negative", 24), ("Positive", 4)] {
         let target = dir.path().join("data").join(label);
@@ -258,14 +255,8 @@ fn fit_matches_pytorch_on_real_embeddings() {
 /// parses, the tables agree with metrics.json, and a rerun changes nothing.
 #[test]
 fn run_all_stages_and_report() {
-    let shared = root().join("../shared/data/concrete-crack");
-    if !shared.is_dir() {
-        eprintln!("{} is absent: the report test has no real images to run on", shared.display());
-        return;
-    }
     let dir = tempfile::tempdir().unwrap();
-    copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 16, "jpg");
-    copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 10, "jpg");
+    support::copy_concrete(dir.path(), 16, 10);
     // One exact duplicate: it must land in the same split as its original.
     let negatives = dir.path().join("data/Negative");
     let first = std::fs::read_dir(&negatives).unwrap().map(|e| e.unwrap().path()).min().unwrap();
@@ -374,10 +365,7 @@ fn run_all_stages_and_report() {
 #[test]
 fn masks_give_pixel_metrics() {
     let shared = root().join("../shared/data/magnetic-tile");
-    if !shared.is_dir() {
-        eprintln!("{} is absent: the pixel-metric test has no real images to run on", shared.display());
-        return;
-    }
+    assert!(shared.is_dir(), "{} is absent: the pixel-metric test has no real images to run on", shared.display());
     let dir = tempfile::tempdir().unwrap();
     for (class, n) in [("MT_Free", 12), ("MT_Blowhole", 6)] {
         let to = dir.path().join("data").join(class).join("Imgs");

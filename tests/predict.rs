@@ -1,15 +1,13 @@
 //! `padim predict` with the bundle a run wrote: its scores for the run's images equal the report's,
 //! bad images get error rows without stopping the others, wrong weights and f16 matrices.
 
-use crate::support::{Split, copy_first, csv_rows, csv_rows_of, padim, root, small_job, stdout};
+use crate::support::{Split, copy_concrete, csv_rows, csv_rows_of, padim, root, small_job, stdout};
 use padim_fit::bundle::{BundleInfo, MatrixType, decode_bundle, encode_bundle};
 
 #[test]
 fn predict_agrees_with_the_report() {
-    let shared = root().join("../shared/data/concrete-crack");
     let dir = tempfile::tempdir().unwrap();
-    copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 16, "jpg");
-    copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 8, "jpg");
+    copy_concrete(dir.path(), 16, 8);
     let split = Split { seed: 2, train: 8, calibration: 3 };
     let extra = r#"[fit]
 subsets = [{ name = "r40", count = 40, seed = 1 }]"#;

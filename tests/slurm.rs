@@ -4,7 +4,7 @@
 //! parts of the models) and the report, chained with `--dependency=afterok`; the results equal an
 //! unsharded run's.
 
-use crate::support::{Split, assert_same_metrics, assert_shard_markers, copy_first, padim, root, small_job, stdout};
+use crate::support::{Split, assert_same_metrics, assert_shard_markers, copy_concrete, padim, root, small_job, stdout};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -50,9 +50,7 @@ subsets = [{ name = "random40", count = 40, seed = 0 }, { name = "random20", cou
 #[test]
 fn pipeline_runs_as_slurm_array_jobs() {
     let work = tempfile::tempdir().unwrap();
-    let data = root().join("../shared/data/concrete-crack");
-    copy_first(&data.join("Negative"), &work.path().join("data/Negative"), 16, "jpg");
-    copy_first(&data.join("Positive"), &work.path().join("data/Positive"), 8, "jpg");
+    copy_concrete(work.path(), 16, 8);
     let job = write_job(work.path(), "run-slurm");
     let cluster = Cluster::start(&work.path().join("cluster"));
 

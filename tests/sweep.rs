@@ -3,7 +3,7 @@
 //! scoring split into model parts (`--models`) or memory passes (`score.memory-budget-gib`) writes
 //! the same results.
 
-use crate::support::{Split, copy_first, csv_rows, padim, root, small_job, stdout};
+use crate::support::{Split, copy_concrete, csv_rows, padim, small_job, stdout};
 use std::path::Path;
 
 fn write_job(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
@@ -12,10 +12,8 @@ fn write_job(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
 
 #[test]
 fn sweep_experiments_equal_each_experiment_alone() {
-    let shared = root().join("../shared/data/concrete-crack");
     let dir = tempfile::tempdir().unwrap();
-    copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 20, "jpg");
-    copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 10, "jpg");
+    copy_concrete(dir.path(), 20, 10);
     let sweep = write_job(
         dir.path(),
         "sweep",
@@ -101,10 +99,8 @@ fn sweep_experiments_equal_each_experiment_alone() {
 /// every part, and then equals the one-task report.
 #[test]
 fn sweep_scored_in_model_parts_or_passes_equals_one_task() {
-    let shared = root().join("../shared/data/concrete-crack");
     let dir = tempfile::tempdir().unwrap();
-    copy_first(&shared.join("Negative"), &dir.path().join("data/Negative"), 16, "jpg");
-    copy_first(&shared.join("Positive"), &dir.path().join("data/Positive"), 8, "jpg");
+    copy_concrete(dir.path(), 16, 8);
     // Batches of 5 images: a shard's 12 images in 3 batches, so that the order of rows matters.
     let extra = "[fit]\nsubsets = []\n[sweep]\ncounts = [10, 30]\nseeds = [0, 1]\n[score]\nbatch-images = 5\n";
     let whole = write_job(dir.path(), "whole", extra);

@@ -10,7 +10,7 @@
 //! the schemas, run by `scripts/k8s_local.py` (run.sh's order, Indexed Jobs' `JOB_COMPLETION_INDEX`,
 //! the containers' commands and environment, the job mounted at `/jobs`).
 
-use crate::support::{Split, assert_same_metrics, assert_shard_markers, copy_first, padim, root, small_job, stdout};
+use crate::support::{Split, assert_same_metrics, assert_shard_markers, copy_concrete, padim, root, small_job, stdout};
 use std::path::Path;
 use std::process::Command;
 
@@ -19,13 +19,6 @@ const EXTRA: &str = "[extract]\nthreads = 1\n[fit]\nsubsets = [{ name = \"random
 
 fn split() -> Split {
     Split { seed: 1, train: 8, calibration: 3 }
-}
-
-/// 16 normal and 8 anomalous concrete images in `dir/data`.
-fn copy_data(dir: &Path) {
-    let data = root().join("../shared/data/concrete-crack");
-    copy_first(&data.join("Negative"), &dir.join("data/Negative"), 16, "jpg");
-    copy_first(&data.join("Positive"), &dir.join("data/Positive"), 8, "jpg");
 }
 
 /// An unsharded run of the same job in `dir/run-whole`, and the sharded run's report against it.
@@ -38,7 +31,7 @@ fn assert_equals_one_run(dir: &Path, run: &Path) {
 #[test]
 fn pipeline_runs_as_aws_batch_array_jobs() {
     let work = tempfile::tempdir().unwrap();
-    copy_data(work.path());
+    copy_concrete(work.path(), 16, 8);
     let job = small_job(work.path(), "batch", "batch", "run-batch", split(), EXTRA);
 
     let python = root().join(".venv/bin/python");
@@ -92,7 +85,7 @@ fn pipeline_runs_as_kubernetes_indexed_jobs() {
     let work = tempfile::tempdir().unwrap();
     // The ConfigMap mounted at /jobs: the job file, with the data beside it.
     let jobs = work.path().join("jobs");
-    copy_data(&jobs);
+    copy_concrete(&jobs, 16, 8);
     std::fs::rename(small_job(&jobs, "job", "k8s", "run-k8s", split(), EXTRA), jobs.join("job.toml")).unwrap();
 
     // The templates as a user sets them for 3 shards (extract, score) x 2 model parts (score).

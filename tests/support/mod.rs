@@ -1,6 +1,7 @@
 //! Helpers shared by the test binaries at the top of the repository.
 #![allow(dead_code)]
 
+pub mod azurite;
 pub mod python;
 pub mod s3;
 
@@ -31,6 +32,14 @@ pub fn padim_with(args: &[&str], env: &[(&str, String)]) -> Output {
 pub fn stdout(output: &Output) -> String {
     assert!(output.status.success(), "padim failed:\n{}", String::from_utf8_lossy(&output.stderr));
     String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// The first `normal` and `anomalous` images of the concrete-crack data in `dir/data/Negative` and
+/// `dir/data/Positive` (the layout `small_job` reads).
+pub fn copy_concrete(dir: &Path, normal: usize, anomalous: usize) {
+    let shared = root().join("../shared/data/concrete-crack");
+    copy_first(&shared.join("Negative"), &dir.join("data/Negative"), normal, "jpg");
+    copy_first(&shared.join("Positive"), &dir.join("data/Positive"), anomalous, "jpg");
 }
 
 /// The first `n` files (sorted by name) with extension `ext` in `from`.

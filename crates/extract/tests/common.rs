@@ -35,10 +35,11 @@ pub fn random_weights(dir: &Path, backbone: &str, seed: u64) -> PathBuf {
     out
 }
 
-/// The shared real data folder, if this checkout has one beside it.
-pub fn shared_data() -> Option<PathBuf> {
+/// The shared real data folder beside this checkout (the tests fail without it, naming it).
+pub fn shared_data() -> PathBuf {
     let path = root().join("../shared/data");
-    path.is_dir().then_some(path)
+    assert!(path.is_dir(), "{} is absent: the real-image tests need the shared data", path.display());
+    path
 }
 
 /// Reads named tensors from a safetensors file.

@@ -319,8 +319,13 @@ impl EmbeddingReader {
         let url = store.url_of(key);
         let parquet_error =
             |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
+        // With the size known the footer is read by a bounded range: Azure Blob Storage refuses the
+        // suffix range the reader asks for otherwise.
+        let size = store
+            .size(key)?
+            .ok_or_else(|| StoreError::Parquet { url: url.clone(), message: "the file does not exist".into() })?;
         #[allow(deprecated)]
-        let reader = ParquetObjectReader::new(store.inner(), store.object_path(key));
+        let reader = ParquetObjectReader::new(store.inner(), store.object_path(key)).with_file_size(size);
         let builder = store.block_on(ParquetRecordBatchStreamBuilder::new(reader)).map_err(parquet_error)?;
         let meta_json = builder
             .metadata()
