@@ -430,14 +430,7 @@ fn scheduler_templates_match_their_schemas() {
     assert_eq!(text.lines().filter(|l| l.starts_with("ok ")).count(), 6, "{text}");
 
     let dir = tempfile::tempdir().unwrap();
-    for engine in ["kubernetes", "aws-batch"] {
-        let to = dir.path().join("jobs").join(engine);
-        std::fs::create_dir_all(&to).unwrap();
-        for entry in std::fs::read_dir(root().join("jobs").join(engine)).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    support::copy_templates(dir.path());
     let yaml = dir.path().join("jobs/kubernetes/extract.yaml");
     let text = std::fs::read_to_string(&yaml).unwrap().replace("completions: 4", "completion: 4");
     std::fs::write(&yaml, text).unwrap();

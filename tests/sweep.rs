@@ -3,7 +3,7 @@
 //! scoring split into model parts (`--models`) or memory passes (`score.memory-budget-gib`) writes
 //! the same results.
 
-use crate::support::{Split, copy_concrete, csv_rows, padim, small_job, stdout};
+use crate::support::{Split, copy_concrete, copy_stages, csv_rows, padim, small_job, stdout};
 use std::path::Path;
 
 fn write_job(dir: &Path, name: &str, extra: &str) -> std::path::PathBuf {
@@ -114,18 +114,9 @@ fn sweep_scored_in_model_parts_or_passes_equals_one_task() {
         stdout(&padim(&["extract", whole, "--shard", &format!("{i}/2")]));
     }
     stdout(&padim(&["run", whole]));
-    for (run, stages) in [("parts", &["split", "extract"][..]), ("budget", &["split", "extract", "fit"])] {
-        std::fs::create_dir_all(dir.path().join(run)).unwrap();
-        for stage in stages {
-            let status = std::process::Command::new("cp")
-                .arg("-r")
-                .arg(dir.path().join("whole").join(stage))
-                .arg(dir.path().join(run))
-                .status()
-                .unwrap();
-            assert!(status.success());
-        }
-    }
+    let whole_run = dir.path().join("whole");
+    copy_stages(&whole_run, &dir.path().join("parts"), &["split", "extract"]);
+    copy_stages(&whole_run, &dir.path().join("budget"), &["split", "extract", "fit"]);
     let parts = parts.to_str().unwrap();
     stdout(&padim(&["fit", parts]));
     // Four models in three parts (2, 1, 1), each part over both extract shards.

@@ -10,7 +10,9 @@
 //! the schemas, run by `scripts/k8s_local.py` (run.sh's order, Indexed Jobs' `JOB_COMPLETION_INDEX`,
 //! the containers' commands and environment, the job mounted at `/jobs`).
 
-use crate::support::{Split, assert_same_metrics, assert_shard_markers, copy_concrete, padim, root, small_job, stdout};
+use crate::support::{
+    Split, assert_same_metrics, assert_shard_markers, copy_concrete, copy_templates, padim, root, small_job, stdout,
+};
 use std::path::Path;
 use std::process::Command;
 
@@ -90,14 +92,7 @@ fn pipeline_runs_as_kubernetes_indexed_jobs() {
 
     // The templates as a user sets them for 3 shards (extract, score) x 2 model parts (score).
     let templates = work.path().join("templates");
-    for engine in ["kubernetes", "aws-batch"] {
-        let to = templates.join("jobs").join(engine);
-        std::fs::create_dir_all(&to).unwrap();
-        for entry in std::fs::read_dir(root().join("jobs").join(engine)).unwrap() {
-            let path = entry.unwrap().path();
-            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
-        }
-    }
+    copy_templates(&templates);
     let kubernetes = templates.join("jobs/kubernetes");
     let edit = |file: &str, edits: &[(&str, &str)]| {
         let mut text = std::fs::read_to_string(kubernetes.join(file)).unwrap();

@@ -42,6 +42,28 @@ pub fn copy_concrete(dir: &Path, normal: usize, anomalous: usize) {
     copy_first(&shared.join("Positive"), &dir.join("data/Positive"), anomalous, "jpg");
 }
 
+/// Copies the finished `stages` (their folders: `split`, `extract`, `fit` ...) of the run in `from` into
+/// the run folder `to`, so that a second run starts from the same bytes.
+pub fn copy_stages(from: &Path, to: &Path, stages: &[&str]) {
+    std::fs::create_dir_all(to).unwrap();
+    for stage in stages {
+        let status = Command::new("cp").arg("-r").arg(from.join(stage)).arg(to).status().unwrap();
+        assert!(status.success(), "copying {stage} from {}", from.display());
+    }
+}
+
+/// Copies the Kubernetes and AWS Batch templates into `root/jobs`, for tests that alter them.
+pub fn copy_templates(root_dir: &Path) {
+    for engine in ["kubernetes", "aws-batch"] {
+        let to = root_dir.join("jobs").join(engine);
+        std::fs::create_dir_all(&to).unwrap();
+        for entry in std::fs::read_dir(root().join("jobs").join(engine)).unwrap() {
+            let path = entry.unwrap().path();
+            std::fs::copy(&path, to.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+}
+
 /// The first `n` files (sorted by name) with extension `ext` in `from`.
 pub fn first_files(from: &Path, n: usize, ext: &str) -> Vec<PathBuf> {
     let mut files: Vec<PathBuf> = std::fs::read_dir(from)

@@ -11,7 +11,7 @@ mod support;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
-use support::{Split, copy_first, padim, root, small_job, stdout};
+use support::{Split, copy_first, copy_stages, padim, root, small_job, stdout};
 
 fn job(dir: &Path, name: &str, body: &str) -> String {
     let split = Split { seed: 0, train: 100, calibration: 20 };
@@ -20,12 +20,7 @@ fn job(dir: &Path, name: &str, body: &str) -> String {
 
 /// Seconds of fit, score and report on a copy of the extracted run.
 fn stages(dir: &Path, job: &str, name: &str) -> [f64; 3] {
-    let run = dir.join(name);
-    std::fs::create_dir_all(&run).unwrap();
-    for part in ["split", "extract"] {
-        let status = Command::new("cp").arg("-r").arg(dir.join("extracted").join(part)).arg(&run).status().unwrap();
-        assert!(status.success());
-    }
+    copy_stages(&dir.join("extracted"), &dir.join(name), &["split", "extract"]);
     ["fit", "score", "report"].map(|stage| {
         let clock = Instant::now();
         stdout(&padim(&[stage, job]));

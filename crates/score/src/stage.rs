@@ -89,12 +89,13 @@ pub fn run_score(
         .map(|key| store.size(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) }))
         .collect::<Result<Vec<u64>, _>>()?;
     let budget = job.score.memory_budget_gib * (1u64 << 30) as f64;
-    let groups =
-        memory_groups(&sizes, budget, rayon::current_num_threads()).map_err(|index| ScoreStageError::MemoryBudget {
+    let groups = memory_groups(&sizes, budget, rayon::current_num_threads()).map_err(|(index, need)| {
+        ScoreStageError::MemoryBudget {
             url: store.url_of(&files[index]),
-            need_gib: (2 * sizes[index]) as f64 / (1u64 << 30) as f64,
+            need_gib: need / (1u64 << 30) as f64,
             budget_gib: job.score.memory_budget_gib,
-        })?;
+        }
+    })?;
     if groups.len() > 1 {
         tracing::info!(
             passes = groups.len(),
@@ -278,8 +279,9 @@ impl Pass {
 
 /// Splits models (their file sizes, in order) into consecutive groups whose memory fits `budget`
 /// bytes: each decoded model takes about its file's size, and while a group is read up to
-/// `threads` files are in memory beside the decoded models. `Err(i)`: model `i` alone does not fit.
-fn memory_groups(sizes: &[u64], budget: f64, threads: usize) -> Result<Vec<std::ops::Range<usize>>, usize> {
+/// `threads` files are in memory beside the decoded models. `Err((i, need))`: model `i` alone needs
+/// `need` bytes, over the budget.
+fn memory_groups(sizes: &[u64], budget: f64, threads: usize) -> Result<Vec<std::ops::Range<usize>>, (usize, f64)> {
     let need = |group: &[u64]| -> f64 {
         let largest = group.iter().copied().max().unwrap_or(0);
         (group.iter().sum::<u64>() + largest * group.len().min(threads.max(1)) as u64) as f64
@@ -287,8 +289,9 @@ fn memory_groups(sizes: &[u64], budget: f64, threads: usize) -> Result<Vec<std::
     let mut groups = Vec::new();
     let mut start = 0;
     for end in 1..=sizes.len() {
-        if need(&sizes[end - 1..end]) > budget {
-            return Err(end - 1);
+        let alone = need(&sizes[end - 1..end]);
+        if alone > budget {
+            return Err((end - 1, alone));
         }
         if need(&sizes[start..end]) > budget {
             groups.push(start..end - 1);
@@ -311,7 +314,7 @@ mod tests {
         // 4 threads: a group needs its sizes plus its largest times min(4, len).
         assert_eq!(memory_groups(&[10, 10, 10], 1e9, 4), Ok(std::iter::once(0..3).collect()));
         assert_eq!(memory_groups(&[10, 10, 10], 40.0, 4), Ok(vec![0..2, 2..3]));
-        assert_eq!(memory_groups(&[10, 30, 10], 40.0, 4), Err(1));
+        assert_eq!(memory_groups(&[10, 30, 10], 40.0, 4), Err((1, 60.0)));
         assert_eq!(memory_groups(&[10, 30, 10], 60.0, 1), Ok(vec![0..1, 1..2, 2..3]));
     }
 
@@ -322,7 +325,7 @@ mod tests {
                                     threads in 1usize..6) {
             let need = |g: &[u64]| (g.iter().sum::<u64>() + g.iter().max().unwrap() * g.len().min(threads) as u64) as f64;
             match memory_groups(&sizes, budget, threads) {
-                Err(i) => prop_assert!(need(&sizes[i..i + 1]) > budget),
+                Err((i, alone)) => prop_assert!(alone == need(&sizes[i..i + 1]) && alone > budget),
                 Ok(groups) => {
                     prop_assert_eq!(groups.first().unwrap().start, 0);
                     prop_assert_eq!(groups.last().unwrap().end, sizes.len());
