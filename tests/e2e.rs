@@ -7,6 +7,8 @@
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
 mod azure;
+mod chaos;
+mod identity;
 mod predict;
 mod s3;
 mod slurm;
@@ -72,12 +74,19 @@ fn two_shards_rerun_and_open_in_pyarrow_and_polars() {
     let again = stdout(&padim(&["extract", job_arg, "--shard", "0/2"]));
     assert!(again.contains("already done"), "{again}");
 
-    // Another configuration at the same location is refused, then forced.
-    let changed = write_job(dir.path(), 2);
+    // Execution settings are not the shard's identity: another batch size, thread count or device
+    // finds the finished shard.
+    let batches = write_job(dir.path(), 2);
+    let same = stdout(&padim(&["extract", batches.to_str().unwrap(), "--shard", "0/2", "--threads", "1"]));
+    assert!(same.contains("already done"), "{same}");
+    // Another pre-processing is another identity: refused, then forced.
+    let changed = dir.path().join("changed.toml");
+    let text = std::fs::read_to_string(&job).unwrap();
+    std::fs::write(&changed, format!("{text}[preprocess]\nresize = [240, 240]\n")).unwrap();
     let refused = padim(&["extract", changed.to_str().unwrap(), "--shard", "0/2"]);
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(
-        !refused.status.success() && message.contains("another job configuration") && message.contains("--force"),
+        !refused.status.success() && message.contains("other inputs or settings") && message.contains("--force"),
         "{message}"
     );
     let forced = stdout(&padim(&["extract", changed.to_str().unwrap(), "--shard", "0/2", "--force"]));

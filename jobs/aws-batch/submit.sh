@@ -24,8 +24,7 @@ submit() { # NAME STAGE DEPENDS-ON-IDS ARRAY-SIZE [EXTRA-ENVIRONMENT]
     [ -n "$4" ] && args+=(--array-properties "size=$4")
     aws batch submit-job "${args[@]}" --query jobId --output text
 }
-split=""
-if grep -q '^\[split\]' "$job"; then split=$(submit padim-split split "" ""); fi
+split=$(submit padim-split split "" "")
 extract=$(submit padim-extract extract "$split" "$shards")
 fit=$(submit padim-fit fit "$extract" "")
 scores=""

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Runs the pipeline on Kubernetes: the job file as a ConfigMap, the split (when the job has one) here,
+# Runs the pipeline on Kubernetes: the job file as a ConfigMap, the split (the dataset's manifest) here,
 # then extract (an Indexed Job), fit, score (an Indexed Job) and report, each applied once the one
 # before has completed; a failed stage stops the script (reapplying reruns only unfinished shards).
 # Usage: jobs/kubernetes/run.sh JOB   (the job's output must be a location every pod reaches, e.g. s3://)
@@ -7,7 +7,7 @@ set -euo pipefail
 job=${1:?usage: jobs/kubernetes/run.sh JOB}
 here=$(dirname "$0")
 padim=${PADIM:-target/release/padim}
-if grep -q '^\[split\]' "$job"; then "$padim" split "$job" --quiet; fi
+"$padim" split "$job" --quiet
 kubectl create configmap padim-job --from-file=job.toml="$job" --dry-run=client -o yaml | kubectl apply -f -
 for stage in extract fit score report; do
     kubectl delete job "padim-$stage" --ignore-not-found

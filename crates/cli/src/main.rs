@@ -25,7 +25,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Assign the dataset's images to seeded, disjoint train / calibration / test splits.
+    /// Hash the dataset's images into the manifest every later stage works on and, with a
+    /// `[split]`, assign them to seeded, disjoint train / calibration / test splits.
     Split {
         /// The job file.
         job: PathBuf,
@@ -188,9 +189,48 @@ fn main() -> ExitCode {
                 message.push_str(&format!("\n  caused by: {cause}"));
             }
             write_stderr(&message);
-            ExitCode::FAILURE
+            ExitCode::from(exit_code(&error))
         }
     }
+}
+
+/// Exit status of a failure, for a scheduler's retry policy (README "Exit codes"): storage that
+/// failed after its retries may work later; bad configuration or input will not.
+const EXIT_TRANSIENT: u8 = 75; // sysexits' EX_TEMPFAIL
+const EXIT_INPUT: u8 = 2; // as clap's usage errors: fix the job, the data or the command
+const EXIT_OTHER: u8 = 1;
+
+/// The exit status of `error`: the first padim error in its chain decides; an error of no padim
+/// stage (an unexpected one) is 1.
+fn exit_code(error: &anyhow::Error) -> u8 {
+    let code = |transient: bool| if transient { EXIT_TRANSIENT } else { EXIT_INPUT };
+    for cause in error.chain() {
+        if let Some(e) = cause.downcast_ref::<padim_store::StoreError>() {
+            return code(e.is_transient());
+        }
+        if let Some(e) = cause.downcast_ref::<padim_extract::ExtractError>() {
+            return code(e.is_transient());
+        }
+        if let Some(e) = cause.downcast_ref::<padim_extract::SplitStageError>() {
+            return code(e.is_transient());
+        }
+        if let Some(e) = cause.downcast_ref::<padim_fit::FitError>() {
+            return code(e.is_transient());
+        }
+        if let Some(e) = cause.downcast_ref::<padim_score::ScoreStageError>() {
+            return code(e.is_transient());
+        }
+        if let Some(e) = cause.downcast_ref::<padim_report::ReportError>() {
+            return code(e.is_transient());
+        }
+        if cause.downcast_ref::<padim_core::ConfigError>().is_some()
+            || cause.downcast_ref::<padim_core::DatasetError>().is_some()
+            || cause.downcast_ref::<padim_core::shard::ShardError>().is_some()
+        {
+            return EXIT_INPUT;
+        }
+    }
+    EXIT_OTHER
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -270,16 +310,14 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { job, threads, device } => {
             let job = load_with_overrides(&job, device, threads)?;
             let reporter = progress::Bars::new(cli.quiet);
-            if job.split.is_some() {
-                let summary = padim_extract::run_split(&job, false, &reporter)
-                    .with_context(|| format!("split of job `{}`", job.name))?;
-                write_stdout(&format!(
-                    "split {}: {} images, {} unused",
-                    done_verb(summary.already_done),
-                    summary.counts.values().sum::<u64>(),
-                    summary.unused
-                ));
-            }
+            let summary = padim_extract::run_split(&job, false, &reporter)
+                .with_context(|| format!("split of job `{}`", job.name))?;
+            write_stdout(&format!(
+                "split {}: {} images, {} unused",
+                done_verb(summary.already_done),
+                summary.counts.values().sum::<u64>(),
+                summary.unused
+            ));
             let shard = Shard::ALL;
             let summary = padim_extract::run_extract(&job, shard, &padim_extract::ExtractOptions::default(), &reporter)
                 .with_context(|| format!("extract of job `{}`", job.name))?;

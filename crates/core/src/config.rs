@@ -588,53 +588,91 @@ impl Job {
         crate::hash::sha256_hex(self.to_canonical_json().as_bytes())
     }
 
-    /// The identity of the extract stage's outputs: everything that changes them (dataset,
-    /// pre-processing, backbone, extract settings) and nothing downstream, so that changing the fit
-    /// settings does not invalidate extracted embeddings.
-    pub fn extract_hash(&self) -> String {
+    /// The dataset part of the identities: which images are taken and how they are labelled, without
+    /// the paths where they are found (a moved or remounted dataset is the same dataset; its content
+    /// enters through [`InputDigests::images`]).
+    fn dataset_identity(&self) -> serde_json::Value {
+        let source = match &self.dataset.source {
+            DatasetSource::Folders { labels, extensions, .. } => {
+                serde_json::json!({ "kind": "folders", "labels": labels, "extensions": extensions })
+            }
+            DatasetSource::List { .. } => serde_json::json!({ "kind": "list" }),
+            DatasetSource::Manifest { .. } => serde_json::json!({ "kind": "manifest" }),
+        };
+        serde_json::json!({ "source": source, "normal": self.dataset.normal, "mask": self.dataset.mask })
+    }
+
+    /// The identity of the split stage's manifest: which images the dataset's listing takes (not
+    /// where it is) and the split settings. The files' content is recorded in the manifest itself,
+    /// whose digest the later identities cover.
+    pub fn split_hash(&self) -> String {
+        let upstream = serde_json::json!({ "dataset": self.dataset_identity(), "split": self.split });
+        crate::hash::sha256_hex(upstream.to_string().as_bytes())
+    }
+
+    /// The identity of the extract stage's outputs: what shapes the embedding values and nothing
+    /// else. The images by the digest of their manifest (relative paths, labels, splits, SHA-256 of
+    /// every file), the weights by their SHA-256, the pre-processing and the backbone. Execution
+    /// settings (threads, device, batch size, `skip-bad`, compression, row groups) and absolute paths
+    /// are facts of a run, recorded in its manifest, not part of its identity; skipped images are
+    /// part of the outputs (the image table).
+    pub fn extract_hash(&self, inputs: &InputDigests) -> String {
         let upstream = serde_json::json!({
-            "dataset": self.dataset,
+            "dataset": self.dataset_identity(),
             "split": self.split,
+            "images": inputs.images,
             "preprocess": self.preprocess,
-            "backbone": self.backbone,
-            "extract": self.extract,
+            "backbone": { "kind": self.backbone.kind, "tap": self.backbone.tap, "weights-sha256": inputs.weights },
         });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 
     /// The identity of the fit stage's outputs: the extract identity and the fit settings but the
-    /// memory budget.
-    pub fn fit_hash(&self) -> String {
-        let upstream = serde_json::json!({ "extract": self.extract_hash(), "fit": without_budget(&self.fit) });
+    /// execution settings (memory budget, batch size).
+    pub fn fit_hash(&self, inputs: &InputDigests) -> String {
+        let upstream = serde_json::json!({
+            "extract": self.extract_hash(inputs),
+            "fit": without_execution(&self.fit, &["memory-budget-gib", "batch-images"]),
+        });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 
     /// The identity of the score stage's outputs: the fit identity and the score settings but the
-    /// memory budget.
-    pub fn score_hash(&self) -> String {
-        let upstream = serde_json::json!({ "fit": self.fit_hash(), "score": without_budget(&self.score) });
-        crate::hash::sha256_hex(upstream.to_string().as_bytes())
-    }
-
-    /// The identity of the split stage's manifest: the dataset and the split settings.
-    pub fn split_hash(&self) -> String {
-        let upstream = serde_json::json!({ "dataset": self.dataset, "split": self.split });
+    /// execution settings (memory budget, batch size).
+    pub fn score_hash(&self, inputs: &InputDigests) -> String {
+        let upstream = serde_json::json!({
+            "fit": self.fit_hash(inputs),
+            "score": without_execution(&self.score, &["memory-budget-gib", "batch-images"]),
+        });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 
     /// The identity of the report: the score identity and the report settings.
-    pub fn report_hash(&self) -> String {
-        let upstream = serde_json::json!({ "score": self.score_hash(), "report": self.report });
+    pub fn report_hash(&self, inputs: &InputDigests) -> String {
+        let upstream = serde_json::json!({ "score": self.score_hash(inputs), "report": self.report });
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 }
 
-/// A stage's settings as JSON without `memory-budget-gib`: a budget refuses work or schedules it
-/// in passes, never changes a result, so it is not part of a stage's identity.
-fn without_budget(settings: &impl Serialize) -> serde_json::Value {
+/// The content of a job's inputs, which the stage identities cover instead of their paths.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InputDigests {
+    /// SHA-256 of the split stage's image manifest (relative paths, labels, splits and the SHA-256
+    /// of every image).
+    pub images: String,
+    /// SHA-256 of the backbone weights file.
+    pub weights: String,
+}
+
+/// A stage's settings as JSON without the named execution settings: a memory budget refuses work
+/// or schedules it in passes, a batch size sets how much is read at once; neither changes a result,
+/// so neither is part of a stage's identity.
+fn without_execution(settings: &impl Serialize, keys: &[&str]) -> serde_json::Value {
     let mut value = serde_json::json!(settings);
     if let Some(map) = value.as_object_mut() {
-        map.remove("memory-budget-gib");
+        for key in keys {
+            map.remove(*key);
+        }
     }
     value
 }
@@ -962,24 +1000,60 @@ weights = "w.safetensors"
         assert_ne!(a.hash(), c.hash());
     }
 
+    fn digests() -> InputDigests {
+        InputDigests { images: "1".repeat(64), weights: "2".repeat(64) }
+    }
+
     #[test]
-    fn stage_identities_ignore_memory_budgets() {
+    fn stage_identities_ignore_execution_settings() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
         let a = Job::load(&write_job(dir.path(), MINIMAL)).unwrap();
-        let budgets = "\n[fit]\nmemory-budget-gib = 2\n[score]\nmemory-budget-gib = 0.5\n";
-        let b = Job::load(&write_job(dir.path(), &format!("{MINIMAL}{budgets}"))).unwrap();
-        assert_eq!((b.fit.memory_budget_gib, b.score.memory_budget_gib), (2.0, 0.5));
-        assert_eq!(a.fit_hash(), b.fit_hash(), "a refusal threshold only");
-        assert_eq!(a.score_hash(), b.score_hash(), "scheduling only");
+        let execution = "\n[extract]\nthreads = 1\ndevice = \"cpu\"\nbatch-size = 3\nskip-bad = true\n\
+                         compression = \"zstd\"\nrow-group-mib = 1\n[fit]\nmemory-budget-gib = 2\nbatch-images = 5\n\
+                         [score]\nmemory-budget-gib = 0.5\nbatch-images = 7\n";
+        let b = Job::load(&write_job(dir.path(), &format!("{MINIMAL}{execution}"))).unwrap();
+        assert_eq!((b.fit.memory_budget_gib, b.score.memory_budget_gib, b.extract.threads), (2.0, 0.5, 1));
+        let inputs = digests();
+        assert_eq!(a.extract_hash(&inputs), b.extract_hash(&inputs), "threads, device, batches, skip-bad, encoding");
+        assert_eq!(a.fit_hash(&inputs), b.fit_hash(&inputs), "a refusal threshold and a batch size only");
+        assert_eq!(a.score_hash(&inputs), b.score_hash(&inputs), "scheduling only");
+        assert_ne!(a.hash(), b.hash(), "the resolved job still records them");
         let mut e = a.clone();
         e.fit.epsilon = 0.02;
-        assert_ne!(a.fit_hash(), e.fit_hash());
+        assert_ne!(a.fit_hash(&inputs), e.fit_hash(&inputs));
         let mut c = a.clone();
         c.score.sigma = 2.0;
-        assert_ne!(a.score_hash(), c.score_hash());
+        assert_ne!(a.score_hash(&inputs), c.score_hash(&inputs));
+        let mut p = a.clone();
+        p.preprocess.resize = [300, 300];
+        assert_ne!(a.extract_hash(&inputs), p.extract_hash(&inputs));
         let bad = write_job(dir.path(), &format!("{MINIMAL}\n[score]\nmemory-budget-gib = 0\n"));
         let message = Job::load(&bad).unwrap_err().to_string();
         assert!(message.contains("score.memory-budget-gib") && message.contains("positive"), "{message}");
+    }
+
+    #[test]
+    fn stage_identities_cover_content_not_paths() {
+        // The same job file in two folders, each with its own data and weights paths.
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::create_dir(one.path().join("data")).unwrap();
+        std::fs::create_dir(two.path().join("data")).unwrap();
+        let a = Job::load(&write_job(one.path(), MINIMAL)).unwrap();
+        let b = Job::load(&write_job(two.path(), MINIMAL)).unwrap();
+        assert_ne!(a.backbone.weights, b.backbone.weights);
+        assert_ne!(a.output, b.output);
+        let inputs = digests();
+        assert_eq!(a.split_hash(), b.split_hash());
+        assert_eq!(a.extract_hash(&inputs), b.extract_hash(&inputs));
+        assert_eq!(a.report_hash(&inputs), b.report_hash(&inputs));
+        // Other images or other weights are another identity, all the way down.
+        let other_images = InputDigests { images: "3".repeat(64), ..digests() };
+        let other_weights = InputDigests { weights: "4".repeat(64), ..digests() };
+        assert_ne!(a.extract_hash(&inputs), a.extract_hash(&other_images));
+        assert_ne!(a.report_hash(&inputs), a.report_hash(&other_weights));
+        // Which labels are taken is part of the split's identity.
+        let labelled = write_job(one.path(), &MINIMAL.replace("normal =", "labels = [\"good\"]\nnormal ="));
+        assert_ne!(a.split_hash(), Job::load(&labelled).unwrap().split_hash());
     }
 }

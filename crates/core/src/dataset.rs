@@ -14,6 +14,9 @@ pub struct ImageRecord {
     pub label: String,
     /// The split named by a manifest, if any.
     pub split: Option<String>,
+    /// SHA-256 of the file's content when the split stage recorded it (the images of a job are
+    /// taken from its manifest, so the extract stage can tell a replaced file).
+    pub sha256: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -78,6 +81,46 @@ impl Files for LocalFiles {
     }
 }
 
+impl Dataset {
+    /// The folder (or URL prefix) that the image paths of the split manifest are relative to: the
+    /// root of label folders, or the folder of the list or manifest file. Recording paths relative
+    /// to it keeps a run valid when the dataset is moved or mounted elsewhere.
+    pub fn base(&self) -> PathBuf {
+        match &self.source {
+            DatasetSource::Folders { root, .. } => root.clone(),
+            DatasetSource::List { path } | DatasetSource::Manifest { path } => {
+                path.parent().map(Path::to_path_buf).unwrap_or_default()
+            }
+        }
+    }
+
+    /// `path` relative to [`Dataset::base`] when it lies below it (with `/` separators), else as it is.
+    pub fn relative_path(&self, path: &Path) -> String {
+        let base = self.base();
+        let base = base.to_string_lossy();
+        let base = base.trim_end_matches('/');
+        let text = path.to_string_lossy();
+        match text.strip_prefix(base).and_then(|rest| rest.strip_prefix('/')) {
+            Some(relative) if !base.is_empty() => relative.to_string(),
+            _ => text.into_owned(),
+        }
+    }
+
+    /// The path of an image recorded as [`Dataset::relative_path`] under the dataset's base now.
+    pub fn resolve_path(&self, recorded: &str) -> PathBuf {
+        let recorded_path = Path::new(recorded);
+        if crate::config::is_url(recorded_path) || recorded_path.is_absolute() {
+            return recorded_path.to_path_buf();
+        }
+        let base = self.base();
+        if crate::config::is_url(&base) {
+            PathBuf::from(format!("{}/{recorded}", base.to_string_lossy().trim_end_matches('/')))
+        } else {
+            base.join(recorded)
+        }
+    }
+}
+
 /// Lists the images of `dataset` on the local file system, sorted and numbered.
 pub fn list_images(dataset: &Dataset) -> Result<Vec<ImageRecord>, DatasetError> {
     list_images_in(dataset, &LocalFiles)
@@ -103,7 +146,7 @@ pub fn list_images_in(dataset: &Dataset, files: &dyn Files) -> Result<Vec<ImageR
     Ok(entries
         .into_iter()
         .enumerate()
-        .map(|(id, (label, path, split, _))| ImageRecord { id: id as u32, path, label, split })
+        .map(|(id, (label, path, split, _))| ImageRecord { id: id as u32, path, label, split, sha256: None })
         .collect())
 }
 
@@ -278,6 +321,20 @@ mod tests {
             ]
         );
         assert!(matches!(list_images(&folders(dir.path(), &["nope"])), Err(DatasetError::MissingLabel { .. })));
+    }
+
+    #[test]
+    fn relative_paths_resolve_under_a_moved_base() {
+        let here = folders(Path::new("/data/v1"), &[]);
+        let there = folders(Path::new("/mnt/other/"), &[]);
+        assert_eq!(here.relative_path(Path::new("/data/v1/good/a.jpg")), "good/a.jpg");
+        assert_eq!(there.resolve_path("good/a.jpg"), Path::new("/mnt/other/good/a.jpg"));
+        // Outside the base (a list naming other folders): kept absolute.
+        assert_eq!(here.relative_path(Path::new("/data/v10/a.jpg")), "/data/v10/a.jpg");
+        assert_eq!(there.resolve_path("/data/v10/a.jpg"), Path::new("/data/v10/a.jpg"));
+        let bucket = folders(Path::new("s3://bucket/data"), &[]);
+        assert_eq!(bucket.relative_path(Path::new("s3://bucket/data/good/a.jpg")), "good/a.jpg");
+        assert_eq!(bucket.resolve_path("good/a.jpg"), Path::new("s3://bucket/data/good/a.jpg"));
     }
 
     #[test]

@@ -161,24 +161,35 @@ fn label_seed(seed: u64, label: &str) -> u64 {
     u64::from_str_radix(&digest[..16], 16).unwrap_or(seed)
 }
 
+/// One image of the split stage's manifest: its path relative to the dataset's base (see
+/// [`crate::config::Dataset`]'s `relative_path`), label, split (none for a job without `[split]`,
+/// unless its own manifest names one) and the SHA-256 of its content. Position = image id.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestRow {
+    pub path: String,
+    pub label: String,
+    pub split: Option<String>,
+    pub sha256: String,
+}
+
 /// The split manifest as CSV (`image,path,label,split,sha256`), images numbered in order.
-pub fn manifest_csv(assigned: &[Assigned]) -> Vec<u8> {
+pub fn manifest_csv(rows: &[ManifestRow]) -> Vec<u8> {
     let mut writer = csv::Writer::from_writer(Vec::new());
     let _ = writer.write_record(["image", "path", "label", "split", "sha256"]);
-    for (id, a) in assigned.iter().enumerate() {
+    for (id, row) in rows.iter().enumerate() {
         let _ = writer.write_record([
             id.to_string().as_str(),
-            a.path.to_string_lossy().as_ref(),
-            &a.label,
-            a.split,
-            &a.sha256,
+            &row.path,
+            &row.label,
+            row.split.as_deref().unwrap_or(""),
+            &row.sha256,
         ]);
     }
     writer.into_inner().unwrap_or_default()
 }
 
 /// Reads a split manifest written by [`manifest_csv`]; `name` names it in errors.
-pub fn read_manifest_csv(bytes: &[u8], name: &str) -> Result<Vec<crate::ImageRecord>, String> {
+pub fn read_manifest_csv(bytes: &[u8], name: &str) -> Result<Vec<ManifestRow>, String> {
     let mut reader = csv::Reader::from_reader(bytes);
     let mut out = Vec::new();
     for (index, record) in reader.records().enumerate() {
@@ -189,15 +200,15 @@ pub fn read_manifest_csv(bytes: &[u8], name: &str) -> Result<Vec<crate::ImageRec
         if id as usize != out.len() {
             return Err(format!("{name}, line {line}: image ids must count up from 0"));
         }
-        let split = field(3)?;
-        if !SPLITS.contains(&split) {
-            return Err(format!("{name}, line {line}: unknown split `{split}`"));
+        let sha256 = field(4)?;
+        if sha256.len() != 64 {
+            return Err(format!("{name}, line {line}: the sha256 column must hold 64 hexadecimal digits"));
         }
-        out.push(crate::ImageRecord {
-            id,
-            path: PathBuf::from(field(1)?),
+        out.push(ManifestRow {
+            path: field(1)?.to_string(),
             label: field(2)?.to_string(),
-            split: Some(split.to_string()),
+            split: Some(field(3)?).filter(|s| !s.is_empty()).map(str::to_string),
+            sha256: sha256.to_string(),
         });
     }
     Ok(out)
@@ -260,16 +271,22 @@ mod tests {
     #[test]
     fn manifest_round_trips() {
         let out = assign(&inputs(&[("a", 3), ("b", 2)]), &settings("train = { a = 2 }\ntest = { b = 2 }\n")).unwrap();
-        let records = read_manifest_csv(&manifest_csv(&out), "m.csv").unwrap();
-        assert_eq!(records.len(), 4);
-        for (record, a) in records.iter().zip(&out) {
-            assert_eq!((&record.path, &record.label, record.split.as_deref()), (&a.path, &a.label, Some(a.split)));
-        }
-        assert!(
-            read_manifest_csv(b"image,path,label,split,sha256\n1,x,a,train,0\n", "m.csv")
-                .unwrap_err()
-                .contains("line 2")
-        );
+        let rows: Vec<ManifestRow> = out
+            .iter()
+            .map(|a| ManifestRow {
+                path: a.path.display().to_string(),
+                label: a.label.clone(),
+                split: Some(a.split.to_string()),
+                sha256: format!("{:0>64}", a.sha256),
+            })
+            .collect();
+        let records = read_manifest_csv(&manifest_csv(&rows), "m.csv").unwrap();
+        assert_eq!(records, rows);
+        let sha = "0".repeat(64);
+        let unsplit = format!("image,path,label,split,sha256\n0,x,a,,{sha}\n");
+        assert_eq!(read_manifest_csv(unsplit.as_bytes(), "m.csv").unwrap()[0].split, None);
+        let bad_id = format!("image,path,label,split,sha256\n1,x,a,train,{sha}\n");
+        assert!(read_manifest_csv(bad_id.as_bytes(), "m.csv").unwrap_err().contains("line 2"));
     }
 
     #[test]

@@ -1,17 +1,22 @@
 //! The split stage: hash every file of the dataset, assign seeded disjoint splits (identical files
-//! together), and publish `split/manifest.csv` with a done marker. The extract stage then takes its
-//! images, numbered in the manifest's order, from the manifest.
+//! together) when the job has a `[split]`, and publish the image manifest `split/manifest.csv` with
+//! a done marker that records its digest. Every job has one: the manifest numbers the images every
+//! stage works on and fixes their content (paths relative to the dataset's base, SHA-256 of each
+//! file), so that the later stage identities cover the data by content, not by where it lies.
 
 use padim_core::Progress;
 use padim_core::config::Job;
 use padim_core::dataset::{DatasetError, ImageRecord, list_images_in};
-use padim_core::split::{SplitError, SplitInput, assign, manifest_csv, read_manifest_csv};
-use padim_store::{DoneMarker, InputFiles, Store, StoreError};
+use padim_core::split::{ManifestRow, SplitError, SplitInput, assign, manifest_csv, read_manifest_csv};
+use padim_store::identity::{SPLIT_DONE_KEY, SPLIT_LISTING_KEY, SPLIT_MANIFEST_KEY};
+use padim_store::{DoneMarker, InputFiles, Published, Store, StoreError};
 use rayon::prelude::*;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
-pub const MANIFEST_KEY: &str = "split/manifest.csv";
-const DONE_KEY: &str = "split/done.json";
+pub const MANIFEST_KEY: &str = SPLIT_MANIFEST_KEY;
+
+/// How many changed files an error lists by name.
+const LISTED_CHANGES: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SplitStageError {
@@ -21,16 +26,25 @@ pub enum SplitStageError {
     Store(#[from] StoreError),
     #[error("{job}: {source}")]
     Split { job: String, source: Box<SplitError> },
-    #[error("the job has no [split] section: its dataset names no splits to make")]
-    NoSplitSection,
-    #[error("{url} was made by another dataset or split configuration; use --force to redo it")]
+    #[error("{url} was made by another dataset selection or split configuration; use --force to redo it")]
     ConfigMismatch { url: String },
-    #[error(
-        "the job splits its dataset, but {url} is missing or from another configuration: run `padim split JOB` first"
-    )]
+    #[error("{url} is missing or from another configuration: run `padim split JOB` (or `padim run JOB`) first")]
     NotSplit { url: String },
+    #[error(
+        "the dataset changed since its split ({url}): {added} file(s) added{added_list}, {removed} removed{removed_list}. \
+         Rerun `padim split JOB --force`: extraction and every later stage then redo their work, since their \
+         identities cover the manifest"
+    )]
+    DatasetChanged { url: String, added: usize, added_list: String, removed: usize, removed_list: String },
     #[error("{0}")]
     Manifest(String),
+}
+
+impl SplitStageError {
+    /// Whether a rerun later may succeed (a storage failure), see [`StoreError::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, SplitStageError::Store(e) if e.is_transient())
+    }
 }
 
 /// What the split stage did: images per split and label, and the images no split took.
@@ -41,26 +55,26 @@ pub struct SplitSummary {
     pub already_done: bool,
 }
 
-/// Runs the split stage of the job.
+/// Runs the split stage of the job. When it is done already, the dataset is listed again and any
+/// file added or removed since is reported (replaced files are found by the extract stage, which
+/// checks each file it reads against the manifest's SHA-256).
 pub fn run_split(job: &Job, force: bool, progress: &dyn Progress) -> Result<SplitSummary, SplitStageError> {
     let span = tracing::info_span!("split", job = %job.name);
     let _entered = span.enter();
-    let settings = job.split.as_ref().ok_or(SplitStageError::NoSplitSection)?;
     let store = Store::open(&job.output)?;
     let hash = job.split_hash();
-    if let Some(marker) = DoneMarker::read(&store, DONE_KEY)? {
-        if marker.config_hash == hash && !force {
-            let unused = marker.counts.get("unused").copied().unwrap_or(0) as usize;
-            let mut counts = marker.counts;
-            counts.remove("unused");
-            return Ok(SplitSummary { counts, unused, already_done: true });
-        }
-        if marker.config_hash != hash && !force {
-            return Err(SplitStageError::ConfigMismatch { url: store.url_of(DONE_KEY) });
-        }
-        store.delete(DONE_KEY)?;
-    }
     let images = list_images_in(&job.dataset, &InputFiles)?;
+    if let Some(marker) = DoneMarker::read(&store, SPLIT_DONE_KEY)? {
+        let current = marker.config_hash == hash && marker.digest.is_some();
+        if current && !force {
+            check_unchanged(job, &store, &images)?;
+            return Ok(summary_of(marker, true));
+        }
+        if !current && !force {
+            return Err(SplitStageError::ConfigMismatch { url: store.url_of(SPLIT_DONE_KEY) });
+        }
+        store.delete(SPLIT_DONE_KEY)?;
+    }
     progress.start("split (hashing)", images.len() as u64);
     let mut inputs: Vec<SplitInput> = Vec::with_capacity(images.len());
     // Read in chunks (object stores: many requests in flight), hashed in parallel.
@@ -79,39 +93,135 @@ pub fn run_split(job: &Job, force: bool, progress: &dyn Progress) -> Result<Spli
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
-    let assigned = assign(&inputs, settings)
-        .map_err(|source| SplitStageError::Split { job: job.name.clone(), source: Box::new(source) })?;
+    let relative = |path: &std::path::Path| job.dataset.relative_path(path);
+    let listing: Vec<ManifestRow> = images
+        .iter()
+        .zip(&inputs)
+        .map(|(record, input)| ManifestRow {
+            path: relative(&record.path),
+            label: record.label.clone(),
+            split: record.split.clone(),
+            sha256: input.sha256.clone(),
+        })
+        .collect();
+    let manifest: Vec<ManifestRow> = match &job.split {
+        Some(settings) => assign(&inputs, settings)
+            .map_err(|source| SplitStageError::Split { job: job.name.clone(), source: Box::new(source) })?
+            .into_iter()
+            .map(|a| ManifestRow {
+                path: relative(&a.path),
+                label: a.label,
+                split: Some(a.split.to_string()),
+                sha256: a.sha256,
+            })
+            .collect(),
+        // Without a [split] every listed image is used, in listing order.
+        None => listing.clone(),
+    };
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for a in &assigned {
-        *counts.entry(format!("{}/{}", a.split, a.label)).or_default() += 1;
+    for row in &manifest {
+        *counts.entry(format!("{}/{}", row.split.as_deref().unwrap_or("all"), row.label)).or_default() += 1;
     }
-    let unused = images.len() - assigned.len();
-    store.put(MANIFEST_KEY, manifest_csv(&assigned))?;
+    let unused = images.len() - manifest.len();
     let mut marker_counts = counts.clone();
     marker_counts.insert("unused".into(), unused as u64);
-    DoneMarker {
-        stage: "split".into(),
-        shard: padim_core::Shard::ALL.to_string(),
-        config_hash: hash,
-        files: vec![MANIFEST_KEY.into()],
-        counts: marker_counts,
+    let (digest, published) = padim_store::identity::publish_split(
+        &store,
+        hash,
+        manifest_csv(&manifest),
+        manifest_csv(&listing),
+        marker_counts,
+    )?;
+    if let Published::AlreadyDone(other) = published
+        && other.digest.as_deref() != Some(digest.as_str())
+    {
+        // Another task split other files at the same moment: the manifest is now one of the two.
+        return Err(SplitStageError::Manifest(format!(
+            "another task split the dataset at the same time and saw other files ({}); rerun `padim split JOB --force`",
+            store.url_of(SPLIT_DONE_KEY)
+        )));
     }
-    .write(&store, DONE_KEY)?;
-    tracing::info!(images = assigned.len(), unused, "split done");
+    tracing::info!(images = manifest.len(), unused, "split done");
     Ok(SplitSummary { counts, unused, already_done: false })
 }
 
-/// The images the job's stages work on, numbered: the split manifest's when the job splits its
-/// dataset (the split stage must be done), else the sorted listing of the dataset.
+fn summary_of(marker: DoneMarker, already_done: bool) -> SplitSummary {
+    let unused = marker.counts.get("unused").copied().unwrap_or(0) as usize;
+    let mut counts = marker.counts;
+    counts.remove("unused");
+    SplitSummary { counts, unused, already_done }
+}
+
+/// Compares the dataset's listing now with the one recorded by the split: files added or removed
+/// (by path relative to the dataset's base, and label) are an error that names them.
+fn check_unchanged(job: &Job, store: &Store, images: &[ImageRecord]) -> Result<(), SplitStageError> {
+    let url = store.url_of(SPLIT_LISTING_KEY);
+    let bytes = store.get(SPLIT_LISTING_KEY)?.ok_or_else(|| SplitStageError::NotSplit { url: url.clone() })?;
+    let recorded: BTreeSet<(String, String)> = read_manifest_csv(&bytes, &url)
+        .map_err(SplitStageError::Manifest)?
+        .into_iter()
+        .map(|row| (row.path, row.label))
+        .collect();
+    let now: BTreeSet<(String, String)> =
+        images.iter().map(|r| (job.dataset.relative_path(&r.path), r.label.clone())).collect();
+    let added: Vec<&(String, String)> = now.difference(&recorded).collect();
+    let removed: Vec<&(String, String)> = recorded.difference(&now).collect();
+    if added.is_empty() && removed.is_empty() {
+        return Ok(());
+    }
+    let names = |files: &[&(String, String)]| {
+        if files.is_empty() {
+            return String::new();
+        }
+        let shown: Vec<&str> = files.iter().take(LISTED_CHANGES).map(|(path, _)| path.as_str()).collect();
+        let more = if files.len() > LISTED_CHANGES { ", ..." } else { "" };
+        format!(" ({}{more})", shown.join(", "))
+    };
+    Err(SplitStageError::DatasetChanged {
+        url: store.url_of(SPLIT_DONE_KEY),
+        added: added.len(),
+        added_list: names(&added),
+        removed: removed.len(),
+        removed_list: names(&removed),
+    })
+}
+
+/// The images the job's stages work on, numbered: the split manifest's, resolved under the
+/// dataset's base as the job names it now. The split stage must be done (the extract stage makes
+/// it when it is missing).
 pub fn job_images(job: &Job, store: &Store) -> Result<Vec<ImageRecord>, SplitStageError> {
-    if job.split.is_none() {
-        return Ok(list_images_in(&job.dataset, &InputFiles)?);
+    let done = DoneMarker::read(store, SPLIT_DONE_KEY)?
+        .filter(|m| m.config_hash == job.split_hash())
+        .and_then(|m| m.digest)
+        .ok_or_else(|| SplitStageError::NotSplit { url: store.url_of(SPLIT_DONE_KEY) })?;
+    let url = store.url_of(SPLIT_MANIFEST_KEY);
+    let bytes = store.get(SPLIT_MANIFEST_KEY)?.ok_or_else(|| SplitStageError::NotSplit { url: url.clone() })?;
+    if padim_core::hash::sha256_hex(&bytes) != done {
+        return Err(SplitStageError::Manifest(format!(
+            "{url} does not match the digest its done marker records (written by another task?); \
+             rerun `padim split JOB --force`"
+        )));
     }
-    let done = DoneMarker::read(store, DONE_KEY)?.filter(|m| m.config_hash == job.split_hash());
+    let rows = read_manifest_csv(&bytes, &url).map_err(SplitStageError::Manifest)?;
+    Ok(rows
+        .into_iter()
+        .enumerate()
+        .map(|(id, row)| ImageRecord {
+            id: id as u32,
+            path: job.dataset.resolve_path(&row.path),
+            label: row.label,
+            split: row.split,
+            sha256: Some(row.sha256),
+        })
+        .collect())
+}
+
+/// Makes the split when it is missing (a job run stage by stage, or an array task that starts
+/// before anyone split): concurrent tasks hash the same files and agree on one manifest.
+pub fn ensure_split(job: &Job, store: &Store, progress: &dyn Progress) -> Result<(), SplitStageError> {
+    let done = DoneMarker::read(store, SPLIT_DONE_KEY)?;
     if done.is_none() {
-        return Err(SplitStageError::NotSplit { url: store.url_of(DONE_KEY) });
+        run_split(job, false, progress)?;
     }
-    let bytes =
-        store.get(MANIFEST_KEY)?.ok_or_else(|| SplitStageError::NotSplit { url: store.url_of(MANIFEST_KEY) })?;
-    read_manifest_csv(&bytes, &store.url_of(MANIFEST_KEY)).map_err(SplitStageError::Manifest)
+    Ok(())
 }

@@ -36,10 +36,27 @@ pub enum ExtractError {
     )]
     BadImages { count: usize, list: String, errors: Vec<ImageError> },
     #[error(
-        "{url} was made by another job configuration (config hash {found}, this job has {expected}); \
-         use another output location, or --force to overwrite it"
+        "{url} was made from other inputs or settings (identity {found}, this job's is {expected}): the \
+         images' manifest, the weights, the pre-processing or the backbone differ. Use another output \
+         location, or --force to redo it"
     )]
     ConfigMismatch { url: String, found: String, expected: String },
+    #[error(
+        "{path} changed after the split (SHA-256 {found}, the manifest records {expected}); rerun \
+         `padim split JOB --force`, then this stage"
+    )]
+    ImageChanged { path: String, expected: String, found: String },
+}
+
+impl ExtractError {
+    /// Whether a rerun later may succeed (a storage failure), see [`StoreError::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        match self {
+            ExtractError::Store(e) => e.is_transient(),
+            ExtractError::Split(e) => e.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 /// Choices of one invocation that are not part of the experiment's identity.
@@ -83,7 +100,14 @@ pub fn run_extract(
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
     let (embeddings_key, images_key, manifest_key, done_key) = output_keys(shard);
-    let config_hash = job.extract_hash();
+    crate::split::ensure_split(job, &store, progress)?;
+    let images_digest = padim_store::identity::split_digest(job, &store)?;
+    // Weights named by URL are cached locally by content (libtorch reads files).
+    let weights = padim_store::local_copy(&job.backbone.weights, job.backbone.sha256.as_deref())?;
+    let weights_sha256 =
+        verify_checksum(&weights, job.backbone.sha256.as_deref()).map_err(|e| e.named(&job.backbone.weights))?;
+    let inputs = padim_core::config::InputDigests { images: images_digest, weights: weights_sha256.clone() };
+    let config_hash = job.extract_hash(&inputs);
 
     if let Some(marker) = DoneMarker::read(&store, &done_key)? {
         if marker.config_hash == config_hash && !options.force {
@@ -107,15 +131,56 @@ pub fn run_extract(
         // Forced: withdraw the marker first so that a crash from here on never leaves a stale one.
         store.delete(&done_key)?;
     }
+    // One configuration writes this shard's keys at a time.
+    let claim_key = format!("extract/claim-{}.json", shard.tag());
+    padim_store::claim(&store, &claim_key, &config_hash, options.force)?;
+    // What a killed upload left is removed, unless a live task of the shard holds the claim's lock
+    // (then those files are its uploads in flight). The lock dies with its process, however it dies.
+    let lock = store.try_lock(&claim_key)?;
+    if let padim_store::Lock::Held(_) = &lock {
+        for key in [&embeddings_key, &images_key] {
+            let removed = store.clean_staging(key)?;
+            if removed > 0 {
+                tracing::info!(key, removed, "removed the staging files of a killed upload");
+            }
+        }
+    }
+    let keys = ShardKeys { embeddings: embeddings_key, images: images_key, manifest: manifest_key, done: done_key };
+    let result = extract_claimed(job, shard, &store, &keys, &config_hash, &weights, &weights_sha256, progress);
+    // Done or failed, the claim is withdrawn (a killed task's stays, for the next run to take).
+    store.delete(&claim_key)?;
+    drop(lock);
+    result
+}
 
+/// Keys of one shard's outputs.
+struct ShardKeys {
+    embeddings: String,
+    images: String,
+    manifest: String,
+    done: String,
+}
+
+/// The extract stage's work once the shard is claimed: the network over the shard's images, the
+/// outputs and, last, the done marker.
+#[allow(clippy::too_many_arguments)]
+fn extract_claimed(
+    job: &Job,
+    shard: Shard,
+    store: &Store,
+    keys: &ShardKeys,
+    config_hash: &str,
+    weights: &std::path::Path,
+    weights_sha256: &str,
+    progress: &dyn Progress,
+) -> Result<ExtractSummary, ExtractError> {
+    let (embeddings_key, images_key, manifest_key) =
+        (keys.embeddings.clone(), keys.images.clone(), keys.manifest.clone());
+    let config_hash = config_hash.to_string();
     let all_images = crate::split::job_images(job, &store)?;
     let images = &all_images[shard.range(all_images.len())];
     tracing::info!(images = images.len(), total = all_images.len(), "listed dataset");
 
-    // Weights named by URL are cached locally by content (libtorch reads files).
-    let weights = padim_store::local_copy(&job.backbone.weights, job.backbone.sha256.as_deref())?;
-    let weights_sha256 =
-        verify_checksum(&weights, job.backbone.sha256.as_deref()).map_err(|e| e.named(&job.backbone.weights))?;
     let device = crate::select_device(job.extract.device).map_err(ExtractError::Device)?;
     crate::set_threads(job.extract.threads);
     let net = Backbone::load(job.backbone.kind, &weights, job.backbone.tap, device)
@@ -155,13 +220,26 @@ pub fn run_extract(
                 (record, result)
             })
             .collect();
+        // A file replaced since the split is not this job's image any more: stop, whatever skip-bad says.
+        for (record, result) in &loaded {
+            if let (Ok((_, bytes)), Some(expected)) = (result, &record.sha256) {
+                let found = padim_core::hash::sha256_hex(bytes);
+                if &found != expected {
+                    return Err(ExtractError::ImageChanged {
+                        path: record.path.display().to_string(),
+                        expected: expected.clone(),
+                        found,
+                    });
+                }
+            }
+        }
         decode_time += clock.elapsed().as_secs_f64();
         let mut batch_ids = Vec::with_capacity(chunk.len());
         let mut batch_pixels = Vec::with_capacity(chunk.len() * 3 * (input_h * input_w) as usize);
         for (record, result) in loaded {
             match result {
                 Ok((prepared, bytes)) => {
-                    rows.push(image_row(record, &bytes, prepared.width, prepared.height, None));
+                    rows.push(image_row(job, record, &bytes, prepared.width, prepared.height, None));
                     batch_ids.push(record.id);
                     batch_pixels.extend_from_slice(&prepared.pixels);
                 }
@@ -169,7 +247,7 @@ pub fn run_extract(
                     progress.note(&error.to_string());
                     tracing::warn!(%error, "bad image");
                     let bytes = padim_store::read_input(&record.path).unwrap_or_default();
-                    rows.push(image_row(record, &bytes, 0, 0, Some(&error)));
+                    rows.push(image_row(job, record, &bytes, 0, 0, Some(&error)));
                     bad.push(error);
                 }
             }
@@ -212,6 +290,15 @@ pub fn run_extract(
         "padim-version": env!("CARGO_PKG_VERSION"),
         "libtorch-version": "2.13.0",
         "device": format!("{device:?}"),
+        // Facts of this run that do not shape the values, so not part of the identity.
+        "execution": {
+            "threads": job.extract.threads,
+            "batch-size": job.extract.batch_size,
+            "skip-bad": job.extract.skip_bad,
+            "compression": job.extract.compression,
+            "row-group-mib": job.extract.row_group_mib,
+            "dataset-base": job.dataset.base(),
+        },
         "weights-sha256": weights_sha256,
         "embeddings": meta,
         "images": ok,
@@ -230,18 +317,31 @@ pub fn run_extract(
         stage: "extract".into(),
         shard: shard.to_string(),
         config_hash,
+        digest: None,
         files: vec![embeddings_key.clone(), images_key.clone(), manifest_key],
         counts,
+        run_id: DoneMarker::new_run_id(),
+        // The split's manifest is covered by the identity (its digest).
+        made_from: BTreeMap::new(),
     };
-    marker.write(&store, &done_key)?;
+    marker.publish(store, &keys.done)?;
     tracing::info!(images = ok, skipped, "extract shard done");
     Ok(ExtractSummary { shard, images: ok, skipped, already_done: false, embeddings_key, images_key })
 }
 
-fn image_row(record: &ImageRecord, bytes: &[u8], width: u32, height: u32, error: Option<&ImageError>) -> ImageRow {
+/// The image table's row of `record`; its path is relative to the dataset's base (as in the split
+/// manifest), so that later stages find the image wherever the dataset is mounted then.
+fn image_row(
+    job: &Job,
+    record: &ImageRecord,
+    bytes: &[u8],
+    width: u32,
+    height: u32,
+    error: Option<&ImageError>,
+) -> ImageRow {
     ImageRow {
         image: record.id,
-        path: record.path.display().to_string(),
+        path: job.dataset.relative_path(&record.path),
         label: record.label.clone(),
         split: record.split.clone(),
         bytes: bytes.len() as u64,
@@ -249,7 +349,8 @@ fn image_row(record: &ImageRecord, bytes: &[u8], width: u32, height: u32, error:
         width,
         height,
         status: if error.is_some() { ImageStatus::Skipped } else { ImageStatus::Ok },
-        error: error.map(|e| format!("{}: {e}", e.reason())),
+        // The row names the file; the message is the reason and what was found, without the path.
+        error: error.map(|e| format!("{}: {}", e.reason(), e.detail())),
     }
 }
 

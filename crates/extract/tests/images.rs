@@ -131,9 +131,11 @@ fn bad_images_stop_the_stage_naming_every_file_and_publish_nothing() {
         );
     }
     assert!(message.contains("--skip-bad"), "{message}");
-    // Nothing under the run location looks like output.
+    // Nothing of the extract stage looks like output (the split it made first is done and whole),
+    // and its claim on the shard is withdrawn.
     let store = Store::open(&job.output).unwrap();
-    assert_eq!(store.list("").unwrap(), Vec::<String>::new());
+    assert_eq!(store.list("extract").unwrap(), Vec::<String>::new());
+    assert!(store.exists("split/done.json").unwrap());
 }
 
 #[test]

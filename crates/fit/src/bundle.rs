@@ -75,7 +75,23 @@ fn format(message: impl Into<String>) -> ModelError {
 
 /// Encodes `model` (its matrices, optionally as f16) with `info`.
 pub fn encode_bundle(model: &Model, info: &BundleInfo) -> Result<Vec<u8>, ModelError> {
+    model.validate().map_err(format)?;
+    encode_unchecked(model, info)
+}
+
+/// [`encode_bundle`] without validating the model first (tests make bad files with it).
+fn encode_unchecked(model: &Model, info: &BundleInfo) -> Result<Vec<u8>, ModelError> {
     let (p, k) = (model.n_patches(), model.channels.len());
+    if info.matrices == MatrixType::F16 {
+        // Finite (validated above), so the largest magnitude is a number.
+        let largest = model.mean.iter().chain(&model.precision).fold(0f32, |m, v| m.max(v.abs()));
+        if largest > f32::from(half::f16::MAX) {
+            return Err(format(format!(
+                "the model's largest value ({largest:e}) does not fit in f16 (at most 65504): set \
+                 `report.bundle-f16 = false` for an f32 bundle"
+            )));
+        }
+    }
     let json = serde_json::to_string(info).map_err(|e| format(e.to_string()))?;
     let floats = |values: &[f32]| -> (Dtype, Vec<u8>) {
         match info.matrices {
@@ -149,6 +165,7 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Bundle, ModelError> {
     let mean = tensor("mean", &[p, k])?;
     let precision = tensor("precision", &[p, k, k])?;
     let model = Model { info: info.model.clone(), channels, mean, precision };
+    model.validate().map_err(format)?;
     Ok(Bundle { info, model })
 }
 
@@ -232,5 +249,28 @@ mod tests {
         let plain = crate::model::encode_model(&gaussians, &model.info).unwrap();
         let message = decode_bundle(&plain).unwrap_err().to_string();
         assert!(message.contains("not a bundle"), "{message}");
+    }
+
+    #[test]
+    fn bad_indices_non_finite_values_and_f16_overflow_are_refused() {
+        // Files made elsewhere are checked when loaded (a bad index used to panic predict) ...
+        let (mut model, info) = bundle(MatrixType::F32);
+        model.channels = vec![0, 3]; // the embedding has 3 channels
+        let message = decode_bundle(&encode_unchecked(&model, &info).unwrap()).unwrap_err().to_string();
+        assert!(message.contains("channel index 3 is outside"), "{message}");
+        let (mut model, info) = bundle(MatrixType::F32);
+        model.precision[5] = f32::NAN;
+        let message = decode_bundle(&encode_unchecked(&model, &info).unwrap()).unwrap_err().to_string();
+        assert!(message.contains("patch 1") && message.contains("not finite"), "{message}");
+        let (mut model, info) = bundle(MatrixType::F32);
+        model.channels = vec![2, 2];
+        let message = decode_bundle(&encode_unchecked(&model, &info).unwrap()).unwrap_err().to_string();
+        assert!(message.contains("channel 2 is listed twice"), "{message}");
+        // ... and never written.
+        assert!(encode_bundle(&model, &info).is_err());
+        let (mut model, info) = bundle(MatrixType::F16);
+        model.precision[0] = 70_000.0;
+        let message = encode_bundle(&model, &info).unwrap_err().to_string();
+        assert!(message.contains("does not fit in f16") && message.contains("bundle-f16 = false"), "{message}");
     }
 }

@@ -159,6 +159,28 @@ impl Model {
     pub fn n_patches(&self) -> usize {
         self.info.grid_height * self.info.grid_width
     }
+
+    /// Checks what a file cannot be trusted to hold: channel indices within the embedding, no
+    /// channel twice, and finite means and precisions. A model that fails would score garbage
+    /// (or index out of range), so it is refused at load, naming the problem.
+    pub fn validate(&self) -> Result<(), String> {
+        let n_channels = self.info.embedding_channels;
+        if let Some(bad) = self.channels.iter().find(|&&c| c >= n_channels) {
+            return Err(format!("channel index {bad} is outside the embedding's {n_channels} channels"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        if let Some(twice) = self.channels.iter().find(|&&c| !seen.insert(c)) {
+            return Err(format!("channel {twice} is listed twice"));
+        }
+        let k = self.channels.len().max(1);
+        if let Some(i) = self.mean.iter().position(|v| !v.is_finite()) {
+            return Err(format!("the mean at patch {}, channel {} is not finite", i / k, i % k));
+        }
+        if let Some(i) = self.precision.iter().position(|v| !v.is_finite()) {
+            return Err(format!("the precision matrix of patch {} holds a value that is not finite", i / (k * k)));
+        }
+        Ok(())
+    }
 }
 
 fn metadata(bytes: &[u8], kind: &'static str) -> Result<String, ModelError> {
@@ -220,7 +242,9 @@ pub fn decode_model(bytes: &[u8]) -> Result<Model, ModelError> {
     };
     let mean = floats(tensor(&file, "mean", Dtype::F32, &[p, k], kind)?);
     let precision = floats(tensor(&file, "precision", Dtype::F32, &[p, k, k], kind)?);
-    Ok(Model { info, channels, mean, precision })
+    let model = Model { info, channels, mean, precision };
+    model.validate().map_err(format)?;
+    Ok(model)
 }
 
 /// Encodes partial statistics (f64, exact) with `metadata` JSON.
@@ -255,6 +279,9 @@ pub fn decode_partial(bytes: &[u8], n_patches: usize) -> Result<(PatchStats, Str
         ints(tensor(&file, "channels", Dtype::I64, &[d], kind)?).into_iter().map(|c| c as usize).collect();
     let mean = doubles(tensor(&file, "mean", Dtype::F64, &[n_patches, d], kind)?);
     let comoment = doubles(tensor(&file, "comoment", Dtype::F64, &[n_patches, d, d], kind)?);
+    if mean.iter().chain(&comoment).any(|v| !v.is_finite()) {
+        return Err(format("the statistics hold values that are not finite".into()));
+    }
     let channels = ChannelSubset::explicit(channels, usize::MAX).map_err(format)?;
     let stats =
         PatchStats::from_parts(n_patches, channels, count, mean, comoment).map_err(|e| format(e.to_string()))?;

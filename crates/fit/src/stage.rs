@@ -17,6 +17,8 @@ pub enum FitError {
     Model(#[from] ModelError),
     #[error("{url}: {source}")]
     Stats { url: String, source: StatsError },
+    #[error("{url}: {source}; rerun the fit with --force")]
+    Partial { url: String, source: ModelError },
     #[error("no finished extract shards under {url}: run `padim extract` first")]
     NoExtract { url: String },
     #[error(
@@ -24,7 +26,9 @@ pub enum FitError {
     )]
     MissingShards { url: String, missing: String, count: u32 },
     #[error(
-        "{url} was made by another job configuration (extract hash {found}, this job has {expected}); rerun extract, or use another output location"
+        "{url} was made from other inputs or settings (extract identity {found}, this job's is {expected}): \
+         rerun `padim extract JOB --force` (the data, weights, pre-processing or backbone changed), or use \
+         another output location"
     )]
     StaleExtract { url: String, found: String, expected: String },
     #[error("the embeddings of {url} differ from the first shard's ({what})")]
@@ -41,6 +45,13 @@ pub enum FitError {
     MemoryBudget { need_gib: f64, budget_gib: f64, channels: usize, patches: usize },
     #[error("{url} was made by another fit configuration; use --force to redo it")]
     ConfigMismatch { url: String },
+}
+
+impl FitError {
+    /// Whether a rerun later may succeed (a storage failure), see [`StoreError::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, FitError::Store(e) if e.is_transient())
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -68,9 +79,18 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let span = tracing::info_span!("fit", job = %job.name);
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
-    let fit_hash = job.fit_hash();
+    let inputs = padim_store::identity::input_digests(job, &store)?;
+    let fit_hash = job.fit_hash(&inputs);
     if let Some(marker) = DoneMarker::read(&store, DONE_KEY)? {
-        if marker.config_hash == fit_hash && !options.force {
+        let current = marker.config_hash == fit_hash && !options.force;
+        let stale = if current { marker.stale_input(&store)? } else { None };
+        if let Some(input) = &stale {
+            tracing::warn!(
+                "{} is stale: {} was redone after it was made (a forced rerun); redoing the fit",
+                store.url_of(DONE_KEY),
+                store.url_of(input)
+            );
+        } else if current {
             return Ok(FitSummary {
                 n_train: marker.counts.get("train-images").copied().unwrap_or(0),
                 models: marker.files,
@@ -86,7 +106,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         }
     }
 
-    let all_shards = extract_shards(&store, &job.extract_hash())?;
+    let all_shards = extract_shards(&store, &job.extract_hash(&inputs))?;
     let shards: Vec<Shard> = match options.shard {
         Some(fit_shard) => all_shards[fit_shard.range(all_shards.len())].to_vec(),
         None => all_shards.clone(),
@@ -214,10 +234,13 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         stage: "fit".into(),
         shard: Shard::ALL.to_string(),
         config_hash: fit_hash,
+        digest: None,
         files: models.clone(),
         counts: BTreeMap::from([("train-images".to_string(), total.count())]),
+        run_id: DoneMarker::new_run_id(),
+        made_from: DoneMarker::current_ids(&store, &extract_marker_keys(&all_shards))?,
     };
-    marker.write(&store, DONE_KEY)?;
+    marker.publish(&store, DONE_KEY)?;
     tracing::info!(train = total.count(), models = models.len(), "fit done");
     Ok(FitSummary { n_train: total.count(), models, already_done: false, partials: shards.len() })
 }
@@ -251,6 +274,11 @@ fn model_groups(subsets: &[(String, ChannelSubset)], n_patches: usize) -> Vec<&[
 
 fn train_labels(job: &Job) -> Vec<String> {
     if job.fit.train_labels.is_empty() { job.dataset.normal.clone() } else { job.fit.train_labels.clone() }
+}
+
+/// The done markers of `shards` of the extract stage.
+fn extract_marker_keys(shards: &[Shard]) -> Vec<String> {
+    shards.iter().map(|shard| format!("extract/done-{}.json", shard.tag())).collect()
 }
 
 /// Every shard named by an `extract/done-*.json` marker, whatever its count.
@@ -381,12 +409,15 @@ fn accumulate_shard(
     let partial_key = format!("fit/partial-{tag}.safetensors");
     let done_key = format!("fit/partial-done-{tag}.json");
     let n_patches = first_meta.n_patches();
+    let made_from = DoneMarker::current_ids(store, &extract_marker_keys(&[shard]))?;
     if !force
         && let Some(marker) = DoneMarker::read(store, &done_key)?
         && marker.config_hash == fit_hash
+        && marker.made_from == made_from
         && let Some(bytes) = store.get(&partial_key)?
     {
-        let (stats, _) = decode_partial(&bytes, n_patches)?;
+        let (stats, _) = decode_partial(&bytes, n_patches)
+            .map_err(|source| FitError::Partial { url: store.url_of(&partial_key), source })?;
         if stats.channels() == union {
             progress.advance(stats.count());
             return Ok(stats);
@@ -447,9 +478,12 @@ fn accumulate_shard(
         stage: "fit-partial".into(),
         shard: shard.to_string(),
         config_hash: fit_hash.to_string(),
+        digest: None,
         files: vec![partial_key],
         counts: BTreeMap::from([("train-images".to_string(), stats.count())]),
+        run_id: DoneMarker::new_run_id(),
+        made_from,
     }
-    .write(store, &done_key)?;
+    .publish(store, &done_key)?;
     Ok(stats)
 }

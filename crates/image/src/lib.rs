@@ -48,6 +48,26 @@ impl ImageError {
             ImageError::TooLarge { .. } => "too-large",
         }
     }
+
+    /// The file the error is about.
+    pub fn path(&self) -> &Path {
+        match self {
+            ImageError::Read { path, .. }
+            | ImageError::Empty { path }
+            | ImageError::UnknownFormat { path }
+            | ImageError::Decode { path, .. }
+            | ImageError::TooSmall { path, .. }
+            | ImageError::TooLarge { path, .. } => path,
+        }
+    }
+
+    /// The message without the file's path, for places that name the file already (the image
+    /// table's row, a table of predictions).
+    pub fn detail(&self) -> String {
+        let message = self.to_string();
+        let prefix = format!("{}: ", self.path().display());
+        message.strip_prefix(&prefix).map(str::to_string).unwrap_or(message)
+    }
 }
 
 /// One pre-processed image: normalised CHW f32 of the crop size, and what was learnt on the way.

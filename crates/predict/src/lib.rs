@@ -37,6 +37,9 @@ pub enum PredictError {
     Device(String),
     #[error("{path}: {message}")]
     Image { path: PathBuf, message: String },
+    /// An image that cannot be decoded or pre-processed; the error names the file itself.
+    #[error(transparent)]
+    Prepare(#[from] padim_image::ImageError),
     #[error("{0}")]
     Input(String),
     #[error("cannot write {what}: {message}")]
@@ -120,7 +123,7 @@ impl Predictor {
             .map(|(path, bytes)| {
                 let image_error = |message: String| PredictError::Image { path: path.clone(), message };
                 let bytes = bytes.as_ref().map_err(|e| image_error(e.clone()))?;
-                preprocessor.prepare(path, bytes).map_err(|e| image_error(e.to_string()))
+                preprocessor.prepare(path, bytes).map_err(PredictError::Prepare)
             })
             .collect();
         let good: Vec<usize> = prepared.iter().enumerate().filter(|(_, p)| p.is_ok()).map(|(i, _)| i).collect();
@@ -208,9 +211,8 @@ impl Predictor {
     fn view(&self, path: &Path, bytes: &Result<bytes::Bytes, String>) -> Result<Vec<u8>, PredictError> {
         let image_error = |message: String| PredictError::Image { path: path.to_path_buf(), message };
         let bytes = bytes.as_ref().map_err(|e| image_error(e.clone()))?;
-        let rgb = padim_image::decode_rgb8(path, bytes, &self.bundle.info.preprocess)
-            .map_err(|e| image_error(e.to_string()))?;
-        self.preprocessor.resize_and_crop(path, rgb).map_err(|e| image_error(e.to_string()))
+        let rgb = padim_image::decode_rgb8(path, bytes, &self.bundle.info.preprocess)?;
+        Ok(self.preprocessor.resize_and_crop(path, rgb)?)
     }
 
     /// The overlay PNG of a prediction's heatmap (the bundle's display range).

@@ -41,6 +41,19 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
          .headline{{font-size:18px}} code{{background:#f4f4f4}}</style></head><body><h1>padim report: {name}</h1>",
         name = escape(&summary.job)
     ));
+    let skipped: u64 = summary.left_out.skipped.values().sum();
+    let without_mask = summary.pixel.as_ref().map(|p| p.without_mask).unwrap_or(0);
+    if skipped > 0 || without_mask > 0 {
+        let mut parts = Vec::new();
+        if skipped > 0 {
+            let per: Vec<String> = summary.left_out.skipped.iter().map(|(k, v)| format!("{} {v}", escape(k))).collect();
+            parts.push(format!("<b>{skipped}</b> image(s) skipped as unreadable ({})", per.join(", ")));
+        }
+        if without_mask > 0 {
+            parts.push(format!("<b>{without_mask}</b> anomalous test image(s) without a mask (no pixel metrics)"));
+        }
+        html.push_str(&format!("<p class=\"left-out\">Left out of the metrics: {}.</p>", parts.join("; ")));
+    }
     if let Some(h) = summary.headline() {
         html.push_str(&format!(
             "<p class=\"headline\">Model <b>{}</b>, {} score, threshold by {:?} on the calibration set: \

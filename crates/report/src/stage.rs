@@ -17,8 +17,17 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::io::Cursor;
 use std::path::{Path, PathBuf};
 
+impl ReportError {
+    /// Whether a rerun later may succeed (a storage failure), see [`StoreError::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ReportError::Store(e) if e.is_transient())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    #[error("{url} is stale: {input} was redone after it was made (a forced rerun); run `padim score JOB` first")]
+    Stale { url: String, input: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{source}")]
@@ -105,10 +114,51 @@ pub struct ModelMetrics {
 #[serde(rename_all = "kebab-case")]
 pub struct PixelMetrics {
     pub images: usize,
+    /// Anomalous test images without a mask file: no pixel truth, so left out of these metrics.
+    #[serde(default)]
+    pub without_mask: usize,
     pub regions: usize,
     pub auroc: f64,
     /// Per-region overlap integrated to FPR 0.3, normalised.
     pub pro: f64,
+}
+
+/// Images left out of every metric: skipped by extract, per `split/label`, and each file with why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LeftOut {
+    pub skipped: BTreeMap<String, u64>,
+    pub skipped_files: Vec<SkippedFile>,
+}
+
+/// An image the extract stage skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SkippedFile {
+    pub path: String,
+    pub split: String,
+    pub label: String,
+    pub reason: String,
+}
+
+/// The images the extract shards skipped.
+fn left_out(store: &Store, shards: &[ScoreShard]) -> Result<LeftOut, ReportError> {
+    let mut out = LeftOut::default();
+    for shard in shards {
+        for row in padim_store::read_image_table(store, &format!("extract/images-{}.parquet", shard.shard.tag()))? {
+            if row.status == padim_store::ImageStatus::Skipped {
+                let split = row.split.unwrap_or_else(|| "all".into());
+                *out.skipped.entry(format!("{split}/{}", row.label)).or_default() += 1;
+                out.skipped_files.push(SkippedFile {
+                    path: row.path,
+                    split,
+                    label: row.label,
+                    reason: row.error.unwrap_or_default(),
+                });
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// A model and score that the calibration split cannot calibrate.
@@ -133,6 +183,9 @@ pub struct ReportSummary {
     /// Model and score combinations (other than the headline) that cannot be calibrated, and why.
     pub unusable: Vec<Unusable>,
     pub pixel: Option<PixelMetrics>,
+    /// Images the metrics could not count: skipped as unreadable by the extract stage (`skip-bad`).
+    #[serde(default)]
+    pub left_out: LeftOut,
     /// The decision table of the job's `[sweep]`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sweep: Option<crate::sweep::SweepSummary>,
@@ -259,9 +312,17 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
     let span = tracing::info_span!("report", job = %job.name);
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
-    let hash = job.report_hash();
+    let inputs = padim_store::identity::input_digests(job, &store)?;
+    let hash = job.report_hash(&inputs);
     if let Some(marker) = DoneMarker::read(&store, DONE_KEY)? {
-        if marker.config_hash == hash && !force {
+        let stale = if marker.config_hash == hash && !force { marker.stale_input(&store)? } else { None };
+        if let Some(input) = &stale {
+            tracing::warn!(
+                "{} is stale: {} was redone after it was made (a forced rerun); redoing the report",
+                store.url_of(DONE_KEY),
+                store.url_of(input)
+            );
+        } else if marker.config_hash == hash && !force {
             let bytes = store.get("report/metrics.json")?.unwrap_or_default();
             if let Ok(mut summary) = serde_json::from_slice::<ReportSummary>(&bytes) {
                 summary.already_done = true;
@@ -272,7 +333,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         }
         store.delete(DONE_KEY)?;
     }
-    let shards = score_shards(&store, &job.score_hash())?;
+    let shards = score_shards(&store, &job.score_hash(&inputs))?;
     let scores = load_scores(&store, &shards)?;
     let by_model = group_by_model(&scores)?;
     let splits: BTreeSet<&str> = by_model.values().flatten().map(|s| s.split.as_str()).collect();
@@ -337,6 +398,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         models,
         unusable,
         pixel,
+        left_out: left_out(&store, &shards)?,
         sweep: None,
         already_done: false,
     };
@@ -356,10 +418,13 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         stage: "report".into(),
         shard: Shard::ALL.to_string(),
         config_hash: hash,
+        digest: None,
         files,
         counts: BTreeMap::from([("images".to_string(), rows.len() as u64)]),
+        run_id: DoneMarker::new_run_id(),
+        made_from: DoneMarker::current_ids(&store, &shards.iter().flat_map(|s| s.keys.clone()).collect::<Vec<_>>())?,
     }
-    .write(&store, DONE_KEY)?;
+    .publish(&store, DONE_KEY)?;
     Ok(summary)
 }
 
@@ -368,6 +433,8 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
 struct ScoreShard {
     shard: Shard,
     markers: Vec<DoneMarker>,
+    /// The keys of `markers`.
+    keys: Vec<String>,
 }
 
 impl ScoreShard {
@@ -402,13 +469,22 @@ fn score_shards(store: &Store, score_hash: &str) -> Result<Vec<ScoreShard>, Repo
     for index in 0..count {
         let shard = Shard { index, count };
         let tag = shard.tag();
-        let whole = DoneMarker::read(store, &format!("score/done-{tag}.json"))?.filter(|m| m.config_hash == score_hash);
+        let whole_key = format!("score/done-{tag}.json");
+        let whole = DoneMarker::read(store, &whole_key)?.filter(|m| m.config_hash == score_hash);
         let markers = match whole {
-            Some(marker) => Some(vec![marker]),
+            Some(marker) => Some(vec![(whole_key, marker)]),
             None => model_parts(store, &tag, score_hash, &models, &parts)?,
         };
         match markers {
-            Some(markers) => out.push(ScoreShard { shard, markers }),
+            Some(markers) => {
+                for (key, marker) in &markers {
+                    if let Some(input) = marker.stale_input(store)? {
+                        return Err(ReportError::Stale { url: store.url_of(key), input: store.url_of(&input) });
+                    }
+                }
+                let (keys, markers) = markers.into_iter().unzip();
+                out.push(ScoreShard { shard, markers, keys })
+            }
             None => missing.push(index.to_string()),
         }
     }
@@ -430,21 +506,23 @@ fn model_parts(
     score_hash: &str,
     models: &[String],
     keys: &[String],
-) -> Result<Option<Vec<DoneMarker>>, ReportError> {
+) -> Result<Option<Vec<(String, DoneMarker)>>, ReportError> {
     let prefix = format!("score/done-{tag}{}", padim_score::stage::MODELS_INFIX);
     // Per split (the part's count, the key's `-of-M` tail): its markers.
-    let mut splits: BTreeMap<String, Vec<DoneMarker>> = BTreeMap::new();
+    let mut splits: BTreeMap<String, Vec<(String, DoneMarker)>> = BTreeMap::new();
     for key in keys.iter().filter(|k| k.starts_with(&prefix)) {
         let Some(marker) = DoneMarker::read(store, key)?.filter(|m| m.config_hash == score_hash) else { continue };
         let split = key.rsplit_once("-of-").map(|(_, m)| m.to_string()).unwrap_or_default();
-        splits.entry(split).or_default().push(marker);
+        splits.entry(split).or_default().push((key.clone(), marker));
     }
     for markers in splits.into_values() {
-        let covered: Vec<&String> =
-            models.iter().filter(|m| markers.iter().filter(|k| ScoreShard::marker_has(k, m)).count() == 1).collect();
+        let covered: Vec<&String> = models
+            .iter()
+            .filter(|m| markers.iter().filter(|(_, k)| ScoreShard::marker_has(k, m)).count() == 1)
+            .collect();
         let scored: usize = markers
             .iter()
-            .map(|k| k.counts.keys().filter(|c| c.starts_with(padim_score::stage::MICROS_PREFIX)).count())
+            .map(|(_, k)| k.counts.keys().filter(|c| c.starts_with(padim_score::stage::MICROS_PREFIX)).count())
             .sum();
         if !models.is_empty() && covered.len() == models.len() && scored == models.len() {
             return Ok(Some(markers));
@@ -720,7 +798,7 @@ fn pixel_metrics(
         .par_iter()
         .map(|row| {
             progress.advance(1);
-            let path = PathBuf::from(&row.path);
+            let path = job.dataset.resolve_path(&row.path);
             let Some(grid) = maps.get(&row.image) else { return Ok(None) };
             let mask = match network_mask(job, &path)? {
                 Some(mask) => mask,
@@ -752,7 +830,8 @@ fn pixel_metrics(
     } else {
         f64::NAN
     };
-    Ok(PixelMetrics { images: per_image.len(), regions: n_regions, auroc: roc.auc(), pro })
+    let without_mask = tests.len() - per_image.len();
+    Ok(PixelMetrics { images: per_image.len(), without_mask, regions: n_regions, auroc: roc.auc(), pro })
 }
 
 fn to_bytes(df: &mut DataFrame, csv: bool, what: &str) -> Result<Vec<u8>, ReportError> {
@@ -948,7 +1027,7 @@ fn write_pictures(
             .par_iter()
             .map(|(row, score)| {
                 progress.advance(1);
-                let rgb = network_view(job, Path::new(&row.path))?;
+                let rgb = network_view(job, &job.dataset.resolve_path(&row.path))?;
                 let map = maps.get(&row.image).map(|g| filter.apply(g)).unwrap_or_default();
                 let file =
                     Path::new(&row.path).file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();

@@ -18,6 +18,7 @@ mod python;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+use padim_core::split::{ManifestRow, manifest_csv};
 use padim_core::{Job, NoProgress};
 use padim_fit::stage::{FitOptions, run_fit};
 use padim_score::stage::run_score;
@@ -86,6 +87,18 @@ fn random_subset(name: &str, count: usize, seed: u64) -> String {
 /// images) as padim's extract stage would: embeddings, image table, done marker.
 fn write_embeddings(job: &Job, normal: usize, anomalous: usize) {
     let store = Store::open(&job.output).unwrap();
+    // The split stage's manifest of the synthetic images: the stage identities cover its digest.
+    let manifest: Vec<ManifestRow> = (0..normal + anomalous)
+        .map(|image| ManifestRow {
+            path: format!("{image}.jpg"),
+            label: if image < normal { "Negative".into() } else { "Positive".into() },
+            split: None,
+            sha256: padim_core::hash::sha256_hex(&image.to_le_bytes()),
+        })
+        .collect();
+    let csv = manifest_csv(&manifest);
+    padim_store::identity::publish_split(&store, job.split_hash(), csv.clone(), csv, BTreeMap::new()).unwrap();
+    let inputs = padim_store::identity::input_digests(job, &store).unwrap();
     let layer =
         |name: &str, channels, stride, first_channel| LayerInfo { name: name.into(), channels, stride, first_channel };
     let meta = EmbeddingMeta {
@@ -99,7 +112,7 @@ fn write_embeddings(job: &Job, normal: usize, anomalous: usize) {
         grid_height: GRID,
         grid_width: GRID,
         n_channels: CHANNELS,
-        config_hash: job.extract_hash(),
+        config_hash: job.extract_hash(&inputs),
         shard: "0/1".into(),
     };
     let settings = WriterSettings { compression: "none", row_group_bytes: 64 << 20 };
@@ -143,9 +156,12 @@ fn write_embeddings(job: &Job, normal: usize, anomalous: usize) {
     DoneMarker {
         stage: "extract".into(),
         shard: "0/1".into(),
-        config_hash: job.extract_hash(),
+        config_hash: job.extract_hash(&inputs),
+        digest: None,
         files: vec![key.into(), "extract/images-00000-of-00001.parquet".into()],
         counts: BTreeMap::from([("images".to_string(), total as u64)]),
+        run_id: DoneMarker::new_run_id(),
+        made_from: BTreeMap::new(),
     }
     .write(&store, "extract/done-00000-of-00001.json")
     .unwrap();

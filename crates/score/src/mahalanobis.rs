@@ -15,7 +15,16 @@ pub enum ScoreError {
     Shape { n_images: usize, k: usize, n_patches: usize, expected: usize, got: usize },
     #[error("image {image}: embedding value at channel {channel}, patch {patch} is not finite")]
     NonFinite { image: u32, channel: usize, patch: usize },
+    #[error(
+        "model `{model}`, image {image}, patch {patch}: the squared Mahalanobis distance is not finite or \
+         clearly negative, so the model's precision matrix there is not positive definite; refit the model"
+    )]
+    BadDistance { model: String, image: u32, patch: usize },
 }
+
+/// A squared distance this far below zero, relative to the magnitude of its terms, is not rounding:
+/// the precision matrix is not positive definite (a corrupt or foreign model).
+const NEGATIVE_TOLERANCE: f64 = 1e-9;
 
 /// Distances `[n_images, n_patches]` for `values` `[n_images, k, n_patches]` holding the model's
 /// channels in the model's order. Computed in f64.
@@ -81,16 +90,25 @@ pub fn distances_many(
         .collect();
     let mut out: Vec<(Vec<f32>, Duration)> =
         models.iter().map(|_| (vec![0f32; n * n_patches], Duration::ZERO)).collect();
+    // A distance that is not a number marks a squared distance that was (see `Scratch::patch`).
+    let mut bad: Option<ScoreError> = None;
     for (block, per_model) in per_block.into_iter().enumerate() {
-        for ((map, time), (distances, spent)) in out.iter_mut().zip(per_model) {
+        for (m, ((map, time), (distances, spent))) in out.iter_mut().zip(per_model).enumerate() {
             *time += spent;
             for (offset, column) in distances.chunks_exact(n).enumerate() {
                 let patch = block * TRANSPOSE_BLOCK + offset;
                 for (image, &distance) in column.iter().enumerate() {
                     map[image * n_patches + patch] = distance;
+                    if distance.is_nan() && bad.is_none() {
+                        let model = models[m].0.info.subset.clone();
+                        bad = Some(ScoreError::BadDistance { model, image: image_ids[image], patch });
+                    }
                 }
             }
         }
+    }
+    if let Some(error) = bad {
+        return Err(error);
     }
     Ok(out)
 }
@@ -130,8 +148,15 @@ impl Scratch {
         let mut projected = ArrayViewMut2::from_shape((n, k), &mut self.projected).expect("n x k");
         general_mat_mul(1.0, &deviations, &precision, 0.0, &mut projected);
         self.deviations.chunks_exact(k.max(1)).zip(self.projected.chunks_exact(k.max(1))).map(|(d, p)| {
-            let squared: f64 = d.iter().zip(p).map(|(a, b)| a * b).sum();
-            squared.max(0.0).sqrt() as f32
+            let (squared, magnitude) =
+                d.iter().zip(p).fold((0f64, 0f64), |(sum, size), (a, b)| (sum + a * b, size + (a * b).abs()));
+            if squared >= 0.0 {
+                squared.sqrt() as f32
+            } else if squared >= -NEGATIVE_TOLERANCE * magnitude {
+                0.0 // rounding below an exact zero
+            } else {
+                f32::NAN // not finite, or clearly negative: reported by the caller
+            }
         })
     }
 }
@@ -178,6 +203,22 @@ mod tests {
         let mut bad = values;
         bad[3] = f32::INFINITY;
         assert!(matches!(distances(&m, &[7], &bad), Err(ScoreError::NonFinite { image: 7, channel: 1, patch: 1 })));
+    }
+
+    #[test]
+    fn a_precision_that_is_not_positive_definite_is_an_error_not_a_zero() {
+        // Patch 1's precision diag(1, -1): (0, 2) has squared distance -4, which used to become 0.
+        let m = model(2, 2, vec![0.0; 4], vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, -1.0]);
+        let values = [1.0, 0.0, 1.0, 2.0];
+        let error = distances(&m, &[9], &values).unwrap_err();
+        assert_eq!(error, ScoreError::BadDistance { model: "t".into(), image: 9, patch: 1 });
+        assert!(error.to_string().contains("model `t`, image 9, patch 1"), "{error}");
+        // A NaN in a precision matrix likewise.
+        let m = model(2, 2, vec![0.0; 4], vec![1.0, 0.0, 0.0, 1.0, f32::NAN, 0.0, 0.0, 1.0]);
+        assert!(matches!(distances(&m, &[9], &values), Err(ScoreError::BadDistance { patch: 1, .. })));
+        // Rounding just below an exact zero stays a zero distance.
+        let m = model(2, 2, vec![1.0, 2.0, 1.0, 2.0], vec![1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0]);
+        assert_eq!(distances(&m, &[9], &[1.0, 1.0, 2.0, 2.0]).unwrap(), vec![0.0, 0.0]);
     }
 
     #[test]

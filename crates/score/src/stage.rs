@@ -14,8 +14,17 @@ use rayon::prelude::*;
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+impl ScoreStageError {
+    /// Whether a rerun later may succeed (a storage failure), see [`StoreError::is_transient`].
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ScoreStageError::Store(e) if e.is_transient())
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreStageError {
+    #[error("{url} is stale: {input} was redone after it was made (a forced rerun); run `{command}` first")]
+    Stale { url: String, input: String, command: String },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("{url}: {source}")]
@@ -67,9 +76,17 @@ pub fn run_score(
     let span = tracing::info_span!("score", job = %job.name);
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
+    let inputs = padim_store::identity::input_digests(job, &store)?;
     let fit_done = DoneMarker::read(&store, "fit/done.json")?
-        .filter(|m| m.config_hash == job.fit_hash())
+        .filter(|m| m.config_hash == job.fit_hash(&inputs))
         .ok_or_else(|| ScoreStageError::NoFit { url: store.url_of("fit/done.json") })?;
+    if let Some(input) = fit_done.stale_input(&store)? {
+        return Err(ScoreStageError::Stale {
+            url: store.url_of("fit/done.json"),
+            input: store.url_of(&input),
+            command: "padim fit JOB".into(),
+        });
+    }
     // Part 0/1 is every model: the same outputs as no part, so that templates can always pass one.
     let part = models.filter(|p| p.count > 1);
     let files = match part {
@@ -107,7 +124,7 @@ pub fn run_score(
         [_] => Some(Pass::load(&store, files)?),
         _ => None,
     };
-    let score_hash = job.score_hash();
+    let score_hash = job.score_hash(&inputs);
     let mut shards = padim_fit::stage::latest_extract_shards(&store)?;
     if let Some(part) = shard {
         shards = shards[part.range(shards.len())].to_vec();
@@ -118,10 +135,21 @@ pub fn run_score(
     for shard in shards {
         let tag = shard.tag();
         let done_key = format!("score/done-{tag}{suffix}.json");
-        if !force && DoneMarker::read(&store, &done_key)?.is_some_and(|m| m.config_hash == score_hash) {
-            summary.shards_skipped += 1;
-            progress.advance(1);
-            continue;
+        let made_from =
+            DoneMarker::current_ids(&store, &["fit/done.json".to_string(), format!("extract/done-{tag}.json")])?;
+        if !force
+            && let Some(marker) = DoneMarker::read(&store, &done_key)?
+            && marker.config_hash == score_hash
+        {
+            if marker.made_from == made_from {
+                summary.shards_skipped += 1;
+                progress.advance(1);
+                continue;
+            }
+            tracing::warn!(
+                "{} is stale: the fit or extract shard it was made from was redone since; scoring again",
+                store.url_of(&done_key)
+            );
         }
         store.delete(&done_key)?;
         let images: HashMap<u32, ImageRow> = read_image_table(&store, &format!("extract/images-{tag}.parquet"))?
@@ -229,6 +257,9 @@ pub fn run_score(
                 None => shard.to_string(),
             },
             config_hash: score_hash.clone(),
+            digest: None,
+            run_id: DoneMarker::new_run_id(),
+            made_from,
             files: vec![scores_key, maps_key],
             counts: std::iter::once(("rows".to_string(), score_rows.len() as u64))
                 .chain(
@@ -239,7 +270,7 @@ pub fn run_score(
                 )
                 .collect(),
         }
-        .write(&store, &done_key)?;
+        .publish(&store, &done_key)?;
         summary.shards_done += 1;
         progress.advance(1);
     }

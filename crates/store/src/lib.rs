@@ -8,6 +8,7 @@
 
 mod cloud;
 mod embeddings;
+pub mod identity;
 mod images;
 mod inputs;
 mod location;
@@ -21,11 +22,20 @@ pub use embeddings::{
 };
 pub use images::{ImageRow, ImageStatus, read_image_table, write_image_table};
 pub use inputs::{InputFiles, is_url, list_inputs, local_copy, read_input, read_input_opt, read_inputs};
-pub use location::Store;
-pub use marker::DoneMarker;
+pub use location::{Lock, Store};
+pub use marker::{DoneMarker, Published, claim};
 pub use scores::{MapRow, ScoreRow, read_maps, read_scores, write_maps, write_scores};
 
 use std::path::PathBuf;
+
+impl StoreError {
+    /// Whether the failure is the storage's, not the input's: a request that failed after the
+    /// retries (network, throttling, an outage). A rerun later may succeed; a bad location, a corrupt
+    /// or foreign file or a conflict between configurations will not.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Object { .. } | StoreError::Runtime(_))
+    }
+}
 
 /// Storage and Parquet errors; each names the object (or file) involved.
 #[derive(Debug, thiserror::Error)]
@@ -38,6 +48,18 @@ pub enum StoreError {
     Parquet { url: String, message: String },
     #[error("{url} is not a padim embeddings file: {message}")]
     Format { url: String, message: String },
+    #[error("{url} is missing or was made by another configuration: {what} is needed; run `{command}` first")]
+    NotReady { url: String, what: String, command: String },
+    #[error(
+        "another task published {url} first, with identity {found} (this task's is {expected}); its outputs \
+         stand and this task's were not published. Run one configuration per output location, or --force"
+    )]
+    Conflict { url: String, found: String, expected: String },
+    #[error(
+        "{url} claims this shard for identity {found} (this task's is {expected}): a task of another \
+         configuration is writing it, or died writing it. Wait for it, use another output location, or --force"
+    )]
+    Claimed { url: String, found: String, expected: String },
     #[error("{url} already exists")]
     AlreadyExists { url: String },
     #[error("cannot create the IO runtime: {0}")]

@@ -8,6 +8,17 @@ use object_store::{ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload}
 use std::sync::Arc;
 use tokio::runtime::Runtime;
 
+/// What [`Store::try_lock`] found.
+#[derive(Debug)]
+pub enum Lock {
+    /// This process holds the lock while the file is open.
+    Held(std::fs::File),
+    /// Another live process holds it.
+    Busy,
+    /// The location is an object store: there is nothing to lock (nor staged files to clean).
+    NotLocal,
+}
+
 /// A run prefix in an object store: local folder or URL. Cheap to clone.
 #[derive(Clone)]
 pub struct Store {
@@ -15,6 +26,8 @@ pub struct Store {
     prefix: ObjectPath,
     url: String,
     runtime: Arc<Runtime>,
+    /// The folder of a local location: where object_store stages its uploads beside the target.
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for Store {
@@ -34,9 +47,11 @@ impl Store {
             let path = std::path::absolute(location).map_err(|e| location_error(e.to_string()))?;
             url::Url::from_directory_path(&path).map_err(|()| location_error("not an absolute path".into()))?
         };
+        let mut local_root = None;
         let (inner, prefix) = match url.scheme() {
             "file" => {
                 let path = url.to_file_path().map_err(|()| location_error("not a local file URL".into()))?;
+                local_root = Some(path.clone());
                 std::fs::create_dir_all(&path)
                     .map_err(|e| location_error(format!("cannot create {}: {e}", path.display())))?;
                 let store = object_store::local::LocalFileSystem::new_with_prefix(&path)
@@ -60,7 +75,7 @@ impl Store {
         let mut shown = url.clone();
         let _ = shown.set_password(None);
         let url = shown.as_str().trim_end_matches('/').to_string();
-        Ok(Store { inner, prefix, url, runtime: Arc::new(runtime) })
+        Ok(Store { inner, prefix, url, runtime: Arc::new(runtime), local_root })
     }
 
     /// The location as given, normalised to a URL (no trailing slash).
@@ -161,6 +176,51 @@ impl Store {
         Ok(keys)
     }
 
+    /// For a local location, an exclusive lock on the file `key`, held by this process until the
+    /// returned [`Lock::Held`] is dropped (the kernel releases it when a process dies, however it
+    /// dies); [`Lock::Busy`] when another live process holds it; [`Lock::NotLocal`] for object stores.
+    pub fn try_lock(&self, key: &str) -> Result<Lock, StoreError> {
+        let Some(root) = &self.local_root else { return Ok(Lock::NotLocal) };
+        let path = root.join(key);
+        let local_error = |e: std::io::Error| StoreError::Local { path: path.clone(), message: e.to_string() };
+        if let Some(folder) = path.parent() {
+            std::fs::create_dir_all(folder).map_err(local_error)?;
+        }
+        let file =
+            std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(&path).map_err(local_error)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Lock::Held(file)),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(Lock::Busy),
+            Err(std::fs::TryLockError::Error(e)) => Err(local_error(e)),
+        }
+    }
+
+    /// Removes what a killed upload of `key` left: object_store stages a local upload as
+    /// `KEY#N` beside the target (invisible to listings) and renames it on completion. Call it only
+    /// while holding [`Store::try_lock`] for the shard, so that no live upload is removed. Returns
+    /// how many were removed. In S3 and Azure an interrupted multipart upload is never visible and
+    /// expires by the bucket's lifecycle rule (see README).
+    pub fn clean_staging(&self, key: &str) -> Result<usize, StoreError> {
+        let Some(root) = &self.local_root else { return Ok(0) };
+        let target = root.join(key);
+        let (Some(folder), Some(name)) = (target.parent(), target.file_name()) else { return Ok(0) };
+        let staged_prefix = format!("{}#", name.to_string_lossy());
+        let entries = match std::fs::read_dir(folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(e) => return Err(StoreError::Local { path: folder.to_path_buf(), message: e.to_string() }),
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(&staged_prefix) {
+                std::fs::remove_file(entry.path())
+                    .map_err(|e| StoreError::Local { path: entry.path(), message: e.to_string() })?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Deletes `key`; a missing object is not an error.
     pub fn delete(&self, key: &str) -> Result<(), StoreError> {
         let path = self.object_path(key);
@@ -193,5 +253,16 @@ mod tests {
         store.put("a/z.bin", b"0123456789".to_vec()).unwrap();
         assert_eq!(store.get_range("a/z.bin", 2..5).unwrap().as_ref(), b"234");
         assert!(Store::open("gopher://x").is_err());
+        // What a killed upload leaves beside its target is cleaned, the target and others kept.
+        std::fs::write(dir.path().join("run/a/z.bin#3"), b"partial").unwrap();
+        std::fs::write(dir.path().join("run/a/y.json#1"), b"partial").unwrap();
+        assert_eq!(store.clean_staging("a/z.bin").unwrap(), 1);
+        assert!(!dir.path().join("run/a/z.bin#3").exists() && dir.path().join("run/a/y.json#1").exists());
+        assert!(store.exists("a/z.bin").unwrap());
+        let held = store.try_lock("a/lock").unwrap();
+        assert!(matches!(held, Lock::Held(_)));
+        assert!(matches!(store.try_lock("a/lock").unwrap(), Lock::Busy), "held through another handle");
+        drop(held);
+        assert!(matches!(store.try_lock("a/lock").unwrap(), Lock::Held(_)));
     }
 }
