@@ -33,10 +33,17 @@ fn flags_skip_bad_and_a_moved_dataset_find_finished_work() {
     let job = small_job(&first, "job", "identity", &output, SPLIT, extra);
     let job = job.to_str().unwrap();
 
+    // A bad job file is exit 2 (fix it; a scheduler must not retry), naming the file and key.
+    let typo = first.join("typo.toml");
+    std::fs::write(&typo, std::fs::read_to_string(job).unwrap().replace("batch-size", "batch-sise")).unwrap();
+    let refused = padim(&["run", typo.to_str().unwrap()]);
+    assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
+    assert!(stderr(&refused).contains("typo.toml") && stderr(&refused).contains("batch-sise"));
+
     // Strict: both bad files named, nothing published, and the way out is named.
     let strict = padim(&["extract", job, "--threads", "1"]);
     let message = stderr(&strict);
-    assert!(!strict.status.success(), "{message}");
+    assert_eq!(strict.status.code(), Some(2), "bad input: not for a scheduler to retry: {message}");
     assert!(message.contains("zz-truncated.jpg") && message.contains("zz-text.jpg"), "{message}");
     assert!(message.contains("--skip-bad"), "{message}");
     // Doing exactly what it says, with other execution flags, then the rest of the pipeline.
@@ -99,7 +106,7 @@ fn flags_skip_bad_and_a_moved_dataset_find_finished_work() {
     std::fs::copy(spare.last().unwrap(), &added).unwrap();
     let refused = padim(&["run", moved]);
     let message = stderr(&refused);
-    assert!(!refused.status.success(), "{message}");
+    assert_eq!(refused.status.code(), Some(2), "{message}");
     assert!(message.contains("1 file(s) added") && message.contains("Positive/added-later.jpg"), "{message}");
     assert!(message.contains("padim split JOB --force"), "{message}");
     std::fs::remove_file(&added).unwrap();

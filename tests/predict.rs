@@ -43,7 +43,8 @@ subsets = [{ name = "r40", count = 40, seed = 1 }]"#;
     assert!(bad["status"] == "error" && bad["error"].contains("corrupt.jpg"), "{bad:?}");
     let mut worst = 0f64;
     for expected in &report {
-        let row = rows.iter().find(|r| r["path"] == expected["path"]).unwrap();
+        // The report names images relative to the dataset's folder; predict as they were given.
+        let row = rows.iter().find(|r| r["path"].ends_with(&format!("/{}", expected["path"]))).unwrap();
         let (score, reference): (f64, f64) =
             (row["score"].parse().unwrap(), expected["mean_normalised"].parse().unwrap());
         worst = worst.max((score - reference).abs());
@@ -56,7 +57,7 @@ subsets = [{ name = "r40", count = 40, seed = 1 }]"#;
     assert!(worst < 1e-6, "predict differs from the report by {worst:e}");
 
     // JSON lines on stdout for pipes; --fail-fast stops at the corrupt image, naming it.
-    let first = report[0]["path"].clone();
+    let first = dir.path().join("data").join(&report[0]["path"]).display().to_string();
     let lines = stdout(&padim(&["predict", "--model", bundle.to_str().unwrap(), &first]));
     let line: serde_json::Value = serde_json::from_str(lines.trim()).unwrap();
     assert_eq!(line["path"], first.as_str());
@@ -95,6 +96,7 @@ subsets = [{ name = "r40", count = 40, seed = 1 }]"#;
     let (mut worst16, mut flips) = (0f64, 0);
     for row in &rows16 {
         let full = rows.iter().find(|r| r["path"] == row["path"]).unwrap();
+        assert_eq!(row["status"], "ok", "{row:?}");
         let (a, b): (f64, f64) = (full["score"].parse().unwrap(), row["score"].parse().unwrap());
         worst16 = worst16.max((a - b).abs());
         flips += usize::from(full["anomalous"] != row["anomalous"]);

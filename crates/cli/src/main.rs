@@ -203,34 +203,29 @@ const EXIT_OTHER: u8 = 1;
 /// The exit status of `error`: the first padim error in its chain decides; an error of no padim
 /// stage (an unexpected one) is 1.
 fn exit_code(error: &anyhow::Error) -> u8 {
-    let code = |transient: bool| if transient { EXIT_TRANSIENT } else { EXIT_INPUT };
     for cause in error.chain() {
-        if let Some(e) = cause.downcast_ref::<padim_store::StoreError>() {
-            return code(e.is_transient());
-        }
-        if let Some(e) = cause.downcast_ref::<padim_extract::ExtractError>() {
-            return code(e.is_transient());
-        }
-        if let Some(e) = cause.downcast_ref::<padim_extract::SplitStageError>() {
-            return code(e.is_transient());
-        }
-        if let Some(e) = cause.downcast_ref::<padim_fit::FitError>() {
-            return code(e.is_transient());
-        }
-        if let Some(e) = cause.downcast_ref::<padim_score::ScoreStageError>() {
-            return code(e.is_transient());
-        }
-        if let Some(e) = cause.downcast_ref::<padim_report::ReportError>() {
-            return code(e.is_transient());
-        }
-        if cause.downcast_ref::<padim_core::ConfigError>().is_some()
-            || cause.downcast_ref::<padim_core::DatasetError>().is_some()
-            || cause.downcast_ref::<padim_core::shard::ShardError>().is_some()
-        {
-            return EXIT_INPUT;
+        if let Some(transient) = transient(cause) {
+            return if transient { EXIT_TRANSIENT } else { EXIT_INPUT };
         }
     }
     EXIT_OTHER
+}
+
+/// For an error of a padim library: whether a rerun later may succeed. `None` for other errors.
+fn transient(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
+    use padim_store::StoreError;
+    let input = |is: bool| is.then_some(false);
+    cause
+        .downcast_ref::<StoreError>()
+        .map(StoreError::is_transient)
+        .or_else(|| cause.downcast_ref::<padim_extract::ExtractError>().map(|e| e.is_transient()))
+        .or_else(|| cause.downcast_ref::<padim_extract::SplitStageError>().map(|e| e.is_transient()))
+        .or_else(|| cause.downcast_ref::<padim_fit::FitError>().map(|e| e.is_transient()))
+        .or_else(|| cause.downcast_ref::<padim_score::ScoreStageError>().map(|e| e.is_transient()))
+        .or_else(|| cause.downcast_ref::<padim_report::ReportError>().map(|e| e.is_transient()))
+        .or_else(|| input(cause.downcast_ref::<padim_core::ConfigError>().is_some()))
+        .or_else(|| input(cause.downcast_ref::<padim_core::DatasetError>().is_some()))
+        .or_else(|| input(cause.downcast_ref::<padim_core::shard::ShardError>().is_some()))
 }
 
 fn run(cli: Cli) -> Result<()> {

@@ -147,8 +147,11 @@ pub fn run_extract(
     }
     let keys = ShardKeys { embeddings: embeddings_key, images: images_key, manifest: manifest_key, done: done_key };
     let result = extract_claimed(job, shard, &store, &keys, &config_hash, &weights, &weights_sha256, progress);
-    // Done or failed, the claim is withdrawn (a killed task's stays, for the next run to take).
-    store.delete(&claim_key)?;
+    // Done or failed, the claim is withdrawn (a killed task's stays, for the next run to take). One
+    // that cannot be withdrawn (the storage is down) is harmless: it holds this shard's identity.
+    if let Err(error) = store.delete(&claim_key) {
+        tracing::warn!(%error, "could not withdraw the claim on the shard");
+    }
     drop(lock);
     result
 }
@@ -177,17 +180,17 @@ fn extract_claimed(
     let (embeddings_key, images_key, manifest_key) =
         (keys.embeddings.clone(), keys.images.clone(), keys.manifest.clone());
     let config_hash = config_hash.to_string();
-    let all_images = crate::split::job_images(job, &store)?;
+    let all_images = crate::split::job_images(job, store)?;
     let images = &all_images[shard.range(all_images.len())];
     tracing::info!(images = images.len(), total = all_images.len(), "listed dataset");
 
     let device = crate::select_device(job.extract.device).map_err(ExtractError::Device)?;
     crate::set_threads(job.extract.threads);
-    let net = Backbone::load(job.backbone.kind, &weights, job.backbone.tap, device)
+    let net = Backbone::load(job.backbone.kind, weights, job.backbone.tap, device)
         .map_err(|e| e.named(&job.backbone.weights))?;
     let (mean, std) = net.normalization();
     let preprocessor = Preprocessor::new(job.preprocess.clone(), mean, std);
-    let meta = embedding_meta(job, &weights_sha256, &config_hash, shard);
+    let meta = embedding_meta(job, weights_sha256, &config_hash, shard);
 
     let settings = WriterSettings {
         compression: match job.extract.compression {
@@ -197,7 +200,7 @@ fn extract_claimed(
         },
         row_group_bytes: job.extract.row_group_mib << 20,
     };
-    let mut writer = EmbeddingWriter::create(&store, &embeddings_key, meta.clone(), settings)?;
+    let mut writer = EmbeddingWriter::create(store, &embeddings_key, meta.clone(), settings)?;
     let (input_h, input_w) = preprocessor.input_size();
 
     let mut rows: Vec<ImageRow> = Vec::with_capacity(images.len());
@@ -278,7 +281,7 @@ fn extract_claimed(
         return Err(ExtractError::BadImages { count: bad.len(), list, errors: bad });
     }
     let n_rows = writer.finish()?;
-    write_image_table(&store, &images_key, &rows)?;
+    write_image_table(store, &images_key, &rows)?;
 
     let skipped = bad.len();
     let ok = images.len() - skipped;

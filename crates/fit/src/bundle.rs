@@ -1,7 +1,10 @@
 //! The deployable model bundle: one safetensors file that classifies new images on its own.
 //!
 //! Tensors as in a model file (`channels` I64 `[k]`, `mean` `[n_patches, k]`, `precision`
-//! `[n_patches, k, k]`, F32 or, optionally, F16), and one metadata entry `padim-bundle` holding the
+//! `[n_patches, k, k]`, F32), or with f16 matrices `mean` and `precision-factor`: each patch's lower
+//! Cholesky factor `L` of the precision (`P = L Lᵀ`). Rounding a precision matrix to f16 can make it
+//! indefinite (negative squared distances on ill-conditioned patches); rounding its factor cannot,
+//! since `L Lᵀ` is positive semi-definite whatever `L` is. And one metadata entry `padim-bundle` holding the
 //! JSON of [`BundleInfo`]: the model's provenance (backbone, weights SHA-256, taps, grid), the
 //! pre-processing, the map smoothing, the image score and its calibration (normalisation, threshold
 //! and the rule that chose it) and the heatmap display range. One file rather than safetensors plus
@@ -22,7 +25,8 @@ pub const BUNDLE_KEY: &str = "padim-bundle";
 #[serde(rename_all = "kebab-case")]
 pub enum MatrixType {
     F32,
-    /// Half the size; scores move by what the measurement in the README says.
+    /// Half the size (the precision stored as its Cholesky factor); scores move by what the
+    /// measurement in the README says.
     F16,
 }
 
@@ -51,7 +55,42 @@ pub struct BundleInfo {
 }
 
 impl BundleInfo {
-    pub const FORMAT_VERSION: u32 = 1;
+    /// 2: f16 bundles store the precision's Cholesky factor (`precision-factor`); version 1's f16
+    /// `precision` is still read.
+    pub const FORMAT_VERSION: u32 = 2;
+}
+
+/// The tensor of an f16 bundle's precision factors.
+const FACTOR: &str = "precision-factor";
+
+/// Per patch, the lower Cholesky factor of the `[k, k]` precision matrix (row-major, zeros above
+/// the diagonal), computed in f64.
+fn cholesky_factors(precision: &[f32], k: usize) -> Result<Vec<f32>, ModelError> {
+    use ndarray_linalg::{Cholesky, UPLO};
+    let mut out = Vec::with_capacity(precision.len());
+    for (patch, matrix) in precision.chunks_exact((k * k).max(1)).enumerate() {
+        let p = ndarray::Array2::from_shape_fn((k, k), |(i, j)| matrix[i * k + j] as f64);
+        let lower = p.cholesky(UPLO::Lower).map_err(|e| {
+            format(format!("the precision matrix of patch {patch} is not positive definite ({e}); refit the model"))
+        })?;
+        out.extend(lower.iter().map(|&v| v as f32));
+    }
+    Ok(out)
+}
+
+/// `L Lᵀ` per patch, accumulated in f64: the precision matrices of stored factors.
+fn from_factors(factors: &[f32], k: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(factors.len());
+    for lower in factors.chunks_exact((k * k).max(1)) {
+        for i in 0..k {
+            for j in 0..k {
+                // L is lower triangular: the sum runs to min(i, j).
+                let sum: f64 = (0..=i.min(j)).map(|t| lower[i * k + t] as f64 * lower[j * k + t] as f64).sum();
+                out.push(sum as f32);
+            }
+        }
+    }
+    out
 }
 
 /// A bundle read back, with its matrices widened to f32.
@@ -82,9 +121,13 @@ pub fn encode_bundle(model: &Model, info: &BundleInfo) -> Result<Vec<u8>, ModelE
 /// [`encode_bundle`] without validating the model first (tests make bad files with it).
 fn encode_unchecked(model: &Model, info: &BundleInfo) -> Result<Vec<u8>, ModelError> {
     let (p, k) = (model.n_patches(), model.channels.len());
+    let (precision_name, stored) = match info.matrices {
+        MatrixType::F32 => ("precision", model.precision.clone()),
+        MatrixType::F16 => (FACTOR, cholesky_factors(&model.precision, k)?),
+    };
     if info.matrices == MatrixType::F16 {
         // Finite (validated above), so the largest magnitude is a number.
-        let largest = model.mean.iter().chain(&model.precision).fold(0f32, |m, v| m.max(v.abs()));
+        let largest = model.mean.iter().chain(&stored).fold(0f32, |m, v| m.max(v.abs()));
         if largest > f32::from(half::f16::MAX) {
             return Err(format(format!(
                 "the model's largest value ({largest:e}) does not fit in f16 (at most 65504): set \
@@ -103,11 +146,11 @@ fn encode_unchecked(model: &Model, info: &BundleInfo) -> Result<Vec<u8>, ModelEr
     };
     let channels: Vec<u8> = model.channels.iter().flat_map(|&c| (c as i64).to_le_bytes()).collect();
     let (mean_type, mean) = floats(&model.mean);
-    let (precision_type, precision) = floats(&model.precision);
+    let (precision_type, precision) = floats(&stored);
     let tensors = [
         ("channels", Dtype::I64, vec![k], channels),
         ("mean", mean_type, vec![p, k], mean),
-        ("precision", precision_type, vec![p, k, k], precision),
+        (precision_name, precision_type, vec![p, k, k], precision),
     ];
     let views: Vec<(&str, TensorView<'_>)> = tensors
         .iter()
@@ -163,7 +206,10 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Bundle, ModelError> {
         .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
         .collect();
     let mean = tensor("mean", &[p, k])?;
-    let precision = tensor("precision", &[p, k, k])?;
+    let precision = match file.tensor(FACTOR) {
+        Ok(_) => from_factors(&tensor(FACTOR, &[p, k, k])?, k),
+        Err(_) => tensor("precision", &[p, k, k])?,
+    };
     let model = Model { info: info.model.clone(), channels, mean, precision };
     model.validate().map_err(format)?;
     Ok(Bundle { info, model })
@@ -194,7 +240,8 @@ mod tests {
             info: info.clone(),
             channels: vec![0, 2],
             mean: (0..8).map(|i| i as f32 * 0.37 - 1.0).collect(),
-            precision: (0..16).map(|i| 1.0 / (i as f32 + 1.3)).collect(),
+            // Symmetric positive definite 2x2 precisions, one per patch.
+            precision: (0..4).flat_map(|q| [1.0 + q as f32 * 0.3, 0.2, 0.2, 0.8 + q as f32 * 0.1]).collect(),
         };
         let bundle = BundleInfo {
             format_version: BundleInfo::FORMAT_VERSION,
@@ -225,11 +272,32 @@ mod tests {
         let (model, info) = bundle(MatrixType::F16);
         let bytes = encode_bundle(&model, &info).unwrap();
         let back = decode_bundle(&bytes).unwrap();
-        for (a, b) in model.precision.iter().chain(&model.mean).zip(back.model.precision.iter().chain(&back.model.mean))
-        {
-            assert!((a - b).abs() <= a.abs() * 1e-3, "{a} vs {b}");
+        for (a, b) in model.mean.iter().zip(&back.model.mean) {
+            assert!((a - b).abs() <= a.abs() * 1e-3, "mean {a} vs {b}");
+        }
+        for (a, b) in model.precision.iter().zip(&back.model.precision) {
+            assert!((a - b).abs() <= 2e-3, "precision {a} vs {b} (entries of about 1)");
         }
         assert!(bytes.len() < encode_bundle(&model, &bundle(MatrixType::F32).1).unwrap().len());
+    }
+
+    #[test]
+    fn f16_keeps_an_ill_conditioned_precision_positive_definite() {
+        // Eigenvalues about 5000 and 0.2: rounding the matrix to f16 (3750, 2166, 1250) makes it
+        // indefinite; rounding its Cholesky factor cannot.
+        let (mut model, info) = bundle(MatrixType::F16);
+        model.precision = [3750.125f32, 2165.2, 2165.2, 1250.375].repeat(4);
+        let det = |m: &[f32]| m[0] as f64 * m[3] as f64 - m[1] as f64 * m[2] as f64;
+        assert!(det(&model.precision) > 0.0);
+        let rounded: Vec<f32> = model.precision.iter().map(|&v| half::f16::from_f32(v).to_f32()).collect();
+        assert!(det(&rounded) < 0.0, "the old f16 bundle's matrix would be indefinite");
+        let back = decode_bundle(&encode_bundle(&model, &info).unwrap()).unwrap();
+        for patch in back.model.precision.chunks_exact(4) {
+            assert!(det(patch) > 0.0 && patch[0] > 0.0, "{patch:?}");
+            for (a, b) in patch.iter().zip(&model.precision) {
+                assert!((a - b).abs() <= b.abs() * 2e-3, "{a} vs {b}");
+            }
+        }
     }
 
     #[test]
@@ -269,7 +337,7 @@ mod tests {
         // ... and never written.
         assert!(encode_bundle(&model, &info).is_err());
         let (mut model, info) = bundle(MatrixType::F16);
-        model.precision[0] = 70_000.0;
+        model.mean[0] = 70_000.0;
         let message = encode_bundle(&model, &info).unwrap_err().to_string();
         assert!(message.contains("does not fit in f16") && message.contains("bundle-f16 = false"), "{message}");
     }

@@ -145,7 +145,7 @@ impl EmbeddingWriter {
         let properties = properties.build();
         let object = BufWriter::new(store.inner(), store.object_path(key));
         let writer = AsyncArrowWriter::try_new(object, schema.clone(), Some(properties))
-            .map_err(|e| StoreError::Parquet { url: url.clone(), message: e.to_string() })?;
+            .map_err(|e| StoreError::parquet(&url, e))?;
         // Two batches in flight bound the memory of the queue.
         let (sender, receiver) = sync_channel::<Message>(2);
         let worker_store = store.clone();
@@ -246,8 +246,7 @@ async fn write_loop(
     receiver: Receiver<Message>,
     url: String,
 ) -> Result<u64, StoreError> {
-    let parquet_error =
-        |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
+    let parquet_error = |e: parquet::errors::ParquetError| StoreError::parquet(&url, e);
     let mut rows = 0u64;
     loop {
         // The receiver blocks this IO thread only, which has nothing else to do meanwhile.
@@ -317,8 +316,7 @@ impl EmbeddingReader {
         wanted: Option<&dyn Fn(u32, u32) -> bool>,
     ) -> Result<Self, StoreError> {
         let url = store.url_of(key);
-        let parquet_error =
-            |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
+        let parquet_error = |e: parquet::errors::ParquetError| StoreError::parquet(&url, e);
         // With the size known the footer is read by a bounded range: Azure Blob Storage refuses the
         // suffix range the reader asks for otherwise.
         let size = store
@@ -400,7 +398,7 @@ impl EmbeddingReader {
     pub fn next_batch(&mut self) -> Result<Option<EmbeddingBatch>, StoreError> {
         let store = self.store.clone();
         let Some(batch) = store.block_on(self.stream.next()) else { return Ok(None) };
-        let batch = batch.map_err(|e| StoreError::Parquet { url: self.url.clone(), message: e.to_string() })?;
+        let batch = batch.map_err(|e| StoreError::parquet(&self.url, e))?;
         let n_patches = self.meta.n_patches();
         let format_error = |message: String| StoreError::Format { url: self.url.clone(), message };
         if batch.num_rows() % n_patches != 0 {

@@ -46,7 +46,7 @@ fn bucket_and_key(location: &Path) -> Result<(Store, String), StoreError> {
 /// Reads the whole input at `location`; a missing input is an error that names it.
 pub fn read_input(location: &Path) -> Result<Bytes, StoreError> {
     read_input_opt(location)?
-        .ok_or_else(|| StoreError::Object { url: location.display().to_string(), message: "no such object".into() })
+        .ok_or_else(|| StoreError::Invalid { url: location.display().to_string(), message: "no such object".into() })
 }
 
 /// Reads the input at `location`, or `None` if there is none.
@@ -83,7 +83,7 @@ pub fn read_inputs(locations: &[&Path]) -> Vec<Result<Bytes, StoreError>> {
             Ok(result) => result.bytes().await,
             Err(e) => Err(e),
         };
-        result.map_err(|e| StoreError::Object { url: location.display().to_string(), message: e.to_string() })
+        result.map_err(|e| StoreError::of_object_store(location.display().to_string(), &e))
     });
     runtime_store.block_on(futures::stream::iter(futures).buffered(32).collect())
 }

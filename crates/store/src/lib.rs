@@ -29,6 +29,36 @@ pub use scores::{MapRow, ScoreRow, read_maps, read_scores, write_maps, write_sco
 use std::path::PathBuf;
 
 impl StoreError {
+    /// An object_store error at `url`, classified: the answers no retry changes (not found,
+    /// permission, credentials, a bad path, an unsupported request) are [`StoreError::Invalid`];
+    /// the rest failed as requests after the retries and are [`StoreError::Object`].
+    pub(crate) fn of_object_store(url: String, error: &object_store::Error) -> StoreError {
+        use object_store::Error as E;
+        let message = error.to_string();
+        match error {
+            E::NotFound { .. }
+            | E::PermissionDenied { .. }
+            | E::Unauthenticated { .. }
+            | E::InvalidPath { .. }
+            | E::NotSupported { .. }
+            | E::NotImplemented { .. }
+            | E::UnknownConfigurationKey { .. } => StoreError::Invalid { url, message },
+            _ => StoreError::Object { url, message },
+        }
+    }
+
+    /// A Parquet error of the object at `url`: a failed request underneath (object_store's, passed
+    /// through Parquet) is a storage error, which a later rerun may get past; anything else is the
+    /// file's.
+    pub(crate) fn parquet(url: &str, error: parquet::errors::ParquetError) -> StoreError {
+        if let parquet::errors::ParquetError::External(inner) = &error
+            && from_object_store(inner.as_ref())
+        {
+            return StoreError::Object { url: url.to_string(), message: error.to_string() };
+        }
+        StoreError::Parquet { url: url.to_string(), message: error.to_string() }
+    }
+
     /// Whether the failure is the storage's, not the input's: a request that failed after the
     /// retries (network, throttling, an outage). A rerun later may succeed; a bad location, a corrupt
     /// or foreign file or a conflict between configurations will not.
@@ -37,13 +67,35 @@ impl StoreError {
     }
 }
 
+/// Whether `error` is, or wraps, an object_store error (through an `io::Error`, as Parquet's
+/// buffered writer passes them on, or as a source).
+fn from_object_store(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current = Some(error);
+    while let Some(error) = current {
+        if error.downcast_ref::<object_store::Error>().is_some() {
+            return true;
+        }
+        if let Some(inner) = error.downcast_ref::<std::io::Error>().and_then(std::io::Error::get_ref)
+            && from_object_store(inner)
+        {
+            return true;
+        }
+        current = error.source();
+    }
+    false
+}
+
 /// Storage and Parquet errors; each names the object (or file) involved.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("invalid storage location `{location}`: {message}")]
     Location { location: String, message: String },
+    /// A request that failed after the retries: the network, throttling, an outage.
     #[error("storage error at {url}: {message}")]
     Object { url: String, message: String },
+    /// What no retry mends: a missing or corrupt object, a refused permission, a bad path.
+    #[error("{url}: {message}")]
+    Invalid { url: String, message: String },
     #[error("Parquet error in {url}: {message}")]
     Parquet { url: String, message: String },
     #[error("{url} is not a padim embeddings file: {message}")]

@@ -104,8 +104,8 @@ impl Store {
         self.runtime.block_on(future)
     }
 
-    fn object_error(&self, key: &str, error: impl std::fmt::Display) -> StoreError {
-        StoreError::Object { url: self.url_of(key), message: error.to_string() }
+    fn object_error(&self, key: &str, error: object_store::Error) -> StoreError {
+        StoreError::of_object_store(self.url_of(key), &error)
     }
 
     /// Writes `bytes` to `key` atomically, replacing any object there.

@@ -111,7 +111,7 @@ impl DoneMarker {
     pub fn read(store: &Store, key: &str) -> Result<Option<DoneMarker>, StoreError> {
         match store.get(key)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Object {
+            Some(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| StoreError::Invalid {
                 url: store.url_of(key),
                 message: format!("corrupt done marker: {e}"),
             }),
@@ -125,7 +125,7 @@ impl DoneMarker {
     /// marker is left as it is.
     pub fn publish(&self, store: &Store, key: &str) -> Result<Published, StoreError> {
         let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| StoreError::Object { url: store.url_of(key), message: e.to_string() })?;
+            .map_err(|e| StoreError::Invalid { url: store.url_of(key), message: e.to_string() })?;
         match store.put_if_absent(key, json) {
             Ok(()) => Ok(Published::Created),
             Err(StoreError::AlreadyExists { url }) => match DoneMarker::read(store, key)? {
@@ -145,7 +145,7 @@ impl DoneMarker {
     /// Writes the marker atomically, replacing any marker there.
     pub fn write(&self, store: &Store, key: &str) -> Result<(), StoreError> {
         let json = serde_json::to_vec_pretty(self)
-            .map_err(|e| StoreError::Object { url: store.url_of(key), message: e.to_string() })?;
+            .map_err(|e| StoreError::Invalid { url: store.url_of(key), message: e.to_string() })?;
         store.put(key, json)
     }
 }
@@ -230,26 +230,12 @@ mod tests {
             assert_eq!(result.is_ok(), mine == winner, "task {i}: {result:?}");
         }
     }
-}
-
-#[cfg(test)]
-mod staleness {
-    use super::*;
 
     #[test]
     fn a_republished_input_makes_its_outputs_stale() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().display().to_string()).unwrap();
-        let upstream = |run_id: String| DoneMarker {
-            stage: "extract".into(),
-            shard: "0/1".into(),
-            config_hash: "x".into(),
-            digest: None,
-            files: vec![],
-            counts: Default::default(),
-            run_id,
-            made_from: Default::default(),
-        };
+        let upstream = |run_id: String| DoneMarker { run_id, ..marker("x") };
         let first = DoneMarker::new_run_id();
         assert_ne!(first, DoneMarker::new_run_id(), "run ids are unique");
         upstream(first.clone()).write(&store, "up.json").unwrap();

@@ -9,7 +9,7 @@ use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 /// Encodes `batch` as a Parquet file and puts it at `key` atomically.
 pub(crate) fn put_table(store: &Store, key: &str, batch: &RecordBatch) -> Result<(), StoreError> {
     let url = store.url_of(key);
-    let error = |e: parquet::errors::ParquetError| StoreError::Parquet { url: url.clone(), message: e.to_string() };
+    let error = |e: parquet::errors::ParquetError| StoreError::parquet(&url, e);
     let mut buffer = Vec::new();
     let mut writer = ArrowWriter::try_new(&mut buffer, batch.schema(), None).map_err(error)?;
     writer.write(batch).map_err(error)?;
@@ -21,7 +21,7 @@ pub(crate) fn put_table(store: &Store, key: &str, batch: &RecordBatch) -> Result
 pub(crate) fn get_table(store: &Store, key: &str) -> Result<Vec<RecordBatch>, StoreError> {
     let url = store.url_of(key);
     let error = |message: String| StoreError::Parquet { url: url.clone(), message };
-    let bytes = store.get(key)?.ok_or_else(|| StoreError::Object { url: url.clone(), message: "not found".into() })?;
+    let bytes = store.get(key)?.ok_or_else(|| StoreError::Invalid { url: url.clone(), message: "not found".into() })?;
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| error(e.to_string()))?;
     reader.map(|batch| batch.map_err(|e| error(e.to_string()))).collect()
