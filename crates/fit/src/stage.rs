@@ -294,40 +294,48 @@ pub fn extract_done_shards(store: &Store) -> Result<Vec<Shard>, StoreError> {
         .collect())
 }
 
-/// The shards of the latest extract layout: every `extract/done-*` marker of the largest shard
-/// count, in index order (score and report work on these).
-pub fn latest_extract_shards(store: &Store) -> Result<Vec<Shard>, StoreError> {
-    let mut shards = extract_done_shards(store)?;
-    let count = shards.iter().map(|s| s.count).max().unwrap_or(0);
-    shards.retain(|s| s.count == count);
-    shards.sort_by_key(|s| s.index);
-    Ok(shards)
-}
-
-/// The extract shards under the run location; all must be done, by this configuration.
-fn extract_shards(store: &Store, extract_hash: &str) -> Result<Vec<Shard>, FitError> {
+/// The extract shards of this job: the layout (shard count) whose every shard has a done marker of
+/// `extract_hash`, the current extract identity (the largest such count when the same extraction
+/// exists in several layouts). Markers of other identities (an older configuration, other data) or
+/// layouts with missing shards are never mixed in: fit, score and report all read through this.
+pub fn extract_shards(store: &Store, extract_hash: &str) -> Result<Vec<Shard>, FitError> {
     let found = extract_done_shards(store)?;
-    let Some(count) = found.iter().map(|s| s.count).max() else {
+    let mut counts: Vec<u32> = found.iter().map(|s| s.count).collect();
+    counts.sort_unstable();
+    counts.dedup();
+    if counts.is_empty() {
         return Err(FitError::NoExtract { url: store.url().to_string() });
-    };
-    let present: BTreeSet<u32> = found.iter().filter(|s| s.count == count).map(|s| s.index).collect();
-    let missing: Vec<String> = (0..count).filter(|i| !present.contains(i)).map(|i| i.to_string()).collect();
-    if !missing.is_empty() {
-        return Err(FitError::MissingShards { url: store.url().to_string(), missing: missing.join(", "), count });
     }
-    let shards: Vec<Shard> = (0..count).map(|index| Shard { index, count }).collect();
-    for shard in &shards {
-        let key = format!("extract/done-{}.json", shard.tag());
-        let marker = DoneMarker::read(store, &key)?.ok_or_else(|| FitError::NoExtract { url: store.url_of(&key) })?;
-        if marker.config_hash != extract_hash {
-            return Err(FitError::StaleExtract {
-                url: store.url_of(&key),
-                found: marker.config_hash,
-                expected: extract_hash.to_string(),
-            });
+    // Per layout, from the largest: its markers of this identity, and the first of another.
+    let mut best: Option<(u32, Vec<u32>)> = None;
+    let mut other: Option<(String, String)> = None;
+    for &count in counts.iter().rev() {
+        let mut current = Vec::new();
+        for shard in found.iter().filter(|s| s.count == count) {
+            let key = format!("extract/done-{}.json", shard.tag());
+            match DoneMarker::read(store, &key)? {
+                Some(marker) if marker.config_hash == extract_hash => current.push(shard.index),
+                Some(marker) => {
+                    other.get_or_insert((store.url_of(&key), marker.config_hash));
+                }
+                None => {}
+            }
+        }
+        if current.len() == count as usize {
+            return Ok((0..count).map(|index| Shard { index, count }).collect());
+        }
+        if best.as_ref().is_none_or(|(_, b)| current.len() > b.len()) && !current.is_empty() {
+            best = Some((count, current));
         }
     }
-    Ok(shards)
+    match (best, other) {
+        (Some((count, present)), _) => {
+            let missing: Vec<String> = (0..count).filter(|i| !present.contains(i)).map(|i| i.to_string()).collect();
+            Err(FitError::MissingShards { url: store.url().to_string(), missing: missing.join(", "), count })
+        }
+        (None, Some((url, found))) => Err(FitError::StaleExtract { url, found, expected: extract_hash.to_string() }),
+        (None, None) => Err(FitError::NoExtract { url: store.url().to_string() }),
+    }
 }
 
 /// Ids of the training images: extracted without error, of a training label (and split).
@@ -486,4 +494,45 @@ fn accumulate_shard(
     }
     .publish(store, &done_key)?;
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mark(store: &Store, shard: Shard, identity: &str) {
+        DoneMarker {
+            stage: "extract".into(),
+            shard: shard.to_string(),
+            config_hash: identity.into(),
+            digest: None,
+            files: vec![],
+            counts: BTreeMap::new(),
+            run_id: DoneMarker::new_run_id(),
+            made_from: BTreeMap::new(),
+        }
+        .write(store, &format!("extract/done-{}.json", shard.tag()))
+        .unwrap();
+    }
+
+    #[test]
+    fn the_extract_layout_is_the_one_of_this_identity() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().display().to_string()).unwrap();
+        assert!(matches!(extract_shards(&store, "a"), Err(FitError::NoExtract { .. })));
+        // Two shards of an older configuration, then one shard of this one (not the largest count).
+        mark(&store, Shard { index: 0, count: 2 }, "old");
+        mark(&store, Shard { index: 1, count: 2 }, "old");
+        assert!(matches!(extract_shards(&store, "new"), Err(FitError::StaleExtract { .. })));
+        mark(&store, Shard { index: 0, count: 1 }, "new");
+        assert_eq!(extract_shards(&store, "new").unwrap(), vec![Shard { index: 0, count: 1 }]);
+        assert_eq!(extract_shards(&store, "old").unwrap().len(), 2);
+        // Three shards of this one, one missing: named, never mixed with the others.
+        mark(&store, Shard { index: 0, count: 3 }, "three");
+        mark(&store, Shard { index: 2, count: 3 }, "three");
+        match extract_shards(&store, "three") {
+            Err(FitError::MissingShards { missing, count: 3, .. }) => assert_eq!(missing, "1"),
+            other => panic!("{other:?}"),
+        }
+    }
 }

@@ -20,12 +20,19 @@ use std::path::{Path, PathBuf};
 impl ReportError {
     /// Whether a rerun later may succeed (a storage failure), see [`StoreError::is_transient`].
     pub fn is_transient(&self) -> bool {
-        matches!(self, ReportError::Store(e) if e.is_transient())
+        match self {
+            ReportError::Store(e) => e.is_transient(),
+            ReportError::Extract(e) => e.is_transient(),
+            _ => false,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ReportError {
+    /// The job's extract shards are missing, incomplete or of another identity.
+    #[error(transparent)]
+    Extract(#[from] padim_fit::FitError),
     #[error("{url} is stale: {input} was redone after it was made (a forced rerun); run `padim score JOB` first")]
     Stale { url: String, input: String },
     #[error(transparent)]
@@ -333,7 +340,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         }
         store.delete(DONE_KEY)?;
     }
-    let shards = score_shards(&store, &job.score_hash(&inputs))?;
+    let shards = score_shards(&store, &job.extract_hash(&inputs), &job.score_hash(&inputs))?;
     let scores = load_scores(&store, &shards)?;
     let by_model = group_by_model(&scores)?;
     let splits: BTreeSet<&str> = by_model.values().flatten().map(|s| s.split.as_str()).collect();
@@ -451,8 +458,8 @@ impl ScoreShard {
 
 /// The extract shards' score outputs; every shard must be scored with every model of this
 /// configuration.
-fn score_shards(store: &Store, score_hash: &str) -> Result<Vec<ScoreShard>, ReportError> {
-    let shards = padim_fit::stage::latest_extract_shards(store)?;
+fn score_shards(store: &Store, extract_hash: &str, score_hash: &str) -> Result<Vec<ScoreShard>, ReportError> {
+    let shards = padim_fit::stage::extract_shards(store, extract_hash)?;
     let count = shards.first().map_or(0, |s| s.count);
     let models: Vec<String> = DoneMarker::read(store, "fit/done.json")?
         .map(|m| m.files)

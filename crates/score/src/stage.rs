@@ -17,12 +17,19 @@ use std::time::{Duration, Instant};
 impl ScoreStageError {
     /// Whether a rerun later may succeed (a storage failure), see [`StoreError::is_transient`].
     pub fn is_transient(&self) -> bool {
-        matches!(self, ScoreStageError::Store(e) if e.is_transient())
+        match self {
+            ScoreStageError::Store(e) => e.is_transient(),
+            ScoreStageError::Extract(e) => e.is_transient(),
+            _ => false,
+        }
     }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScoreStageError {
+    /// The job's extract shards are missing, incomplete or of another identity.
+    #[error(transparent)]
+    Extract(#[from] padim_fit::FitError),
     #[error("{url} is stale: {input} was redone after it was made (a forced rerun); run `{command}` first")]
     Stale { url: String, input: String, command: String },
     #[error(transparent)]
@@ -125,7 +132,7 @@ pub fn run_score(
         _ => None,
     };
     let score_hash = job.score_hash(&inputs);
-    let mut shards = padim_fit::stage::latest_extract_shards(&store)?;
+    let mut shards = padim_fit::stage::extract_shards(&store, &job.extract_hash(&inputs))?;
     if let Some(part) = shard {
         shards = shards[part.range(shards.len())].to_vec();
     }
