@@ -145,8 +145,9 @@ pub fn run_extract(
             }
         }
     }
-    let keys = ShardKeys { embeddings: embeddings_key, images: images_key, manifest: manifest_key, done: done_key };
-    let result = extract_claimed(job, shard, &store, &keys, &config_hash, &weights, &weights_sha256, progress);
+    let work =
+        ShardWork { shard, embeddings_key, images_key, manifest_key, done_key, config_hash, weights, weights_sha256 };
+    let result = extract_claimed(job, &store, &work, progress);
     // Done or failed, the claim is withdrawn (a killed task's stays, for the next run to take). One
     // that cannot be withdrawn (the storage is down) is harmless: it holds this shard's identity.
     if let Err(error) = store.delete(&claim_key) {
@@ -156,30 +157,32 @@ pub fn run_extract(
     result
 }
 
-/// Keys of one shard's outputs.
-struct ShardKeys {
-    embeddings: String,
-    images: String,
-    manifest: String,
-    done: String,
+/// One claimed shard: its output keys, its identity and the verified weights.
+struct ShardWork {
+    shard: Shard,
+    embeddings_key: String,
+    images_key: String,
+    manifest_key: String,
+    done_key: String,
+    config_hash: String,
+    /// A local copy of the weights and its SHA-256.
+    weights: std::path::PathBuf,
+    weights_sha256: String,
 }
 
 /// The extract stage's work once the shard is claimed: the network over the shard's images, the
 /// outputs and, last, the done marker.
-#[allow(clippy::too_many_arguments)]
 fn extract_claimed(
     job: &Job,
-    shard: Shard,
     store: &Store,
-    keys: &ShardKeys,
-    config_hash: &str,
-    weights: &std::path::Path,
-    weights_sha256: &str,
+    work: &ShardWork,
     progress: &dyn Progress,
 ) -> Result<ExtractSummary, ExtractError> {
+    let ShardWork { shard, weights, weights_sha256, .. } = work;
+    let shard = *shard;
     let (embeddings_key, images_key, manifest_key) =
-        (keys.embeddings.clone(), keys.images.clone(), keys.manifest.clone());
-    let config_hash = config_hash.to_string();
+        (work.embeddings_key.clone(), work.images_key.clone(), work.manifest_key.clone());
+    let config_hash = work.config_hash.clone();
     let all_images = crate::split::job_images(job, store)?;
     let images = &all_images[shard.range(all_images.len())];
     tracing::info!(images = images.len(), total = all_images.len(), "listed dataset");
@@ -327,7 +330,7 @@ fn extract_claimed(
         // The split's manifest is covered by the identity (its digest).
         made_from: BTreeMap::new(),
     };
-    marker.publish(store, &keys.done)?;
+    marker.publish(store, &work.done_key)?;
     tracing::info!(images = ok, skipped, "extract shard done");
     Ok(ExtractSummary { shard, images: ok, skipped, already_done: false, embeddings_key, images_key })
 }
