@@ -357,6 +357,17 @@ fn run_all_stages_and_report() {
         serde_json::from_slice(&std::fs::read(run.join("report/run-manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["inputs"]["images"], 27);
     assert!(manifest["config-hash"].as_str().unwrap().len() == 64);
+    // The stage identities it records are the ones the done markers carry.
+    let marker =
+        |key: &str| -> serde_json::Value { serde_json::from_slice(&std::fs::read(run.join(key)).unwrap()).unwrap() };
+    for (stage, key) in [
+        ("split", "split/done.json"),
+        ("extract", "extract/done-00000-of-00001.json"),
+        ("fit", "fit/done.json"),
+        ("report", "report/done.json"),
+    ] {
+        assert_eq!(manifest["identities"][stage], marker(key)["config-hash"], "{stage}");
+    }
 
     // A rerun finds every stage done and gives the same numbers.
     let before = std::fs::read(run.join("report/metrics.json")).unwrap();

@@ -418,7 +418,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
     files.extend(write_pictures(&store, job, &maps, &headline, rows, display_max, &summary, progress)?);
     store.put("report/metrics.json", serde_json::to_vec_pretty(&summary).unwrap_or_default())?;
     let extract_shards: Vec<Shard> = shards.iter().map(|s| s.shard).collect();
-    store.put("report/run-manifest.json", run_manifest(&store, job, &extract_shards)?)?;
+    store.put("report/run-manifest.json", run_manifest(&store, job, &inputs, &extract_shards)?)?;
     store.put(BUNDLE_KEY, bundle(&store, job, &headline, &summary)?)?;
     files.extend(["report/metrics.json".to_string(), "report/run-manifest.json".to_string(), BUNDLE_KEY.to_string()]);
     DoneMarker {
@@ -1083,7 +1083,12 @@ fn count_of(tests: &[(&Scored, f64, bool)], group: &str, threshold: f64) -> usiz
 }
 
 /// The run manifest: resolved config and hash, versions, and checksums of the inputs.
-fn run_manifest(store: &Store, job: &Job, shards: &[Shard]) -> Result<Vec<u8>, ReportError> {
+fn run_manifest(
+    store: &Store,
+    job: &Job,
+    digests: &padim_core::config::InputDigests,
+    shards: &[Shard],
+) -> Result<Vec<u8>, ReportError> {
     let mut weights = None;
     let mut images = Vec::new();
     for shard in shards {
@@ -1105,6 +1110,14 @@ fn run_manifest(store: &Store, job: &Job, shards: &[Shard]) -> Result<Vec<u8>, R
         "job": job.name,
         "config-hash": job.hash(),
         "config": config,
+        // What each stage's outputs are, by content (README "Identity, reruns and concurrent tasks").
+        "identities": {
+            "split": job.split_hash(),
+            "extract": job.extract_hash(digests),
+            "fit": job.fit_hash(digests),
+            "score": job.score_hash(digests),
+            "report": job.report_hash(digests),
+        },
         "versions": { "padim": env!("CARGO_PKG_VERSION"), "libtorch": "2.13.0" },
         "inputs": {
             "weights-sha256": weights,
