@@ -190,10 +190,7 @@ fn check_unchanged(job: &Job, store: &Store, images: &[ImageRecord]) -> Result<(
 /// dataset's base as the job names it now. The split stage must be done (the extract stage makes
 /// it when it is missing).
 pub fn job_images(job: &Job, store: &Store) -> Result<Vec<ImageRecord>, SplitStageError> {
-    let done = DoneMarker::read(store, SPLIT_DONE_KEY)?
-        .filter(|m| m.config_hash == job.split_hash())
-        .and_then(|m| m.digest)
-        .ok_or_else(|| SplitStageError::NotSplit { url: store.url_of(SPLIT_DONE_KEY) })?;
+    let done = padim_store::identity::split_digest(job, store)?;
     let url = store.url_of(SPLIT_MANIFEST_KEY);
     let bytes = store.get(SPLIT_MANIFEST_KEY)?.ok_or_else(|| SplitStageError::NotSplit { url: url.clone() })?;
     if padim_core::hash::sha256_hex(&bytes) != done {

@@ -15,8 +15,8 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 use tch::Tensor;
 
-/// A pre-processed image and its file's bytes, or why it could not be used.
-type LoadResult = Result<(Prepared, bytes::Bytes), ImageError>;
+/// A pre-processed image, its file's size and the SHA-256 of its bytes, or why it could not be used.
+type LoadResult = Result<(Prepared, u64, String), ImageError>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
@@ -212,7 +212,7 @@ fn extract_claimed(
     let (mut decode_time, mut network_time, mut write_time) = (0f64, 0f64, 0f64);
     for chunk in images.chunks(job.extract.batch_size) {
         let clock = std::time::Instant::now();
-        // Decoding and resizing in parallel; the network then uses all cores on its own.
+        // Decoding, resizing and hashing in parallel; the network then uses all cores on its own.
         let paths: Vec<&std::path::Path> = chunk.iter().map(|r| r.path.as_path()).collect();
         let contents = padim_store::read_inputs(&paths);
         let loaded: Vec<(&ImageRecord, LoadResult)> = chunk
@@ -220,7 +220,9 @@ fn extract_claimed(
             .zip(contents)
             .map(|(record, bytes)| {
                 let result = match bytes {
-                    Ok(bytes) => preprocessor.prepare(&record.path, &bytes).map(|prepared| (prepared, bytes)),
+                    Ok(bytes) => preprocessor
+                        .prepare(&record.path, &bytes)
+                        .map(|prepared| (prepared, bytes.len() as u64, padim_core::hash::sha256_hex(&bytes))),
                     Err(e) => Err(ImageError::Read { path: record.path.clone(), message: e.to_string() }),
                 };
                 (record, result)
@@ -228,15 +230,14 @@ fn extract_claimed(
             .collect();
         // A file replaced since the split is not this job's image any more: stop, whatever skip-bad says.
         for (record, result) in &loaded {
-            if let (Ok((_, bytes)), Some(expected)) = (result, &record.sha256) {
-                let found = padim_core::hash::sha256_hex(bytes);
-                if &found != expected {
-                    return Err(ExtractError::ImageChanged {
-                        path: record.path.display().to_string(),
-                        expected: expected.clone(),
-                        found,
-                    });
-                }
+            if let (Ok((_, _, found)), Some(expected)) = (result, &record.sha256)
+                && found != expected
+            {
+                return Err(ExtractError::ImageChanged {
+                    path: record.path.display().to_string(),
+                    expected: expected.clone(),
+                    found: found.clone(),
+                });
             }
         }
         decode_time += clock.elapsed().as_secs_f64();
@@ -244,8 +245,8 @@ fn extract_claimed(
         let mut batch_pixels = Vec::with_capacity(chunk.len() * 3 * (input_h * input_w) as usize);
         for (record, result) in loaded {
             match result {
-                Ok((prepared, bytes)) => {
-                    rows.push(image_row(job, record, &bytes, prepared.width, prepared.height, None));
+                Ok((prepared, size, sha256)) => {
+                    rows.push(image_row(job, record, size, sha256, prepared.width, prepared.height, None));
                     batch_ids.push(record.id);
                     batch_pixels.extend_from_slice(&prepared.pixels);
                 }
@@ -253,7 +254,8 @@ fn extract_claimed(
                     progress.note(&error.to_string());
                     tracing::warn!(%error, "bad image");
                     let bytes = padim_store::read_input(&record.path).unwrap_or_default();
-                    rows.push(image_row(job, record, &bytes, 0, 0, Some(&error)));
+                    let sha256 = if bytes.is_empty() { String::new() } else { padim_core::hash::sha256_hex(&bytes) };
+                    rows.push(image_row(job, record, bytes.len() as u64, sha256, 0, 0, Some(&error)));
                     bad.push(error);
                 }
             }
@@ -340,7 +342,8 @@ fn extract_claimed(
 fn image_row(
     job: &Job,
     record: &ImageRecord,
-    bytes: &[u8],
+    size: u64,
+    sha256: String,
     width: u32,
     height: u32,
     error: Option<&ImageError>,
@@ -350,8 +353,8 @@ fn image_row(
         path: job.dataset.relative_path(&record.path),
         label: record.label.clone(),
         split: record.split.clone(),
-        bytes: bytes.len() as u64,
-        sha256: if bytes.is_empty() { String::new() } else { padim_core::hash::sha256_hex(bytes) },
+        bytes: size,
+        sha256,
         width,
         height,
         status: if error.is_some() { ImageStatus::Skipped } else { ImageStatus::Ok },

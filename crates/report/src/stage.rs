@@ -148,24 +148,30 @@ pub struct SkippedFile {
     pub reason: String,
 }
 
-/// The images the extract shards skipped.
-fn left_out(store: &Store, shards: &[ScoreShard]) -> Result<LeftOut, ReportError> {
-    let mut out = LeftOut::default();
+/// The image tables of the extract shards, in shard order: read once for what the report left out
+/// and for the run manifest.
+fn image_rows(store: &Store, shards: &[ScoreShard]) -> Result<Vec<padim_store::ImageRow>, ReportError> {
+    let mut rows = Vec::new();
     for shard in shards {
-        for row in padim_store::read_image_table(store, &format!("extract/images-{}.parquet", shard.shard.tag()))? {
-            if row.status == padim_store::ImageStatus::Skipped {
-                let split = row.split.unwrap_or_else(|| "all".into());
-                *out.skipped.entry(format!("{split}/{}", row.label)).or_default() += 1;
-                out.skipped_files.push(SkippedFile {
-                    path: row.path,
-                    split,
-                    label: row.label,
-                    reason: row.error.unwrap_or_default(),
-                });
-            }
-        }
+        rows.extend(padim_store::read_image_table(store, &format!("extract/images-{}.parquet", shard.shard.tag()))?);
     }
-    Ok(out)
+    Ok(rows)
+}
+
+/// The images the extract shards skipped.
+fn left_out(image_rows: &[padim_store::ImageRow]) -> LeftOut {
+    let mut out = LeftOut::default();
+    for row in image_rows.iter().filter(|row| row.status == padim_store::ImageStatus::Skipped) {
+        let split = row.split.clone().unwrap_or_else(|| "all".into());
+        *out.skipped.entry(format!("{split}/{}", row.label)).or_default() += 1;
+        out.skipped_files.push(SkippedFile {
+            path: row.path.clone(),
+            split,
+            label: row.label.clone(),
+            reason: row.error.clone().unwrap_or_default(),
+        });
+    }
+    out
 }
 
 /// A model and score that the calibration split cannot calibrate.
@@ -396,6 +402,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         None
     };
 
+    let image_rows = image_rows(&store, &shards)?;
     let mut summary = ReportSummary {
         job: job.name.clone(),
         config_hash: hash.clone(),
@@ -405,7 +412,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         models,
         unusable,
         pixel,
-        left_out: left_out(&store, &shards)?,
+        left_out: left_out(&image_rows),
         sweep: None,
         already_done: false,
     };
@@ -417,8 +424,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
     }
     files.extend(write_pictures(&store, job, &maps, &headline, rows, display_max, &summary, progress)?);
     store.put("report/metrics.json", serde_json::to_vec_pretty(&summary).unwrap_or_default())?;
-    let extract_shards: Vec<Shard> = shards.iter().map(|s| s.shard).collect();
-    store.put("report/run-manifest.json", run_manifest(&store, job, &inputs, &extract_shards)?)?;
+    store.put("report/run-manifest.json", run_manifest(job, &inputs, &image_rows))?;
     store.put(BUNDLE_KEY, bundle(&store, job, &headline, &summary)?)?;
     files.extend(["report/metrics.json".to_string(), "report/run-manifest.json".to_string(), BUNDLE_KEY.to_string()]);
     DoneMarker {
@@ -1084,28 +1090,14 @@ fn count_of(tests: &[(&Scored, f64, bool)], group: &str, threshold: f64) -> usiz
 
 /// The run manifest: resolved config and hash, versions, and checksums of the inputs.
 fn run_manifest(
-    store: &Store,
     job: &Job,
     digests: &padim_core::config::InputDigests,
-    shards: &[Shard],
-) -> Result<Vec<u8>, ReportError> {
-    let mut weights = None;
-    let mut images = Vec::new();
-    for shard in shards {
-        let manifest = store.get(&format!("extract/manifest-{}.json", shard.tag()))?;
-        if let Some(bytes) = manifest
-            && let Ok(value) = serde_json::from_slice::<serde_json::Value>(&bytes)
-        {
-            weights = value.get("weights-sha256").cloned();
-        }
-        for row in padim_store::read_image_table(store, &format!("extract/images-{}.parquet", shard.tag()))? {
-            images.push(format!("{} {}", row.sha256, row.path));
-        }
-    }
+    image_rows: &[padim_store::ImageRow],
+) -> Vec<u8> {
+    let mut images: Vec<String> = image_rows.iter().map(|row| format!("{} {}", row.sha256, row.path)).collect();
     images.sort();
     let inputs = padim_core::hash::sha256_hex(images.join("\n").as_bytes());
     let config: serde_json::Value = serde_json::from_str(&job.to_canonical_json()).unwrap_or_default();
-    let split_manifest = store.get("split/manifest.csv")?.map(|b| padim_core::hash::sha256_hex(&b));
     let manifest = serde_json::json!({
         "job": job.name,
         "config-hash": job.hash(),
@@ -1120,11 +1112,11 @@ fn run_manifest(
         },
         "versions": { "padim": env!("CARGO_PKG_VERSION"), "libtorch": "2.13.0" },
         "inputs": {
-            "weights-sha256": weights,
+            "weights-sha256": digests.weights,
             "images": images.len(),
             "images-sha256": inputs,
-            "split-manifest-sha256": split_manifest,
+            "split-manifest-sha256": digests.images,
         },
     });
-    Ok(serde_json::to_vec_pretty(&manifest).unwrap_or_default())
+    serde_json::to_vec_pretty(&manifest).unwrap_or_default()
 }
