@@ -13,7 +13,7 @@ AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 SETUP_STAMP := $(VENV)/.padim-setup-$(shell sha256sum scripts/requirements.txt | cut -c1-12)
 export LIBTORCH ?= $(abspath $(VENV))/lib/python3.11/site-packages/torch
 
-.PHONY: help setup system weights build run split extract fit score report submit-slurm test lint bench clean
+.PHONY: help setup system weights build run split extract fit score report submit-slurm test lint bench bench-e2e clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -94,6 +94,21 @@ bench: setup ## Benchmarks, as ratios against PyTorch in the same run.
 	cargo bench --workspace --bench scale
 	cargo bench --workspace --bench predict
 	cargo bench --workspace --bench sweep
+	cargo bench --workspace --bench storage
+	cargo bench --workspace --bench pipeline
+
+# anomalib for the end-to-end comparison, in a venv of its own that reuses the project's torch
+# through a .pth line (no second torch download); made by `bench-e2e` only, never by setup or CI.
+ANOMALIB_VENV := .cache/bench/anomalib
+PY_VERSION = $(shell $(PYTHON) -c 'import sys; print(f"python{sys.version_info[0]}.{sys.version_info[1]}")')
+$(ANOMALIB_VENV)/.installed: $(SETUP_STAMP)
+	test -x $(ANOMALIB_VENV)/bin/python || python3 -m venv $(ANOMALIB_VENV)
+	echo "$(abspath $(VENV))/lib/$(PY_VERSION)/site-packages" > $(ANOMALIB_VENV)/lib/$(PY_VERSION)/site-packages/padim-project-torch.pth
+	$(ANOMALIB_VENV)/bin/pip install --quiet --disable-pip-version-check anomalib==2.7.0
+	touch $@
+
+bench-e2e: setup $(ANOMALIB_VENV)/.installed ## padim run against the plain PyTorch recipe and anomalib, end to end.
+	cargo bench --workspace --bench endtoend
 
 clean: ## Remove build outputs and runs (keeps the Python environment and weights).
 	cargo clean

@@ -12,6 +12,7 @@ mod identity;
 mod predict;
 mod s3;
 mod slurm;
+mod storage;
 mod support;
 mod sweep;
 mod templates;

@@ -28,6 +28,38 @@ pub fn padim_with(args: &[&str], env: &[(&str, String)]) -> Output {
     command.output().unwrap()
 }
 
+/// A quiet `padim` command with `args`, not yet run.
+pub fn padim_command(args: &[&str]) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_padim"));
+    command.args(args).arg("--quiet");
+    command
+}
+
+/// Seconds of a successful `padim` run (its output discarded; a failure panics with its stderr).
+pub fn timed_padim(args: &[&str]) -> f64 {
+    let clock = std::time::Instant::now();
+    let output = padim_command(args).stdout(std::process::Stdio::null()).output().unwrap();
+    assert!(output.status.success(), "padim {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+    clock.elapsed().as_secs_f64()
+}
+
+/// Seconds, peak resident memory (bytes, from the kernel's accounting of that process alone) and
+/// standard output of `command` run to a successful end. `wait4` is the one call that gives a
+/// child's own peak (it reaps the child, so Child::wait is never called).
+#[allow(unsafe_code, clippy::zombie_processes)]
+pub fn measured(mut command: Command) -> (f64, u64, String) {
+    let clock = std::time::Instant::now();
+    let child = command.stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let pid = child.id() as libc::pid_t;
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
+    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
+    // SAFETY: waits for our own child, once; `status` and `usage` are valid for writes.
+    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert!(waited == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "{command:?} failed");
+    (clock.elapsed().as_secs_f64(), usage.ru_maxrss as u64 * 1024, out)
+}
+
 /// The standard output of a successful run; a failed run fails the test with its standard error.
 pub fn stdout(output: &Output) -> String {
     assert!(output.status.success(), "padim failed:\n{}", String::from_utf8_lossy(&output.stderr));

@@ -9,7 +9,6 @@
 mod support;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::time::Instant;
 use support::{Split, copy_first, copy_stages, padim, root, small_job, stdout};
 
@@ -86,20 +85,7 @@ fn main() {
     }
 }
 
-/// Seconds, peak resident memory (bytes, from the kernel's accounting of that process alone) and
-/// standard output of one `padim` run. `wait4` is the one call that gives a child's own peak.
-/// (`wait4` reaps the child, so Child::wait is never called.)
-#[allow(unsafe_code, clippy::zombie_processes)]
+/// Seconds, peak resident memory and standard output of one `padim` run.
 fn measured(args: &[&str]) -> (f64, u64, String) {
-    let clock = Instant::now();
-    let child =
-        Command::new(env!("CARGO_BIN_EXE_padim")).args(args).arg("--quiet").stdout(Stdio::piped()).spawn().unwrap();
-    let pid = child.id() as libc::pid_t;
-    let mut out = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.unwrap(), &mut out).unwrap();
-    let (mut status, mut usage) = (0, unsafe { std::mem::zeroed::<libc::rusage>() });
-    // SAFETY: waits for our own child, once; `status` and `usage` are valid for writes.
-    let waited = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    assert!(waited == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0, "padim {args:?} failed");
-    (clock.elapsed().as_secs_f64(), usage.ru_maxrss as u64 * 1024, out)
+    support::measured(support::padim_command(args))
 }

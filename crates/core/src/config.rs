@@ -196,13 +196,45 @@ impl std::str::FromStr for DeviceChoice {
     }
 }
 
-/// Parquet compression of the embeddings.
+/// Parquet compression of the embeddings (lossless). LZ4 is Parquet's `LZ4_RAW`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Compression {
     None,
     Snappy,
     Zstd,
+    Lz4,
+}
+
+/// The value type of stored embeddings. fit and score compute in f64 whatever is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValueType {
+    /// IEEE half precision (Parquet's FLOAT16 logical type): half the bytes, 11 significant bits.
+    F16,
+    /// IEEE single precision, the network's own output.
+    F32,
+}
+
+/// Which embedding channels the extract stage stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoredChannels {
+    /// Every tapped channel: any later subset or sweep can be fitted without extracting again.
+    All,
+    /// Only the union of the job's subsets (sweep experiments included): a fit that needs another
+    /// channel is refused, naming it.
+    Subsets,
+}
+
+/// Parquet encoding of the embedding values; both are lossless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FloatEncoding {
+    /// The values' bytes as they are.
+    Plain,
+    /// BYTE_STREAM_SPLIT: the k-th bytes of all values together, which compresses better.
+    ByteStreamSplit,
 }
 
 /// Settings of the `extract` stage. Missing keys take their defaults.
@@ -217,6 +249,12 @@ pub struct ExtractSettings {
     pub threads: usize,
     /// Record unreadable images in the output and go on, instead of stopping before publishing.
     pub skip_bad: bool,
+    /// Value type of the stored embeddings (part of the extract identity: it changes the values).
+    pub dtype: ValueType,
+    /// Which channels are stored.
+    pub channels: StoredChannels,
+    /// Encoding of the embedding columns.
+    pub encoding: FloatEncoding,
     /// Compression of the embedding columns.
     pub compression: Compression,
     /// Target size of a Parquet row group in MiB; row groups always hold whole images.
@@ -230,6 +268,9 @@ impl Default for ExtractSettings {
             device: DeviceChoice::Auto,
             threads: 0,
             skip_bad: false,
+            dtype: ValueType::F16,
+            channels: StoredChannels::All,
+            encoding: FloatEncoding::Plain,
             compression: Compression::None,
             row_group_mib: 64,
         }
@@ -613,9 +654,10 @@ impl Job {
     /// The identity of the extract stage's outputs: what shapes the embedding values and nothing
     /// else. The images by the digest of their manifest (relative paths, labels, splits, SHA-256 of
     /// every file), the weights by their SHA-256, the pre-processing and the backbone. Execution
-    /// settings (threads, device, batch size, `skip-bad`, compression, row groups) and absolute paths
-    /// are facts of a run, recorded in its manifest, not part of its identity; skipped images are
-    /// part of the outputs (the image table).
+    /// settings (threads, device, batch size, `skip-bad`, encoding, compression, row groups, which
+    /// channels are stored) and absolute paths are facts of a run, recorded in its manifest, not
+    /// part of its identity; skipped images are part of the outputs (the image table). The value
+    /// type is part of it when it rounds (f16).
     pub fn extract_hash(&self, inputs: &InputDigests) -> String {
         let upstream = serde_json::json!({
             "dataset": self.dataset_identity(),
@@ -624,6 +666,12 @@ impl Job {
             "preprocess": self.preprocess,
             "backbone": { "kind": self.backbone.kind, "tap": self.backbone.tap, "weights-sha256": inputs.weights },
         });
+        // Rounding to f16 changes the values; f32, the network's own output, adds nothing, so that
+        // the identities of runs made before the choice existed stay as they were.
+        let mut upstream = upstream;
+        if self.extract.dtype != ValueType::F32 {
+            upstream["dtype"] = serde_json::json!(self.extract.dtype);
+        }
         crate::hash::sha256_hex(upstream.to_string().as_bytes())
     }
 
@@ -1010,7 +1058,8 @@ weights = "w.safetensors"
         std::fs::create_dir(dir.path().join("data")).unwrap();
         let a = Job::load(&write_job(dir.path(), MINIMAL)).unwrap();
         let execution = "\n[extract]\nthreads = 1\ndevice = \"cpu\"\nbatch-size = 3\nskip-bad = true\n\
-                         compression = \"zstd\"\nrow-group-mib = 1\n[fit]\nmemory-budget-gib = 2\nbatch-images = 5\n\
+                         compression = \"lz4\"\nencoding = \"byte-stream-split\"\nchannels = \"subsets\"\n\
+                         row-group-mib = 1\n[fit]\nmemory-budget-gib = 2\nbatch-images = 5\n\
                          [score]\nmemory-budget-gib = 0.5\nbatch-images = 7\n";
         let b = Job::load(&write_job(dir.path(), &format!("{MINIMAL}{execution}"))).unwrap();
         assert_eq!((b.fit.memory_budget_gib, b.score.memory_budget_gib, b.extract.threads), (2.0, 0.5, 1));
@@ -1028,6 +1077,11 @@ weights = "w.safetensors"
         let mut p = a.clone();
         p.preprocess.resize = [300, 300];
         assert_ne!(a.extract_hash(&inputs), p.extract_hash(&inputs));
+        // Rounding to f16 changes the values; f32 adds nothing to the identity of the runs made before.
+        let mut f = a.clone();
+        assert_eq!(f.extract.dtype, ValueType::F16);
+        f.extract.dtype = ValueType::F32;
+        assert_ne!(a.extract_hash(&inputs), f.extract_hash(&inputs));
         let bad = write_job(dir.path(), &format!("{MINIMAL}\n[score]\nmemory-budget-gib = 0\n"));
         let message = Job::load(&bad).unwrap_err().to_string();
         assert!(message.contains("score.memory-budget-gib") && message.contains("positive"), "{message}");

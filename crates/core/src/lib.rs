@@ -3,6 +3,7 @@
 //!
 //! This crate does no heavy IO and links no native library; every stage crate depends on it.
 
+pub mod channels;
 pub mod config;
 pub mod dataset;
 pub mod hash;

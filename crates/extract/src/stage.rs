@@ -4,7 +4,8 @@
 use crate::backbone::{self, Backbone};
 use crate::preprocess::{ImageError, Prepared, Preprocessor};
 use crate::weights::{WeightsError, verify_checksum};
-use padim_core::config::{Compression, Job};
+use padim_core::channels::ChannelSubset;
+use padim_core::config::{Job, StoredChannels};
 use padim_core::dataset::{DatasetError, ImageRecord};
 use padim_core::{Progress, Shard};
 use padim_store::{
@@ -41,6 +42,8 @@ pub enum ExtractError {
          location, or --force to redo it"
     )]
     ConfigMismatch { url: String, found: String, expected: String },
+    #[error("subset `{name}`: {message}")]
+    Subset { name: String, message: String },
     #[error(
         "{path} changed after the split (SHA-256 {found}, the manifest records {expected}); rerun \
          `padim split JOB --force`, then this stage"
@@ -193,14 +196,10 @@ fn extract_claimed(
         .map_err(|e| e.named(&job.backbone.weights))?;
     let (mean, std) = net.normalization();
     let preprocessor = Preprocessor::new(job.preprocess.clone(), mean, std);
-    let meta = embedding_meta(job, weights_sha256, &config_hash, shard);
-
+    let meta = embedding_meta(job, weights_sha256, &config_hash, shard)?;
     let settings = WriterSettings {
-        compression: match job.extract.compression {
-            Compression::None => "none",
-            Compression::Snappy => "snappy",
-            Compression::Zstd => "zstd",
-        },
+        encoding: job.extract.encoding,
+        compression: job.extract.compression,
         row_group_bytes: job.extract.row_group_mib << 20,
     };
     let mut writer = EmbeddingWriter::create(store, &embeddings_key, meta.clone(), settings)?;
@@ -209,76 +208,87 @@ fn extract_claimed(
     let mut rows: Vec<ImageRow> = Vec::with_capacity(images.len());
     let mut bad: Vec<ImageError> = Vec::new();
     progress.start("extract", images.len() as u64);
-    let (mut decode_time, mut network_time, mut write_time) = (0f64, 0f64, 0f64);
-    for chunk in images.chunks(job.extract.batch_size) {
-        let clock = std::time::Instant::now();
-        // Decoding, resizing and hashing in parallel; the network then uses all cores on its own.
-        let paths: Vec<&std::path::Path> = chunk.iter().map(|r| r.path.as_path()).collect();
-        let contents = padim_store::read_inputs(&paths);
-        let loaded: Vec<(&ImageRecord, LoadResult)> = chunk
-            .par_iter()
-            .zip(contents)
-            .map(|(record, bytes)| {
-                let result = match bytes {
-                    Ok(bytes) => preprocessor
-                        .prepare(&record.path, &bytes)
-                        .map(|prepared| (prepared, bytes.len() as u64, padim_core::hash::sha256_hex(&bytes))),
-                    Err(e) => Err(ImageError::Read { path: record.path.clone(), message: e.to_string() }),
-                };
-                (record, result)
-            })
-            .collect();
-        // A file replaced since the split is not this job's image any more: stop, whatever skip-bad says.
-        for (record, result) in &loaded {
-            if let (Ok((_, _, found)), Some(expected)) = (result, &record.sha256)
-                && found != expected
-            {
-                return Err(ExtractError::ImageChanged {
-                    path: record.path.display().to_string(),
-                    expected: expected.clone(),
-                    found: found.clone(),
-                });
-            }
-        }
-        decode_time += clock.elapsed().as_secs_f64();
-        let mut batch_ids = Vec::with_capacity(chunk.len());
-        let mut batch_pixels = Vec::with_capacity(chunk.len() * 3 * (input_h * input_w) as usize);
-        for (record, result) in loaded {
-            match result {
-                Ok((prepared, size, sha256)) => {
-                    rows.push(image_row(job, record, size, sha256, prepared.width, prepared.height, None));
-                    batch_ids.push(record.id);
-                    batch_pixels.extend_from_slice(&prepared.pixels);
-                }
-                Err(error) => {
-                    progress.note(&error.to_string());
-                    tracing::warn!(%error, "bad image");
-                    let bytes = padim_store::read_input(&record.path).unwrap_or_default();
-                    let sha256 = if bytes.is_empty() { String::new() } else { padim_core::hash::sha256_hex(&bytes) };
-                    rows.push(image_row(job, record, bytes.len() as u64, sha256, 0, 0, Some(&error)));
-                    bad.push(error);
+    // A pipeline of three: a thread decodes the next batch while this one runs the network on the
+    // current one, and the writer's IO thread encodes and uploads the previous one.
+    let (decoded_sender, decoded) = std::sync::mpsc::sync_channel::<(&[ImageRecord], Vec<LoadResult>, f64)>(1);
+    let (mut decode_time, mut network_time, mut write_time, mut wait_time) = (0f64, 0f64, 0f64, 0f64);
+    std::thread::scope(|scope| -> Result<(), ExtractError> {
+        let batch_size = job.extract.batch_size;
+        let preprocessor = &preprocessor;
+        scope.spawn(move || {
+            for chunk in images.chunks(batch_size) {
+                let clock = std::time::Instant::now();
+                let loaded = decode_batch(preprocessor, chunk);
+                if decoded_sender.send((chunk, loaded, clock.elapsed().as_secs_f64())).is_err() {
+                    break; // the network side stopped (an error): nothing more to decode
                 }
             }
+        });
+        let mut clock = std::time::Instant::now();
+        for (chunk, loaded, seconds) in decoded {
+            wait_time += clock.elapsed().as_secs_f64();
+            decode_time += seconds;
+            // A file replaced since the split is not this job's image any more: stop, whatever
+            // skip-bad says.
+            for (record, result) in chunk.iter().zip(&loaded) {
+                if let (Ok((_, _, found)), Some(expected)) = (result, &record.sha256)
+                    && found != expected
+                {
+                    return Err(ExtractError::ImageChanged {
+                        path: record.path.display().to_string(),
+                        expected: expected.clone(),
+                        found: found.clone(),
+                    });
+                }
+            }
+            let mut batch_ids = Vec::with_capacity(chunk.len());
+            let mut batch_pixels = Vec::with_capacity(chunk.len() * 3 * (input_h * input_w) as usize);
+            for (record, result) in chunk.iter().zip(loaded) {
+                match result {
+                    Ok((prepared, size, sha256)) => {
+                        rows.push(image_row(job, record, size, sha256, prepared.width, prepared.height, None));
+                        batch_ids.push(record.id);
+                        batch_pixels.extend_from_slice(&prepared.pixels);
+                    }
+                    Err(error) => {
+                        progress.note(&error.to_string());
+                        tracing::warn!(%error, "bad image");
+                        let bytes = padim_store::read_input(&record.path).unwrap_or_default();
+                        let sha256 =
+                            if bytes.is_empty() { String::new() } else { padim_core::hash::sha256_hex(&bytes) };
+                        rows.push(image_row(job, record, bytes.len() as u64, sha256, 0, 0, Some(&error)));
+                        bad.push(error);
+                    }
+                }
+            }
+            // In the default strict mode the first bad image stops the network; the rest are still
+            // checked so that one run reports every bad file.
+            let strict_failed = !job.extract.skip_bad && !bad.is_empty();
+            if !strict_failed && !batch_ids.is_empty() {
+                let clock = std::time::Instant::now();
+                let input =
+                    Tensor::from_slice(&batch_pixels).view([batch_ids.len() as i64, 3, input_h as i64, input_w as i64]);
+                let embedding = net.embed(&input);
+                let values = Vec::<f32>::try_from(embedding.flatten(0, -1))
+                    .map_err(|e| ExtractError::Device(format!("cannot copy embeddings from libtorch: {e}")))?;
+                network_time += clock.elapsed().as_secs_f64();
+                let clock = std::time::Instant::now();
+                writer.write(&batch_ids, values)?;
+                write_time += clock.elapsed().as_secs_f64();
+            }
+            progress.advance(chunk.len() as u64);
+            clock = std::time::Instant::now();
         }
-        // In the default strict mode the first bad image stops the network; the rest are still
-        // checked so that one run reports every bad file.
-        let strict_failed = !job.extract.skip_bad && !bad.is_empty();
-        if !strict_failed && !batch_ids.is_empty() {
-            let clock = std::time::Instant::now();
-            let input =
-                Tensor::from_slice(&batch_pixels).view([batch_ids.len() as i64, 3, input_h as i64, input_w as i64]);
-            let embedding = net.embed(&input);
-            let values = Vec::<f32>::try_from(embedding.flatten(0, -1))
-                .map_err(|e| ExtractError::Device(format!("cannot copy embeddings from libtorch: {e}")))?;
-            network_time += clock.elapsed().as_secs_f64();
-            let clock = std::time::Instant::now();
-            writer.write(&batch_ids, &values)?;
-            write_time += clock.elapsed().as_secs_f64();
-        }
-        progress.advance(chunk.len() as u64);
-    }
+        Ok(())
+    })?;
     progress.finish();
-    tracing::info!(decode_s = decode_time, network_s = network_time, write_s = write_time, "extract loop timings");
+    tracing::info!(
+        decode_s = decode_time,
+        network_s = network_time,
+        write_wait_s = write_time,
+        decode_wait_s = wait_time,
+        "extract loop timings"
+    );
 
     if !job.extract.skip_bad && !bad.is_empty() {
         drop(writer);
@@ -303,6 +313,8 @@ fn extract_claimed(
             "threads": job.extract.threads,
             "batch-size": job.extract.batch_size,
             "skip-bad": job.extract.skip_bad,
+            "channels": job.extract.channels,
+            "encoding": job.extract.encoding,
             "compression": job.extract.compression,
             "row-group-mib": job.extract.row_group_mib,
             "dataset-base": job.dataset.base(),
@@ -337,6 +349,22 @@ fn extract_claimed(
     Ok(ExtractSummary { shard, images: ok, skipped, already_done: false, embeddings_key, images_key })
 }
 
+/// Reads, decodes, pre-processes and hashes a batch of images, in parallel.
+fn decode_batch(preprocessor: &Preprocessor, chunk: &[ImageRecord]) -> Vec<LoadResult> {
+    let paths: Vec<&std::path::Path> = chunk.iter().map(|r| r.path.as_path()).collect();
+    let contents = padim_store::read_inputs(&paths);
+    chunk
+        .par_iter()
+        .zip(contents)
+        .map(|(record, bytes)| match bytes {
+            Ok(bytes) => preprocessor
+                .prepare(&record.path, &bytes)
+                .map(|prepared| (prepared, bytes.len() as u64, padim_core::hash::sha256_hex(&bytes))),
+            Err(e) => Err(ImageError::Read { path: record.path.clone(), message: e.to_string() }),
+        })
+        .collect()
+}
+
 /// The image table's row of `record`; its path is relative to the dataset's base (as in the split
 /// manifest), so that later stages find the image wherever the dataset is mounted then.
 fn image_row(
@@ -363,8 +391,14 @@ fn image_row(
     }
 }
 
-/// The metadata recorded in the embeddings file.
-pub fn embedding_meta(job: &Job, weights_sha256: &str, config_hash: &str, shard: Shard) -> EmbeddingMeta {
+/// The metadata recorded in the embeddings file: what the embedding is, its value type and which
+/// channels are stored (`extract.channels = "subsets"`: the union of the job's subsets).
+pub fn embedding_meta(
+    job: &Job,
+    weights_sha256: &str,
+    config_hash: &str,
+    shard: Shard,
+) -> Result<EmbeddingMeta, ExtractError> {
     let channels = backbone::feature_channels(job.backbone.kind);
     let names = backbone::feature_layers(job.backbone.kind, job.backbone.tap);
     let mut first_channel = 0;
@@ -374,7 +408,7 @@ pub fn embedding_meta(job: &Job, weights_sha256: &str, config_hash: &str, shard:
         first_channel += channels as usize;
     }
     let [input_height, input_width] = job.preprocess.crop.map(|v| v as usize);
-    EmbeddingMeta {
+    let mut meta = EmbeddingMeta {
         format_version: EmbeddingMeta::FORMAT_VERSION,
         backbone: job.backbone.kind.name().to_string(),
         weights_sha256: weights_sha256.to_string(),
@@ -390,5 +424,16 @@ pub fn embedding_meta(job: &Job, weights_sha256: &str, config_hash: &str, shard:
         n_channels: first_channel,
         config_hash: config_hash.to_string(),
         shard: shard.to_string(),
+        value_type: job.extract.dtype,
+        stored_channels: None,
+    };
+    if job.extract.channels == StoredChannels::Subsets {
+        let subsets = padim_core::channels::resolve_subsets(&job.fit.subsets, &meta.layer_channels(), meta.n_channels)
+            .map_err(|(name, message)| ExtractError::Subset { name, message })?;
+        let union = ChannelSubset::union(subsets.iter().map(|(_, s)| s));
+        if union.len() < meta.n_channels {
+            meta.stored_channels = Some(union.channels().to_vec());
+        }
     }
+    Ok(meta)
 }

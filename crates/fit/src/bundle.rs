@@ -52,12 +52,20 @@ pub struct BundleInfo {
     /// Heatmaps are drawn over this range of raw map values.
     pub display_range: [f64; 2],
     pub matrices: MatrixType,
+    /// How the embeddings the model was fitted and calibrated on were stored: `predict` rounds its
+    /// embeddings the same way, so that it gives the report's scores (bundles before format 3: f32).
+    #[serde(default = "f32_values")]
+    pub embedding_values: padim_core::config::ValueType,
+}
+
+fn f32_values() -> padim_core::config::ValueType {
+    padim_core::config::ValueType::F32
 }
 
 impl BundleInfo {
     /// 2: f16 bundles store the precision's Cholesky factor (`precision-factor`); version 1's f16
-    /// `precision` is still read.
-    pub const FORMAT_VERSION: u32 = 2;
+    /// `precision` is still read. 3: `embedding-values`.
+    pub const FORMAT_VERSION: u32 = 3;
 }
 
 /// The tensor of an f16 bundle's precision factors.
@@ -257,6 +265,7 @@ mod tests {
             threshold: 0.4,
             display_range: [0.0, 25.0],
             matrices,
+            embedding_values: padim_core::config::ValueType::F16,
         };
         (model, bundle)
     }
@@ -307,7 +316,7 @@ mod tests {
         let message = decode_bundle(&encode_bundle(&model, &info).unwrap()).unwrap_err().to_string();
         assert!(message.contains("newer than this padim"), "{message}");
         let gaussians = crate::stats::Gaussians {
-            channels: crate::subset::ChannelSubset::all(1),
+            channels: padim_core::channels::ChannelSubset::all(1),
             n_patches: 1,
             count: 2,
             epsilon: 0.0,

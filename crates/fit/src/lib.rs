@@ -3,19 +3,19 @@
 //! - [`stats`]: per patch, the count, mean and co-moment matrix of the embeddings, updated a batch at
 //!   a time in f64 (Welford's algorithm generalised to batches by Chan, Golub and LeVeque's pairwise
 //!   formula) and merged exactly across shards with the same formula.
-//! - [`subset`]: the random channel subsets PaDiM uses, sampled without replacement from a seed.
+//! - [`stage`]: the stage: partial states per extract shard, merged, one model per channel subset
+//!   (subsets are resolved by `padim_core::channels`).
 //!
-//! This crate does no IO: callers feed it embeddings and store what it returns.
+//! The numerics do no IO: callers feed it embeddings and store what it returns.
 
 pub mod bundle;
 pub mod model;
 pub mod stage;
 pub mod stats;
-pub mod subset;
 
+pub use padim_core::channels::ChannelSubset;
 pub use stage::{FitError, FitOptions, FitSummary, run_fit};
 pub use stats::{Gaussians, PatchStats, StatsError};
-pub use subset::ChannelSubset;
 
 /// Makes OpenBLAS run each call on the calling thread. padim parallelises the linear algebra over
 /// patches (rayon) and calls BLAS on small matrices from every worker; OpenBLAS's own threads would

@@ -6,7 +6,7 @@
 //! metadata map in unspecified order). It loads in Python with `safetensors` alone.
 
 use crate::stats::{Gaussians, PatchStats};
-use crate::subset::ChannelSubset;
+use padim_core::channels::ChannelSubset;
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};

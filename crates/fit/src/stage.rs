@@ -3,7 +3,7 @@
 
 use crate::model::{ModelError, ModelInfo, decode_partial, encode_model, encode_partial};
 use crate::stats::{Gaussians, PatchStats, StatsError, state_bytes};
-use crate::subset::ChannelSubset;
+use padim_core::channels::ChannelSubset;
 use padim_core::config::{Job, SubsetSpec};
 use padim_core::{Progress, Shard};
 use padim_store::{DoneMarker, EmbeddingMeta, EmbeddingReader, ImageStatus, Store, StoreError, read_image_table};
@@ -81,6 +81,8 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let store = Store::open(&job.output)?;
     let inputs = padim_store::identity::input_digests(job, &store)?;
     let fit_hash = job.fit_hash(&inputs);
+    // Whether a finished fit of this location is to be withdrawn and redone (after the checks).
+    let mut redo = false;
     if let Some(marker) = DoneMarker::read(&store, DONE_KEY)? {
         let current = marker.config_hash == fit_hash && !options.force;
         let stale = if current { marker.stale_input(&store)? } else { None };
@@ -101,9 +103,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         if marker.config_hash != fit_hash && !options.force {
             return Err(FitError::ConfigMismatch { url: store.url_of(DONE_KEY) });
         }
-        if options.shard.is_none() {
-            store.delete(DONE_KEY)?;
-        }
+        redo = options.shard.is_none();
     }
 
     let all_shards = extract_shards(&store, &job.extract_hash(&inputs))?;
@@ -116,6 +116,19 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let meta = EmbeddingReader::open(&store, &first_key, Some(&[]), 1)?.meta().clone();
     let subsets = resolve_subsets(&job.fit.subsets, &meta)?;
     let union = ChannelSubset::union(subsets.iter().map(|(_, s)| s));
+    // Every shard must store the channels the subsets need (`extract.channels = "subsets"` keeps
+    // only the union of the subsets it was extracted for): checked on the footers, before any work.
+    for shard in &all_shards {
+        EmbeddingReader::open(
+            &store,
+            &format!("extract/embeddings-{}.parquet", shard.tag()),
+            Some(union.channels()),
+            1,
+        )?;
+    }
+    if redo {
+        store.delete(DONE_KEY)?;
+    }
     let n_patches = meta.n_patches();
     // The statistics, plus the larger of a batch being accumulated and the models in flight (a
     // group being inverted, one queued for the writer, one being encoded: see `model_groups`).
@@ -357,40 +370,8 @@ fn training_images(store: &Store, job: &Job, shards: &[Shard]) -> Result<BTreeSe
 }
 
 fn resolve_subsets(specs: &[SubsetSpec], meta: &EmbeddingMeta) -> Result<Vec<(String, ChannelSubset)>, FitError> {
-    let n_channels = meta.n_channels;
-    specs
-        .iter()
-        .map(|spec| {
-            // The channels to choose from: every channel, or those of the named layers.
-            let candidates: Option<Vec<usize>> = match &spec.layers {
-                Some(layers) if layers.len() < meta.layers.len() && spec.channels.is_none() => Some(
-                    layers
-                        .iter()
-                        .filter_map(|&l| meta.layers.get(l - 1))
-                        .flat_map(|layer| layer.first_channel..layer.first_channel + layer.channels)
-                        .collect(),
-                ),
-                _ => None,
-            };
-            let subset = if let Some(candidates) = candidates {
-                let picked = match spec.count {
-                    Some(count) => ChannelSubset::random(candidates.len(), count, spec.seed)
-                        .map(|s| s.channels().iter().map(|&i| candidates[i]).collect()),
-                    None => Ok(candidates),
-                };
-                picked.and_then(|channels| ChannelSubset::explicit(channels, n_channels))
-            } else if spec.all {
-                Ok(ChannelSubset::all(n_channels))
-            } else if let Some(count) = spec.count {
-                ChannelSubset::random(n_channels, count, spec.seed)
-            } else {
-                ChannelSubset::explicit(spec.channels.clone().unwrap_or_default(), n_channels)
-            };
-            subset
-                .map(|s| (spec.name.clone(), s))
-                .map_err(|message| FitError::Subset { name: spec.name.clone(), message })
-        })
-        .collect()
+    padim_core::channels::resolve_subsets(specs, &meta.layer_channels(), meta.n_channels)
+        .map_err(|(name, message)| FitError::Subset { name, message })
 }
 
 /// What every shard's accumulation shares.

@@ -14,10 +14,10 @@
 //! statistics of one pass. Memory is `n_patches * d * (d + 1) * 8` bytes for `d` tracked channels,
 //! independent of the number of images.
 
-use crate::subset::ChannelSubset;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, ArrayViewMut2, Axis, s};
 use ndarray_linalg::InverseCInto;
+use padim_core::channels::ChannelSubset;
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]

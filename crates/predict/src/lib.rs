@@ -171,8 +171,14 @@ impl Predictor {
         let (height, width) = self.preprocessor.input_size();
         let input = Tensor::from_slice(pixels).view([n as i64, 3, height as i64, width as i64]);
         let embedding = self.net.embed(&input);
-        let all = Vec::<f32>::try_from(embedding.flatten(0, -1)).map_err(|e| e.to_string())?;
+        let mut all = Vec::<f32>::try_from(embedding.flatten(0, -1)).map_err(|e| e.to_string())?;
         let model = &self.bundle.model;
+        if self.bundle.info.embedding_values == padim_core::config::ValueType::F16 {
+            // As the extract stage stored them for the fit and the calibration.
+            for value in &mut all {
+                *value = half::f16::from_f32(*value).to_f32();
+            }
+        }
         let info = &self.bundle.info;
         let (grid_h, grid_w) = (info.model.grid_height, info.model.grid_width);
         let n_patches = grid_h * grid_w;

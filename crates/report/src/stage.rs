@@ -316,6 +316,7 @@ fn bundle(store: &Store, job: &Job, headline: &ModelMetrics, summary: &ReportSum
         threshold: headline.threshold,
         display_range: summary.display_range,
         matrices: if job.report.bundle_f16 { MatrixType::F16 } else { MatrixType::F32 },
+        embedding_values: job.extract.dtype,
     };
     encode_bundle(&model, &info).map_err(bad)
 }

@@ -114,8 +114,14 @@ fn write_embeddings(job: &Job, normal: usize, anomalous: usize) {
         n_channels: CHANNELS,
         config_hash: job.extract_hash(&inputs),
         shard: "0/1".into(),
+        value_type: job.extract.dtype,
+        stored_channels: None,
     };
-    let settings = WriterSettings { compression: "none", row_group_bytes: 64 << 20 };
+    let settings = WriterSettings {
+        encoding: job.extract.encoding,
+        compression: job.extract.compression,
+        row_group_bytes: 64 << 20,
+    };
     let key = "extract/embeddings-00000-of-00001.parquet";
     let mut writer = EmbeddingWriter::create(&store, key, meta, settings).unwrap();
     let per_image = CHANNELS * GRID * GRID;
@@ -137,7 +143,7 @@ fn write_embeddings(job: &Job, normal: usize, anomalous: usize) {
                 }
             }
         }
-        writer.write(&ids, &values).unwrap();
+        writer.write(&ids, values).unwrap();
         rows.extend(ids.iter().map(|&image| ImageRow {
             image,
             path: format!("{image}.jpg"),

@@ -1,31 +1,38 @@
-//! The embeddings table: one row per (image, patch), one Float32 column per channel.
+//! The embeddings table: one row per (image, patch), one float column per stored channel.
 //!
 //! Columns: `image` (UInt32, the image id), `y` and `x` (UInt16, the patch position on the feature
-//! grid), then `c0000`, `c0001`, ... one per embedding channel in the order of the concatenated
-//! feature maps. Rows are ordered by image, then `y`, then `x`; row groups hold whole images. A reader
-//! takes any subset of channels by column projection without touching the others, and streams
-//! images in bounded memory. The file's key-value metadata `padim.embeddings` holds an
-//! [`EmbeddingMeta`] as JSON (backbone, weights, layers, grid).
+//! grid), then one column per stored embedding channel, named by its index in the concatenated
+//! feature maps (`c0000`, `c0001`, ...): every channel, or only those the job's subsets use. Values
+//! are Float16 (Parquet's FLOAT16 logical type) or Float32, PLAIN or BYTE_STREAM_SPLIT, optionally
+//! compressed, as the job says. Rows are ordered by image, then `y`, then `x`; row groups hold whole
+//! images. A reader takes any subset of channels by column projection without touching the others,
+//! and streams images in bounded memory. The file's key-value metadata `padim.embeddings` holds an
+//! [`EmbeddingMeta`] as JSON (backbone, weights, layers, grid, value type, stored channels).
+
+mod pages;
 
 use crate::{Store, StoreError};
-use arrow_array::{Array, ArrayRef, Float32Array, RecordBatch, UInt16Array, UInt32Array};
+use arrow_array::{Array, Float16Array, Float32Array, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
+use object_store::buffered::BufWriter;
 // ParquetObjectReader is deprecated in favour of a hand-written AsyncFileReader over object_store;
 // it still does exactly what is needed here (ranged, coalesced GETs), so it stays until it is removed.
-use object_store::buffered::BufWriter;
 #[allow(deprecated)]
 use parquet::arrow::async_reader::ParquetObjectReader;
 use parquet::arrow::async_reader::ParquetRecordBatchStream;
-use parquet::arrow::{AsyncArrowWriter, ParquetRecordBatchStreamBuilder, ProjectionMask};
-use parquet::basic::{Compression as ParquetCompression, Encoding, ZstdLevel};
+use parquet::arrow::{ArrowSchemaConverter, ParquetRecordBatchStreamBuilder, ProjectionMask};
+use parquet::data_type::Int32Type;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::file::statistics::Statistics;
+use parquet::file::writer::SerializedFileWriter;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
 use std::thread::JoinHandle;
+
+pub use padim_core::config::{Compression, FloatEncoding, ValueType};
 
 /// Key of the JSON metadata in the Parquet footer.
 pub const EMBEDDINGS_META_KEY: &str = "padim.embeddings";
@@ -62,43 +69,90 @@ pub struct EmbeddingMeta {
     pub input_width: usize,
     pub grid_height: usize,
     pub grid_width: usize,
+    /// Channels of the embedding (every tapped channel), stored or not.
     pub n_channels: usize,
     /// SHA-256 of the resolved job that wrote the file.
     pub config_hash: String,
     /// `index/count` of the shard that wrote the file.
     pub shard: String,
+    /// How the values are stored (format 1 files: f32).
+    #[serde(default = "f32_values")]
+    pub value_type: ValueType,
+    /// The stored channels, ascending; absent when every channel is stored.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stored_channels: Option<Vec<usize>>,
+}
+
+fn f32_values() -> ValueType {
+    ValueType::F32
 }
 
 impl EmbeddingMeta {
-    pub const FORMAT_VERSION: u32 = 1;
+    /// 2: value type and stored channels (format 1 is f32, every channel, and still read).
+    pub const FORMAT_VERSION: u32 = 2;
 
     pub fn n_patches(&self) -> usize {
         self.grid_height * self.grid_width
     }
 
+    /// The stored channels, ascending.
+    pub fn stored(&self) -> Vec<usize> {
+        self.stored_channels.clone().unwrap_or_else(|| (0..self.n_channels).collect())
+    }
+
+    /// Those of `channels` that the file does not store.
+    pub fn missing(&self, channels: &[usize]) -> Vec<usize> {
+        match &self.stored_channels {
+            None => channels.iter().copied().filter(|&c| c >= self.n_channels).collect(),
+            Some(stored) => channels.iter().copied().filter(|c| stored.binary_search(c).is_err()).collect(),
+        }
+    }
+
+    /// The tapped layers as channel ranges of the embedding.
+    pub fn layer_channels(&self) -> Vec<padim_core::channels::LayerChannels> {
+        self.layers
+            .iter()
+            .map(|l| padim_core::channels::LayerChannels { first: l.first_channel, count: l.channels })
+            .collect()
+    }
+
+    /// Stored bytes of one image's values before encoding and compression.
+    pub fn value_bytes_per_image(&self) -> usize {
+        let width = match self.value_type {
+            ValueType::F16 => 2,
+            ValueType::F32 => 4,
+        };
+        self.n_patches() * self.stored_channels.as_ref().map_or(self.n_channels, Vec::len) * width
+    }
+
     /// The Arrow schema of the table.
     pub fn schema(&self) -> SchemaRef {
+        let value_type = match self.value_type {
+            ValueType::F16 => DataType::Float16,
+            ValueType::F32 => DataType::Float32,
+        };
         let mut fields = vec![
             Field::new("image", DataType::UInt32, false),
             Field::new("y", DataType::UInt16, false),
             Field::new("x", DataType::UInt16, false),
         ];
-        fields.extend((0..self.n_channels).map(|c| Field::new(channel_column(c), DataType::Float32, false)));
+        fields.extend(self.stored().into_iter().map(|c| Field::new(channel_column(c), value_type.clone(), false)));
         Arc::new(Schema::new(fields))
     }
 }
 
-/// How embeddings are encoded.
+/// How embeddings are encoded (the value type and stored channels are in [`EmbeddingMeta`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct WriterSettings {
-    /// `none`, `snappy` or `zstd`.
-    pub compression: &'static str,
+    pub encoding: FloatEncoding,
+    pub compression: Compression,
     /// Approximate size of a row group in bytes; rounded to whole images, at least one.
     pub row_group_bytes: usize,
 }
 
 enum Message {
-    Batch(RecordBatch),
+    /// Image ids and their values, `[images, n_channels, patches]`.
+    Batch(Vec<u32>, Vec<f32>),
     Finish,
 }
 
@@ -107,7 +161,6 @@ enum Message {
 /// dropping the writer (on an error elsewhere) aborts the upload.
 pub struct EmbeddingWriter {
     meta: EmbeddingMeta,
-    schema: SchemaRef,
     sender: Option<SyncSender<Message>>,
     worker: Option<JoinHandle<Result<u64, StoreError>>>,
     url: String,
@@ -117,44 +170,21 @@ pub struct EmbeddingWriter {
 impl EmbeddingWriter {
     pub fn create(store: &Store, key: &str, meta: EmbeddingMeta, settings: WriterSettings) -> Result<Self, StoreError> {
         let url = store.url_of(key);
-        let schema = meta.schema();
-        let bytes_per_image = meta.n_patches() * (meta.n_channels * 4 + 8);
-        let images_per_group = (settings.row_group_bytes / bytes_per_image.max(1)).max(1);
-        let meta_json = serde_json::to_string(&meta)
-            .map_err(|e| StoreError::Format { url: url.clone(), message: e.to_string() })?;
-        let compression = match settings.compression {
-            "snappy" => ParquetCompression::SNAPPY,
-            "zstd" => ParquetCompression::ZSTD(ZstdLevel::try_new(1).unwrap_or_default()),
-            _ => ParquetCompression::UNCOMPRESSED,
-        };
-        // Float embeddings do not repeat: dictionaries would be built and thrown away. The id and
-        // position columns are tiny with run-length/dictionary encoding, so they keep the defaults.
-        let mut properties = WriterProperties::builder()
-            .set_compression(compression)
-            .set_max_row_group_row_count(Some(images_per_group * meta.n_patches()))
-            .set_statistics_enabled(EnabledStatistics::Chunk)
-            .set_key_value_metadata(Some(vec![KeyValue::new(EMBEDDINGS_META_KEY.to_string(), meta_json)]));
-        for channel in 0..meta.n_channels {
-            let column = parquet::schema::types::ColumnPath::from(channel_column(channel));
-            // Min/max statistics of embedding values prune nothing and cost a pass over the data.
-            properties = properties
-                .set_column_dictionary_enabled(column.clone(), false)
-                .set_column_statistics_enabled(column.clone(), EnabledStatistics::None)
-                .set_column_encoding(column, Encoding::PLAIN);
+        if let Some(bad) = meta.stored().iter().find(|&&c| c >= meta.n_channels) {
+            return Err(StoreError::Format {
+                url,
+                message: format!("stored channel {bad} of an embedding of {} channels", meta.n_channels),
+            });
         }
-        let properties = properties.build();
-        let object = BufWriter::new(store.inner(), store.object_path(key));
-        let writer = AsyncArrowWriter::try_new(object, schema.clone(), Some(properties))
-            .map_err(|e| StoreError::parquet(&url, e))?;
+        let file = RowGroups::new(store, key, &meta, settings)?;
         // Two batches in flight bound the memory of the queue.
         let (sender, receiver) = sync_channel::<Message>(2);
-        let worker_store = store.clone();
         let worker_url = url.clone();
         let worker = std::thread::Builder::new()
             .name("padim-parquet".into())
-            .spawn(move || worker_store.block_on(write_loop(writer, receiver, worker_url)))
+            .spawn(move || write_loop(file, receiver, worker_url))
             .map_err(|e| StoreError::Runtime(e.to_string()))?;
-        Ok(EmbeddingWriter { meta, schema, sender: Some(sender), worker: Some(worker), url, rows: 0 })
+        Ok(EmbeddingWriter { meta, sender: Some(sender), worker: Some(worker), url, rows: 0 })
     }
 
     pub fn meta(&self) -> &EmbeddingMeta {
@@ -162,11 +192,11 @@ impl EmbeddingWriter {
     }
 
     /// Appends whole images: `embeddings` is `[image_ids.len(), n_channels, grid_height, grid_width]`
-    /// in C order (a contiguous NCHW tensor).
-    pub fn write(&mut self, image_ids: &[u32], embeddings: &[f32]) -> Result<(), StoreError> {
+    /// in C order (a contiguous NCHW tensor) with every channel of the embedding; the writer keeps
+    /// the stored ones.
+    pub fn write(&mut self, image_ids: &[u32], embeddings: Vec<f32>) -> Result<(), StoreError> {
         let n_patches = self.meta.n_patches();
-        let n_channels = self.meta.n_channels;
-        let expected = image_ids.len() * n_channels * n_patches;
+        let expected = image_ids.len() * self.meta.n_channels * n_patches;
         if embeddings.len() != expected {
             return Err(StoreError::Format {
                 url: self.url.clone(),
@@ -177,27 +207,8 @@ impl EmbeddingWriter {
                 ),
             });
         }
-        let n_rows = image_ids.len() * n_patches;
-        let mut columns: Vec<ArrayRef> = Vec::with_capacity(3 + n_channels);
-        let ids: Vec<u32> = image_ids.iter().flat_map(|&id| std::iter::repeat_n(id, n_patches)).collect();
-        let width = self.meta.grid_width;
-        let ys: Vec<u16> = (0..n_rows).map(|row| ((row % n_patches) / width) as u16).collect();
-        let xs: Vec<u16> = (0..n_rows).map(|row| ((row % n_patches) % width) as u16).collect();
-        columns.push(Arc::new(UInt32Array::from(ids)));
-        columns.push(Arc::new(UInt16Array::from(ys)));
-        columns.push(Arc::new(UInt16Array::from(xs)));
-        for channel in 0..n_channels {
-            let mut values = Vec::with_capacity(n_rows);
-            for image in 0..image_ids.len() {
-                let start = (image * n_channels + channel) * n_patches;
-                values.extend_from_slice(&embeddings[start..start + n_patches]);
-            }
-            columns.push(Arc::new(Float32Array::from(values)));
-        }
-        let batch = RecordBatch::try_new(self.schema.clone(), columns)
-            .map_err(|e| StoreError::Parquet { url: self.url.clone(), message: e.to_string() })?;
-        self.send(Message::Batch(batch))?;
-        self.rows += n_rows as u64;
+        self.send(Message::Batch(image_ids.to_vec(), embeddings))?;
+        self.rows += (image_ids.len() * n_patches) as u64;
         Ok(())
     }
 
@@ -241,34 +252,229 @@ impl Drop for EmbeddingWriter {
     }
 }
 
-async fn write_loop(
-    mut writer: AsyncArrowWriter<BufWriter>,
-    receiver: Receiver<Message>,
-    url: String,
-) -> Result<u64, StoreError> {
-    let parquet_error = |e: parquet::errors::ParquetError| StoreError::parquet(&url, e);
-    let mut rows = 0u64;
+fn write_loop(mut file: RowGroups, receiver: Receiver<Message>, url: String) -> Result<u64, StoreError> {
     loop {
-        // The receiver blocks this IO thread only, which has nothing else to do meanwhile.
         match receiver.recv() {
-            Ok(Message::Batch(batch)) => {
-                rows += batch.num_rows() as u64;
-                if let Err(e) = writer.write(&batch).await {
-                    let _ = writer.into_inner().abort().await;
-                    return Err(parquet_error(e));
-                }
-            }
-            Ok(Message::Finish) => {
-                writer.close().await.map_err(parquet_error)?;
-                return Ok(rows);
-            }
-            Err(_) => {
-                // The producer went away without finishing: abort so that no partial object appears.
-                let _ = writer.into_inner().abort().await;
-                return Err(StoreError::Parquet { url, message: "aborted before completion".into() });
-            }
+            Ok(Message::Batch(ids, values)) => file.push(ids, values)?,
+            Ok(Message::Finish) => return file.finish(),
+            // The producer went away without finishing: dropping `file` aborts the upload, so that
+            // no partial object appears.
+            Err(_) => return Err(StoreError::Parquet { url, message: "aborted before completion".into() }),
         }
     }
+}
+
+/// The Parquet file being written: whole images gathered into row groups, each encoded and
+/// appended to the upload when full.
+struct RowGroups {
+    url: String,
+    writer: Option<SerializedFileWriter<Upload>>,
+    /// Position of each stored channel in the written batches (all channels).
+    stored: Vec<usize>,
+    n_channels: usize,
+    n_patches: usize,
+    grid_width: usize,
+    images_per_group: usize,
+    pending: Vec<(Vec<u32>, Vec<f32>)>,
+    pending_images: usize,
+    encoder: pages::FloatColumnEncoder,
+    chunk: Vec<u8>,
+    rows: u64,
+}
+
+impl RowGroups {
+    fn new(store: &Store, key: &str, meta: &EmbeddingMeta, settings: WriterSettings) -> Result<Self, StoreError> {
+        let url = store.url_of(key);
+        let parquet_error = |e: parquet::errors::ParquetError| StoreError::parquet(&url, e);
+        let schema = meta.schema();
+        let meta_json =
+            serde_json::to_string(meta).map_err(|e| StoreError::Format { url: url.clone(), message: e.to_string() })?;
+        // The id and position columns (small, run-length friendly) go through the crate's column
+        // writers with chunk statistics (the reader prunes row groups by image id); the float
+        // columns are encoded by `pages`.
+        let mut properties = WriterProperties::builder()
+            .set_compression(pages::FloatColumnEncoder::codec(settings.compression))
+            .set_statistics_enabled(EnabledStatistics::Chunk)
+            .set_key_value_metadata(Some(vec![KeyValue::new(EMBEDDINGS_META_KEY.to_string(), meta_json)]))
+            .build();
+        parquet::arrow::add_encoded_arrow_schema_to_metadata(&schema, &mut properties);
+        let descriptor = ArrowSchemaConverter::new().convert(&schema).map_err(parquet_error)?;
+        let upload = Upload::new(store, key);
+        let writer = SerializedFileWriter::new(upload, descriptor.root_schema_ptr(), Arc::new(properties))
+            .map_err(parquet_error)?;
+        let images_per_group = (settings.row_group_bytes / meta.value_bytes_per_image().max(1)).max(1);
+        Ok(RowGroups {
+            url,
+            writer: Some(writer),
+            stored: meta.stored(),
+            n_channels: meta.n_channels,
+            n_patches: meta.n_patches(),
+            grid_width: meta.grid_width,
+            images_per_group,
+            pending: Vec::new(),
+            pending_images: 0,
+            encoder: pages::FloatColumnEncoder::new(meta.value_type, settings.encoding, settings.compression),
+            chunk: Vec::new(),
+            rows: 0,
+        })
+    }
+
+    fn push(&mut self, ids: Vec<u32>, values: Vec<f32>) -> Result<(), StoreError> {
+        self.pending_images += ids.len();
+        self.pending.push((ids, values));
+        if self.pending_images >= self.images_per_group {
+            self.flush_group()?;
+        }
+        Ok(())
+    }
+
+    /// Encodes the pending images as one row group (several when a batch overshoots the size).
+    fn flush_group(&mut self) -> Result<(), StoreError> {
+        let url = self.url.clone();
+        let parquet_error = |e: parquet::errors::ParquetError| StoreError::parquet(&url, e);
+        let pending = std::mem::take(&mut self.pending);
+        self.pending_images = 0;
+        // Whole images of the pending batches, `images_per_group` at a time.
+        let images: Vec<(u32, &[f32])> = pending
+            .iter()
+            .flat_map(|(ids, values)| {
+                ids.iter().enumerate().map(move |(i, &id)| {
+                    let per_image = values.len() / ids.len();
+                    (id, &values[i * per_image..(i + 1) * per_image])
+                })
+            })
+            .collect();
+        let Some(writer) = self.writer.as_mut() else {
+            return Err(StoreError::Parquet { url, message: "the writer is already closed".into() });
+        };
+        let descriptors: Vec<_> = (0..self.stored.len()).map(|k| writer.schema_descr().column(3 + k)).collect();
+        for group in images.chunks(self.images_per_group) {
+            let n_rows = group.len() * self.n_patches;
+            let mut row_group = writer.next_row_group().map_err(parquet_error)?;
+            let ids: Vec<i32> =
+                group.iter().flat_map(|&(id, _)| std::iter::repeat_n(id as i32, self.n_patches)).collect();
+            let ys: Vec<i32> = (0..n_rows).map(|row| ((row % self.n_patches) / self.grid_width) as i32).collect();
+            let xs: Vec<i32> = (0..n_rows).map(|row| ((row % self.n_patches) % self.grid_width) as i32).collect();
+            for column in [&ids, &ys, &xs] {
+                let mut writer = row_group
+                    .next_column()
+                    .map_err(parquet_error)?
+                    .ok_or_else(|| StoreError::Parquet { url: url.clone(), message: "missing column".into() })?;
+                writer.typed::<Int32Type>().write_batch(column, None, None).map_err(parquet_error)?;
+                writer.close().map_err(parquet_error)?;
+            }
+            for (k, &channel) in self.stored.iter().enumerate() {
+                let parts: Vec<&[f32]> = group
+                    .iter()
+                    .map(|(_, values)| &values[channel * self.n_patches..(channel + 1) * self.n_patches])
+                    .collect();
+                let close =
+                    self.encoder.encode(descriptors[k].clone(), &parts, &mut self.chunk).map_err(parquet_error)?;
+                let chunk = bytes::Bytes::from(std::mem::take(&mut self.chunk));
+                row_group.append_column(&chunk, close).map_err(parquet_error)?;
+                // The buffer comes back for the next column when nothing else holds it.
+                self.chunk = chunk.try_into_mut().map(Into::into).unwrap_or_default();
+            }
+            row_group.close().map_err(parquet_error)?;
+            self.rows += n_rows as u64;
+        }
+        debug_assert!(self.n_channels >= self.stored.len());
+        Ok(())
+    }
+
+    /// Writes what is pending and the footer, and completes the upload: the object appears.
+    fn finish(mut self) -> Result<u64, StoreError> {
+        if self.pending_images > 0 {
+            self.flush_group()?;
+        }
+        let url = self.url.clone();
+        let writer = self
+            .writer
+            .take()
+            .ok_or_else(|| StoreError::Parquet { url: url.clone(), message: "the writer is already closed".into() })?;
+        let upload = writer.into_inner().map_err(|e| StoreError::parquet(&url, e))?;
+        upload.complete()?;
+        Ok(self.rows)
+    }
+}
+
+/// The object being uploaded, as the `Write` the Parquet file writer needs: bytes are gathered into
+/// parts and put from the calling thread (the IO thread). Dropped before [`Upload::complete`], it
+/// aborts the upload and nothing appears.
+struct Upload {
+    store: Store,
+    url: String,
+    object: Option<BufWriter>,
+    buffer: Vec<u8>,
+}
+
+/// Bytes gathered before a part is handed to object_store (which uploads parts of its own size).
+const UPLOAD_PART: usize = 8 << 20;
+
+impl Upload {
+    fn new(store: &Store, key: &str) -> Self {
+        Upload {
+            store: store.clone(),
+            url: store.url_of(key),
+            object: Some(BufWriter::new(store.inner(), store.object_path(key))),
+            buffer: Vec::with_capacity(UPLOAD_PART),
+        }
+    }
+
+    fn put_buffer(&mut self) -> Result<(), object_store::Error> {
+        let Some(object) = self.object.as_mut() else { return Ok(()) };
+        let bytes = bytes::Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(UPLOAD_PART)));
+        self.store.block_on(object.put(bytes))
+    }
+
+    fn complete(mut self) -> Result<(), StoreError> {
+        let object_error = |url: &str, e: &object_store::Error| StoreError::of_object_store(url.to_string(), e);
+        self.put_buffer().map_err(|e| object_error(&self.url, &e))?;
+        if let Some(mut object) = self.object.take() {
+            let store = self.store.clone();
+            store
+                .block_on(tokio::io::AsyncWriteExt::shutdown(&mut object))
+                .map_err(|e| StoreError::Object { url: self.url.clone(), message: e.to_string() })?;
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for Upload {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= UPLOAD_PART {
+            self.put_buffer().map_err(std::io::Error::other)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(mut object) = self.object.take() {
+            let _ = self.store.block_on(object.abort());
+        }
+    }
+}
+
+/// `[1, 2, 3, 7]` as "1-3, 7".
+fn list_channels(channels: &[usize]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < channels.len() {
+        let mut j = i;
+        while j + 1 < channels.len() && channels[j + 1] == channels[j] + 1 {
+            j += 1;
+        }
+        parts.push(if j > i { format!("{}-{}", channels[i], channels[j]) } else { channels[i].to_string() });
+        i = j + 1;
+    }
+    parts.join(", ")
 }
 
 /// Whole images of a projected embeddings file.
@@ -349,20 +555,40 @@ impl EmbeddingReader {
         }
         let channels: Vec<usize> = match channels {
             Some(list) => list.to_vec(),
-            None => (0..meta.n_channels).collect(),
+            None => meta.stored(),
         };
-        if let Some(bad) = channels.iter().find(|&&c| c >= meta.n_channels) {
-            return Err(StoreError::Format {
+        let missing = meta.missing(&channels);
+        if !missing.is_empty() {
+            return Err(StoreError::MissingChannels {
                 url,
-                message: format!("channel {bad} requested, the file has {}", meta.n_channels),
+                missing: list_channels(&missing),
+                stored: meta.stored().len(),
+                n_channels: meta.n_channels,
             });
         }
-        // Root columns: 0 = image, then channels at 3 + c. The projection returns them in file order.
-        let mut roots: Vec<usize> = channels.iter().map(|c| c + 3).collect();
-        roots.push(0);
+        // Root columns: 0 = image, then the stored channels by name. The projection returns them in
+        // file order.
+        let fields = builder.parquet_schema().root_schema().get_fields();
+        let root_of = |channel: usize| {
+            let name = channel_column(channel);
+            fields.iter().position(|f| f.name() == name)
+        };
+        let mut roots = vec![0];
+        for &channel in &channels {
+            roots.push(root_of(channel).ok_or_else(|| StoreError::Format {
+                url: url.clone(),
+                message: format!(
+                    "the footer lists channel {channel} but the file has no column {}",
+                    channel_column(channel)
+                ),
+            })?);
+        }
         roots.sort_unstable();
         roots.dedup();
-        let positions = channels.iter().map(|c| roots.iter().position(|r| *r == c + 3).unwrap_or(0)).collect();
+        let positions = channels
+            .iter()
+            .map(|&c| root_of(c).and_then(|r| roots.iter().position(|x| *x == r)).unwrap_or(0))
+            .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
         let builder = match wanted {
             None => builder,
@@ -415,16 +641,21 @@ impl EmbeddingReader {
             .ok_or_else(|| format_error("column `image` is not UInt32".into()))?;
         let image_ids: Vec<u32> = (0..n_images).map(|i| ids.value(i * n_patches)).collect();
         let mut values = vec![0f32; n_images * self.channels.len() * n_patches];
+        let mut halves: Vec<f32> = Vec::new();
         for (k, &position) in self.positions.iter().enumerate() {
-            let column = batch
-                .column(position)
-                .as_any()
-                .downcast_ref::<Float32Array>()
-                .ok_or_else(|| format_error(format!("column {position} is not Float32")))?;
+            let column = batch.column(position);
             if column.null_count() > 0 {
                 return Err(format_error(format!("channel {} has nulls", self.channels[k])));
             }
-            let column = column.values();
+            let column: &[f32] = if let Some(floats) = column.as_any().downcast_ref::<Float32Array>() {
+                floats.values()
+            } else if let Some(halfs) = column.as_any().downcast_ref::<Float16Array>() {
+                halves.resize(halfs.len(), 0.0);
+                half::slice::HalfFloatSliceExt::convert_to_f32_slice(&halfs.values()[..], &mut halves);
+                &halves
+            } else {
+                return Err(format_error(format!("column {position} is neither Float32 nor Float16")));
+            };
             for image in 0..n_images {
                 let dst = (image * self.channels.len() + k) * n_patches;
                 values[dst..dst + n_patches].copy_from_slice(&column[image * n_patches..(image + 1) * n_patches]);
@@ -440,7 +671,7 @@ mod tests {
 
     fn meta() -> EmbeddingMeta {
         EmbeddingMeta {
-            format_version: 1,
+            format_version: EmbeddingMeta::FORMAT_VERSION,
             backbone: "test".into(),
             weights_sha256: "0".repeat(64),
             tap: "block-output".into(),
@@ -452,16 +683,19 @@ mod tests {
             n_channels: 5,
             config_hash: "h".into(),
             shard: "0/1".into(),
+            value_type: ValueType::F32,
+            stored_channels: None,
         }
     }
 
-    #[test]
-    fn round_trip_with_projection_and_small_row_groups() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().display().to_string()).unwrap();
-        let settings = WriterSettings { compression: "zstd", row_group_bytes: 1 };
-        let mut writer = EmbeddingWriter::create(&store, "e/emb.parquet", meta(), settings).unwrap();
-        let value = |image: u32, c: usize, p: usize| image as f32 * 100.0 + c as f32 * 10.0 + p as f32;
+    /// Distinct values with fractions that f16 must round (and some that overflow its precision).
+    fn value(image: u32, c: usize, p: usize) -> f32 {
+        image as f32 * 100.0 + c as f32 * 10.0 + p as f32 + 0.123_456_7 * (c + 1) as f32
+    }
+
+    /// Images 7, 3 (one batch) and 11 (another), every channel.
+    fn write(store: &Store, key: &str, meta: EmbeddingMeta, settings: WriterSettings) {
+        let mut writer = EmbeddingWriter::create(store, key, meta, settings).unwrap();
         for ids in [vec![7u32, 3], vec![11]] {
             let mut data = Vec::new();
             for &id in &ids {
@@ -471,36 +705,152 @@ mod tests {
                     }
                 }
             }
-            writer.write(&ids, &data).unwrap();
+            writer.write(&ids, data).unwrap();
         }
-        assert!(!dir.path().join("e/emb.parquet").exists(), "visible before finish");
         assert_eq!(writer.finish().unwrap(), 18);
+    }
 
-        let mut reader = EmbeddingReader::open(&store, "e/emb.parquet", Some(&[4, 1]), 2).unwrap();
-        assert_eq!(reader.meta(), &meta());
+    /// Reads `channels` back in batches of two images: (image ids, value of (image, channel, patch)).
+    fn read(store: &Store, key: &str, channels: &[usize]) -> Vec<(u32, usize, usize, f32)> {
+        let mut reader = EmbeddingReader::open(store, key, Some(channels), 2).unwrap();
         let mut seen = Vec::new();
         while let Some(batch) = reader.next_batch().unwrap() {
             for (i, &id) in batch.image_ids.iter().enumerate() {
                 for (k, &c) in batch.channels.iter().enumerate() {
                     for p in 0..6 {
-                        assert_eq!(batch.values[(i * 2 + k) * 6 + p], value(id, c, p));
+                        seen.push((id, c, p, batch.values[(i * channels.len() + k) * 6 + p]));
                     }
                 }
-                seen.push(id);
             }
         }
-        assert_eq!(seen, vec![7, 3, 11]);
-        assert!(EmbeddingReader::open(&store, "e/emb.parquet", Some(&[5]), 2).is_err());
+        seen
+    }
+
+    #[test]
+    fn round_trip_of_every_value_type_encoding_and_compression() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().display().to_string()).unwrap();
+        for value_type in [ValueType::F32, ValueType::F16] {
+            for encoding in [FloatEncoding::Plain, FloatEncoding::ByteStreamSplit] {
+                for compression in [Compression::None, Compression::Snappy, Compression::Zstd, Compression::Lz4] {
+                    let key = format!("e/{value_type:?}-{encoding:?}-{compression:?}.parquet");
+                    // Row groups of one image: the pages of a column chunk are written per group.
+                    let settings = WriterSettings { encoding, compression, row_group_bytes: 1 };
+                    write(&store, &key, EmbeddingMeta { value_type, ..meta() }, settings);
+                    let reader = EmbeddingReader::open(&store, &key, None, 2).unwrap();
+                    assert_eq!(reader.meta().value_type, value_type);
+                    let seen = read(&store, &key, &[4, 1]);
+                    assert_eq!(seen.len(), 3 * 2 * 6, "{key}");
+                    for (id, c, p, got) in seen {
+                        let exact = value(id, c, p);
+                        let expected = match value_type {
+                            ValueType::F32 => exact,
+                            ValueType::F16 => half::f16::from_f32(exact).to_f32(),
+                        };
+                        assert_eq!(got, expected, "{key}: image {id} channel {c} patch {p}");
+                        if value_type == ValueType::F16 {
+                            assert!(((got - exact) / exact).abs() <= 1.0 / 2048.0, "{key}: {got} vs {exact}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn projection_order_and_visibility() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().display().to_string()).unwrap();
+        let settings =
+            WriterSettings { encoding: FloatEncoding::Plain, compression: Compression::Zstd, row_group_bytes: 1 };
+        let mut writer = EmbeddingWriter::create(&store, "e/emb.parquet", meta(), settings).unwrap();
+        writer.write(&[7], vec![1.0; 30]).unwrap();
+        assert!(!dir.path().join("e/emb.parquet").exists(), "visible before finish");
+        writer.finish().unwrap();
+        assert_eq!(EmbeddingReader::open(&store, "e/emb.parquet", None, 1).unwrap().meta(), &meta());
+        write(&store, "e/emb.parquet", meta(), settings);
+        let ids: Vec<u32> = read(&store, "e/emb.parquet", &[2]).iter().step_by(6).map(|r| r.0).collect();
+        assert_eq!(ids, vec![7, 3, 11], "rows keep the written order");
+        assert!(matches!(
+            EmbeddingReader::open(&store, "e/emb.parquet", Some(&[5]), 2),
+            Err(StoreError::MissingChannels { .. })
+        ));
+    }
+
+    #[test]
+    fn a_subset_of_channels_is_stored_and_the_others_are_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().display().to_string()).unwrap();
+        let settings = WriterSettings {
+            encoding: FloatEncoding::ByteStreamSplit,
+            compression: Compression::None,
+            row_group_bytes: 64,
+        };
+        let subset = EmbeddingMeta { stored_channels: Some(vec![1, 3, 4]), value_type: ValueType::F16, ..meta() };
+        write(&store, "s.parquet", subset.clone(), settings);
+        let reader = EmbeddingReader::open(&store, "s.parquet", None, 2).unwrap();
+        assert_eq!(reader.meta(), &subset);
+        assert_eq!(reader.meta().schema().fields().len(), 3 + 3);
+        for (id, c, p, got) in read(&store, "s.parquet", &[4, 1]) {
+            assert_eq!(got, half::f16::from_f32(value(id, c, p)).to_f32());
+        }
+        match EmbeddingReader::open(&store, "s.parquet", Some(&[0, 1, 2, 3]), 2) {
+            Err(error @ StoreError::MissingChannels { .. }) => {
+                let message = error.to_string();
+                assert!(message.contains("not channel(s) 0, 2") && message.contains("stores 3 of the 5"), "{message}");
+                assert!(message.contains("padim extract JOB --force"), "{message}");
+            }
+            other => panic!("{:?}", other.map(|r| r.meta().clone())),
+        }
+        assert_eq!(list_channels(&[1, 2, 3, 7, 9, 10]), "1-3, 7, 9-10");
+    }
+
+    #[test]
+    fn format_1_files_of_f32_columns_still_read() {
+        // What padim wrote before format 2: Float32 columns for every channel through the arrow
+        // writer, and a footer without the value type or stored channels.
+        use arrow_array::{ArrayRef, UInt16Array};
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().display().to_string()).unwrap();
+        let mut footer = serde_json::to_value(EmbeddingMeta { format_version: 1, ..meta() }).unwrap();
+        let object = footer.as_object_mut().unwrap();
+        object.remove("value-type");
+        object.remove("stored-channels");
+        let schema = meta().schema();
+        let ids = [7u32, 3, 11];
+        let mut columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from(ids.iter().flat_map(|&i| [i; 6]).collect::<Vec<_>>())),
+            Arc::new(UInt16Array::from([0u16, 0, 1, 1, 2, 2].repeat(3))),
+            Arc::new(UInt16Array::from([0u16, 1].repeat(9))),
+        ];
+        for c in 0..5 {
+            let values: Vec<f32> = ids.iter().flat_map(|&i| (0..6).map(move |p| value(i, c, p))).collect();
+            columns.push(Arc::new(Float32Array::from(values)));
+        }
+        let properties = WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![KeyValue::new(EMBEDDINGS_META_KEY.into(), footer.to_string())]))
+            .build();
+        let mut bytes = Vec::new();
+        let mut writer = parquet::arrow::ArrowWriter::try_new(&mut bytes, schema.clone(), Some(properties)).unwrap();
+        writer.write(&arrow_array::RecordBatch::try_new(schema, columns).unwrap()).unwrap();
+        writer.close().unwrap();
+        store.put("old.parquet", bytes).unwrap();
+        let reader = EmbeddingReader::open(&store, "old.parquet", None, 2).unwrap();
+        assert_eq!(reader.meta(), &EmbeddingMeta { format_version: 1, ..meta() });
+        for (id, c, p, got) in read(&store, "old.parquet", &[0, 4]) {
+            assert_eq!(got, value(id, c, p));
+        }
     }
 
     #[test]
     fn dropped_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().display().to_string()).unwrap();
-        let settings = WriterSettings { compression: "none", row_group_bytes: 1 };
+        let settings =
+            WriterSettings { encoding: FloatEncoding::Plain, compression: Compression::None, row_group_bytes: 1 };
         let mut writer = EmbeddingWriter::create(&store, "emb.parquet", meta(), settings).unwrap();
-        writer.write(&[1], &[0.5; 30]).unwrap();
-        assert!(writer.write(&[1], &[0.5; 3]).is_err());
+        writer.write(&[1], vec![0.5; 30]).unwrap();
+        assert!(writer.write(&[1], vec![0.5; 3]).is_err());
         drop(writer);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(names.is_empty(), "{names:?}");

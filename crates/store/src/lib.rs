@@ -17,8 +17,8 @@ mod scores;
 mod table;
 
 pub use embeddings::{
-    EMBEDDINGS_META_KEY, EmbeddingBatch, EmbeddingMeta, EmbeddingReader, EmbeddingWriter, LayerInfo, WriterSettings,
-    channel_column,
+    Compression, EMBEDDINGS_META_KEY, EmbeddingBatch, EmbeddingMeta, EmbeddingReader, EmbeddingWriter, FloatEncoding,
+    LayerInfo, ValueType, WriterSettings, channel_column,
 };
 pub use images::{ImageRow, ImageStatus, read_image_table, write_image_table};
 pub use inputs::{InputFiles, is_url, list_inputs, local_copy, read_input, read_input_opt, read_inputs};
@@ -112,6 +112,12 @@ pub enum StoreError {
          configuration is writing it, or died writing it. Wait for it, use another output location, or --force"
     )]
     Claimed { url: String, found: String, expected: String },
+    #[error(
+        "{url} stores {stored} of the {n_channels} embedding channels (extract.channels = \"subsets\" when it \
+         was made) and not channel(s) {missing}, which this job's subsets need: rerun `padim extract JOB --force` \
+         (with extract.channels = \"all\" to keep every channel for later subsets and sweeps)"
+    )]
+    MissingChannels { url: String, missing: String, stored: usize, n_channels: usize },
     #[error("{url} already exists")]
     AlreadyExists { url: String },
     #[error("cannot create the IO runtime: {0}")]

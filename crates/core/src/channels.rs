@@ -1,4 +1,5 @@
-//! Channel subsets: which embedding channels a model uses.
+//! Channel subsets: which embedding channels a model uses, and how a job's subset specifications
+//! resolve to them (shared by extract, which may store only their union, and fit).
 
 use rand::SeedableRng;
 
@@ -65,6 +66,53 @@ impl ChannelSubset {
     pub fn positions_in(&self, superset: &ChannelSubset) -> Option<Vec<usize>> {
         self.0.iter().map(|c| superset.0.binary_search(c).ok()).collect()
     }
+}
+
+/// A tapped layer's channels in the embedding: `first..first + count`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LayerChannels {
+    pub first: usize,
+    pub count: usize,
+}
+
+/// Resolves each subset specification against an embedding of `n_channels` channels made of
+/// `layers` (in embedding order). An error names the subset and says what is wrong.
+pub fn resolve_subsets(
+    specs: &[crate::config::SubsetSpec],
+    layers: &[LayerChannels],
+    n_channels: usize,
+) -> Result<Vec<(String, ChannelSubset)>, (String, String)> {
+    specs
+        .iter()
+        .map(|spec| {
+            // The channels to choose from: every channel, or those of the named layers.
+            let candidates: Option<Vec<usize>> = match &spec.layers {
+                Some(chosen) if chosen.len() < layers.len() && spec.channels.is_none() => Some(
+                    chosen
+                        .iter()
+                        .filter_map(|&l| layers.get(l.wrapping_sub(1)))
+                        .flat_map(|layer| layer.first..layer.first + layer.count)
+                        .collect(),
+                ),
+                _ => None,
+            };
+            let subset = if let Some(candidates) = candidates {
+                let picked = match spec.count {
+                    Some(count) => ChannelSubset::random(candidates.len(), count, spec.seed)
+                        .map(|s| s.channels().iter().map(|&i| candidates[i]).collect()),
+                    None => Ok(candidates),
+                };
+                picked.and_then(|channels| ChannelSubset::explicit(channels, n_channels))
+            } else if spec.all {
+                Ok(ChannelSubset::all(n_channels))
+            } else if let Some(count) = spec.count {
+                ChannelSubset::random(n_channels, count, spec.seed)
+            } else {
+                ChannelSubset::explicit(spec.channels.clone().unwrap_or_default(), n_channels)
+            };
+            subset.map(|s| (spec.name.clone(), s)).map_err(|message| (spec.name.clone(), message))
+        })
+        .collect()
 }
 
 #[cfg(test)]

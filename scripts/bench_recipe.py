@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""The reference recipe end to end in Python, for the end-to-end benchmark (`make bench-e2e`).
+
+Two implementations over the same split (padim's `split/manifest.csv`, so the images are the same):
+- `torch`: the plain PyTorch recipe as a user would write it: PIL and torchvision transforms, the
+  backbone in eager mode (scripts/reference.py's trunk), every training embedding in memory, per-patch
+  mean and covariance + 0.01 I, inverse, Mahalanobis maps, bilinear resize, Gaussian blur (sigma 4,
+  33x33), the mean score, calibration min-max, Youden threshold, test accuracy.
+- `anomalib`: anomalib's PaDiM model (`PadimModel`, its feature extractor, Gaussian fit and anomaly
+  maps) with random initialisation, on the same inputs; its image score is its own (the map's max).
+
+Prints one JSON line: seconds, test AUROC and accuracy. Peak memory is measured by the caller.
+"""
+import argparse
+import csv
+import json
+import os
+import sys
+import time
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from sklearn.metrics import roc_auc_score, roc_curve
+from torchvision import transforms
+from torchvision.transforms.functional import gaussian_blur
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+
+def read_manifest(path, base):
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    split = {}
+    for row in rows:
+        split.setdefault(row["split"], []).append((os.path.join(base, row["path"]), row["label"] != "Negative"))
+    return split
+
+
+def loader(mean, std):
+    pipeline = transforms.Compose([
+        transforms.Resize((256, 256), interpolation=transforms.InterpolationMode.BILINEAR, antialias=True),
+        transforms.CenterCrop(224),
+        transforms.ToTensor(),
+        transforms.Normalize(mean, std),
+    ])
+
+    def batches(items, size=32):
+        for start in range(0, len(items), size):
+            chunk = items[start:start + size]
+            images = torch.stack([pipeline(Image.open(p).convert("RGB")) for p, _ in chunk])
+            yield images, [label for _, label in chunk]
+
+    return batches
+
+
+def evaluate(calibration, test):
+    """Calibration min-max of the maps, ROC, Youden threshold; test AUROC and accuracy."""
+    (cal_scores, cal_labels, lo, hi), (test_scores, test_labels) = calibration, test
+    norm = lambda s: (np.asarray(s) - lo) / (hi - lo)  # noqa: E731
+    fpr, tpr, thresholds = roc_curve(cal_labels, norm(cal_scores))
+    threshold = thresholds[np.argmax(tpr - fpr)]
+    predicted = norm(test_scores) >= threshold
+    accuracy = float(np.mean(predicted == np.asarray(test_labels)))
+    return float(roc_auc_score(test_labels, norm(test_scores))), accuracy
+
+
+def run_torch(args, split):
+    from reference import NORMALIZATION, load_model, trunk
+
+    model = load_model(args.backbone, args.weights)
+    batches = loader(*NORMALIZATION[args.backbone])
+    n_channels = {"resnet18": 448, "efficientnet-lite0": 176}[args.backbone]
+    generator = torch.Generator().manual_seed(args.seed)
+    keep = torch.randperm(n_channels, generator=generator)[: args.channels]
+
+    def embed(images):
+        with torch.no_grad():
+            maps = trunk(model, args.backbone, images, "block-output")
+            size = maps[0].shape[-2:]
+            full = torch.cat([maps[0]] + [F.interpolate(m, size=size, mode="nearest") for m in maps[1:]], 1)
+            return full[:, keep]
+
+    train = torch.cat([embed(images) for images, _ in batches(split["train"])])
+    n, c, h, w = train.shape
+    x = train.reshape(n, c, h * w).permute(2, 0, 1).double()  # [P, N, C]
+    mean = x.mean(1, keepdim=True)
+    centred = x - mean
+    cov = centred.transpose(1, 2) @ centred / (n - 1) + 0.01 * torch.eye(c, dtype=torch.float64)
+    precision = torch.linalg.inv(cov)
+    del train, x, centred, cov
+
+    def scores(items):
+        out, labels, lo, hi = [], [], float("inf"), float("-inf")
+        for images, batch_labels in batches(items):
+            e = embed(images).reshape(len(batch_labels), c, h * w).permute(2, 0, 1).double() - mean
+            d = torch.einsum("pbc,pcd,pbd->bp", e, precision, e).clamp_min(0).sqrt().float().reshape(-1, 1, h, w)
+            m = F.interpolate(d, size=(224, 224), mode="bilinear", align_corners=False)
+            m = gaussian_blur(m, kernel_size=33, sigma=4.0)
+            lo, hi = min(lo, m.min().item()), max(hi, m.max().item())
+            out += m.mean((1, 2, 3)).tolist()
+            labels += batch_labels
+        return out, labels, lo, hi
+
+    calibration = scores(split["calibration"])
+    test_scores, test_labels, _, _ = scores(split["test"])
+    return evaluate(calibration, (test_scores, test_labels))
+
+
+def run_anomalib(args, split):
+    from anomalib.models.image.padim.torch_model import PadimModel
+
+    torch.manual_seed(args.seed)
+    model = PadimModel(backbone="resnet18", layers=["layer1", "layer2", "layer3"], pre_trained=False,
+                       n_features=args.channels)
+    batches = loader([0.485, 0.456, 0.406], [0.229, 0.224, 0.225])
+    model.train()
+    embeddings = []
+    with torch.no_grad():
+        for images, _ in batches(split["train"]):
+            embeddings.append(model(images))
+        model.gaussian.fit(torch.vstack(embeddings))
+    del embeddings
+    model.eval()
+
+    def scores(items):
+        out, labels, lo, hi = [], [], float("inf"), float("-inf")
+        with torch.no_grad():
+            for images, batch_labels in batches(items):
+                result = model(images)
+                maps = result.anomaly_map
+                lo, hi = min(lo, maps.min().item()), max(hi, maps.max().item())
+                out += result.pred_score.flatten().tolist()
+                labels += batch_labels
+        return out, labels, lo, hi
+
+    calibration = scores(split["calibration"])
+    test_scores, test_labels, _, _ = scores(split["test"])
+    return evaluate(calibration, (test_scores, test_labels))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("implementation", choices=["torch", "anomalib"])
+    parser.add_argument("--manifest", required=True, help="padim's split/manifest.csv")
+    parser.add_argument("--base", required=True, help="the dataset folder the manifest's paths are relative to")
+    parser.add_argument("--backbone", default="resnet18")
+    parser.add_argument("--weights", help="safetensors weights (torch)")
+    parser.add_argument("--channels", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    start = time.time()
+    split = read_manifest(args.manifest, args.base)
+    auroc, accuracy = (run_torch if args.implementation == "torch" else run_anomalib)(args, split)
+    print(json.dumps({"seconds": time.time() - start, "test-auroc": auroc, "accuracy": accuracy}))
+
+
+if __name__ == "__main__":
+    main()
