@@ -102,13 +102,24 @@ impl Backbone {
     /// The PaDiM embedding: the stride-8 and stride-16 maps upsampled (nearest neighbour) onto the
     /// stride-4 grid and concatenated along channels. Returns a contiguous NCHW f32 tensor on the CPU.
     pub fn embed(&self, input: &Tensor) -> Tensor {
+        self.embed_as(input, None, tch::Kind::Float)
+    }
+
+    /// [`embed`](Self::embed), keeping only `channels` (indices into the embedding, an Int64
+    /// tensor) and cast to `kind`, both before the copy into NCHW order: the extract stage stores
+    /// what it copies, and copies less.
+    pub fn embed_as(&self, input: &Tensor, channels: Option<&Tensor>, kind: tch::Kind) -> Tensor {
         let FeatureMaps([first, second, third]) = self.features(input);
         tch::no_grad(|| {
             let size = first.size();
             let grid = [size[2], size[3]];
             let second = second.upsample_nearest2d(grid, None, None);
             let third = third.upsample_nearest2d(grid, None, None);
-            Tensor::cat(&[first, second, third], 1).to_device(Device::Cpu).contiguous()
+            let mut embedding = Tensor::cat(&[first, second, third], 1);
+            if let Some(channels) = channels {
+                embedding = embedding.index_select(1, &channels.to_device(embedding.device()));
+            }
+            embedding.to_kind(kind).to_device(Device::Cpu).contiguous()
         })
     }
 }

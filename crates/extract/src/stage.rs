@@ -5,12 +5,12 @@ use crate::backbone::{self, Backbone};
 use crate::preprocess::{ImageError, Prepared, Preprocessor};
 use crate::weights::{WeightsError, verify_checksum};
 use padim_core::channels::ChannelSubset;
-use padim_core::config::{Job, StoredChannels};
+use padim_core::config::{Job, StoredChannels, ValueType};
 use padim_core::dataset::{DatasetError, ImageRecord};
 use padim_core::{Progress, Shard};
 use padim_store::{
-    DoneMarker, EmbeddingMeta, EmbeddingWriter, ImageRow, ImageStatus, LayerInfo, Store, StoreError, WriterSettings,
-    write_image_table,
+    DoneMarker, EmbeddingMeta, EmbeddingValues, EmbeddingWriter, ImageRow, ImageStatus, LayerInfo, Store, StoreError,
+    WriterSettings, write_image_table,
 };
 use rayon::prelude::*;
 use std::collections::BTreeMap;
@@ -203,6 +203,10 @@ fn extract_claimed(
         row_group_bytes: job.extract.row_group_mib << 20,
     };
     let mut writer = EmbeddingWriter::create(store, &embeddings_key, meta.clone(), settings)?;
+    let stored: Option<Tensor> = meta
+        .stored_channels
+        .as_ref()
+        .map(|channels| Tensor::from_slice(&channels.iter().map(|&c| c as i64).collect::<Vec<_>>()));
     let (input_h, input_w) = preprocessor.input_size();
 
     let mut rows: Vec<ImageRow> = Vec::with_capacity(images.len());
@@ -268,9 +272,19 @@ fn extract_claimed(
                 let clock = std::time::Instant::now();
                 let input =
                     Tensor::from_slice(&batch_pixels).view([batch_ids.len() as i64, 3, input_h as i64, input_w as i64]);
-                let embedding = net.embed(&input);
-                let values = Vec::<f32>::try_from(embedding.flatten(0, -1))
-                    .map_err(|e| ExtractError::Device(format!("cannot copy embeddings from libtorch: {e}")))?;
+                let copy_error =
+                    |e: tch::TchError| ExtractError::Device(format!("cannot copy embeddings from libtorch: {e}"));
+                // The stored channels, in the stored type, selected and cast before the copy.
+                let values = match meta.value_type {
+                    ValueType::F16 => {
+                        let embedding = net.embed_as(&input, stored.as_ref(), tch::Kind::Half);
+                        EmbeddingValues::F16(Vec::<half::f16>::try_from(embedding.flatten(0, -1)).map_err(copy_error)?)
+                    }
+                    ValueType::F32 => {
+                        let embedding = net.embed_as(&input, stored.as_ref(), tch::Kind::Float);
+                        EmbeddingValues::F32(Vec::<f32>::try_from(embedding.flatten(0, -1)).map_err(copy_error)?)
+                    }
+                };
                 network_time += clock.elapsed().as_secs_f64();
                 let clock = std::time::Instant::now();
                 writer.write(&batch_ids, values)?;

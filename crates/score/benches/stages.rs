@@ -143,7 +143,7 @@ fn write_embeddings(job: &Job, normal: usize, anomalous: usize) {
                 }
             }
         }
-        writer.write(&ids, values).unwrap();
+        writer.write(&ids, padim_store::EmbeddingValues::F32(values)).unwrap();
         rows.extend(ids.iter().map(|&image| ImageRow {
             image,
             path: format!("{image}.jpg"),

@@ -150,9 +150,38 @@ pub struct WriterSettings {
     pub row_group_bytes: usize,
 }
 
+/// A batch of embedding values handed to the writer: `[images, stored channels, patches]` in C
+/// order, f32 as the network gives them, or f16 already rounded (for f16 storage).
+#[derive(Debug, Clone, PartialEq)]
+pub enum EmbeddingValues {
+    F32(Vec<f32>),
+    F16(Vec<half::f16>),
+}
+
+impl EmbeddingValues {
+    pub fn len(&self) -> usize {
+        match self {
+            EmbeddingValues::F32(v) => v.len(),
+            EmbeddingValues::F16(v) => v.len(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Values `range` (of the flat batch).
+    fn part(&self, range: std::ops::Range<usize>) -> pages::Part<'_> {
+        match self {
+            EmbeddingValues::F32(v) => pages::Part::F32(&v[range]),
+            EmbeddingValues::F16(v) => pages::Part::F16(&v[range]),
+        }
+    }
+}
+
 enum Message {
-    /// Image ids and their values, `[images, n_channels, patches]`.
-    Batch(Vec<u32>, Vec<f32>),
+    /// Image ids and their values.
+    Batch(Vec<u32>, EmbeddingValues),
     Finish,
 }
 
@@ -191,12 +220,19 @@ impl EmbeddingWriter {
         &self.meta
     }
 
-    /// Appends whole images: `embeddings` is `[image_ids.len(), n_channels, grid_height, grid_width]`
-    /// in C order (a contiguous NCHW tensor) with every channel of the embedding; the writer keeps
-    /// the stored ones.
-    pub fn write(&mut self, image_ids: &[u32], embeddings: Vec<f32>) -> Result<(), StoreError> {
+    /// Appends whole images: `embeddings` is `[image_ids.len(), stored channels, grid_height,
+    /// grid_width]` in C order (a contiguous NCHW tensor of the stored channels, in
+    /// [`EmbeddingMeta::stored`] order). f16 values only for f16 storage.
+    pub fn write(&mut self, image_ids: &[u32], embeddings: EmbeddingValues) -> Result<(), StoreError> {
         let n_patches = self.meta.n_patches();
-        let expected = image_ids.len() * self.meta.n_channels * n_patches;
+        let n_stored = self.meta.stored_channels.as_ref().map_or(self.meta.n_channels, Vec::len);
+        let expected = image_ids.len() * n_stored * n_patches;
+        if matches!(embeddings, EmbeddingValues::F16(_)) && self.meta.value_type == ValueType::F32 {
+            return Err(StoreError::Format {
+                url: self.url.clone(),
+                message: "f16 values cannot be stored as f32 without pretending to a precision they lack".into(),
+            });
+        }
         if embeddings.len() != expected {
             return Err(StoreError::Format {
                 url: self.url.clone(),
@@ -269,13 +305,11 @@ fn write_loop(mut file: RowGroups, receiver: Receiver<Message>, url: String) -> 
 struct RowGroups {
     url: String,
     writer: Option<SerializedFileWriter<Upload>>,
-    /// Position of each stored channel in the written batches (all channels).
-    stored: Vec<usize>,
-    n_channels: usize,
+    n_stored: usize,
     n_patches: usize,
     grid_width: usize,
     images_per_group: usize,
-    pending: Vec<(Vec<u32>, Vec<f32>)>,
+    pending: Vec<(Vec<u32>, EmbeddingValues)>,
     pending_images: usize,
     encoder: pages::FloatColumnEncoder,
     chunk: Vec<u8>,
@@ -306,8 +340,7 @@ impl RowGroups {
         Ok(RowGroups {
             url,
             writer: Some(writer),
-            stored: meta.stored(),
-            n_channels: meta.n_channels,
+            n_stored: meta.stored().len(),
             n_patches: meta.n_patches(),
             grid_width: meta.grid_width,
             images_per_group,
@@ -319,7 +352,7 @@ impl RowGroups {
         })
     }
 
-    fn push(&mut self, ids: Vec<u32>, values: Vec<f32>) -> Result<(), StoreError> {
+    fn push(&mut self, ids: Vec<u32>, values: EmbeddingValues) -> Result<(), StoreError> {
         self.pending_images += ids.len();
         self.pending.push((ids, values));
         if self.pending_images >= self.images_per_group {
@@ -335,24 +368,21 @@ impl RowGroups {
         let pending = std::mem::take(&mut self.pending);
         self.pending_images = 0;
         // Whole images of the pending batches, `images_per_group` at a time.
-        let images: Vec<(u32, &[f32])> = pending
+        // (image id, its batch's values, the image's first value in them)
+        let per_image = self.n_stored * self.n_patches;
+        let images: Vec<(u32, &EmbeddingValues, usize)> = pending
             .iter()
-            .flat_map(|(ids, values)| {
-                ids.iter().enumerate().map(move |(i, &id)| {
-                    let per_image = values.len() / ids.len();
-                    (id, &values[i * per_image..(i + 1) * per_image])
-                })
-            })
+            .flat_map(|(ids, values)| ids.iter().enumerate().map(move |(i, &id)| (id, values, i * per_image)))
             .collect();
         let Some(writer) = self.writer.as_mut() else {
             return Err(StoreError::Parquet { url, message: "the writer is already closed".into() });
         };
-        let descriptors: Vec<_> = (0..self.stored.len()).map(|k| writer.schema_descr().column(3 + k)).collect();
+        let descriptors: Vec<_> = (0..self.n_stored).map(|k| writer.schema_descr().column(3 + k)).collect();
         for group in images.chunks(self.images_per_group) {
             let n_rows = group.len() * self.n_patches;
             let mut row_group = writer.next_row_group().map_err(parquet_error)?;
             let ids: Vec<i32> =
-                group.iter().flat_map(|&(id, _)| std::iter::repeat_n(id as i32, self.n_patches)).collect();
+                group.iter().flat_map(|&(id, _, _)| std::iter::repeat_n(id as i32, self.n_patches)).collect();
             let ys: Vec<i32> = (0..n_rows).map(|row| ((row % self.n_patches) / self.grid_width) as i32).collect();
             let xs: Vec<i32> = (0..n_rows).map(|row| ((row % self.n_patches) % self.grid_width) as i32).collect();
             for column in [&ids, &ys, &xs] {
@@ -363,13 +393,15 @@ impl RowGroups {
                 writer.typed::<Int32Type>().write_batch(column, None, None).map_err(parquet_error)?;
                 writer.close().map_err(parquet_error)?;
             }
-            for (k, &channel) in self.stored.iter().enumerate() {
-                let parts: Vec<&[f32]> = group
+            for (k, descriptor) in descriptors.iter().enumerate() {
+                let parts: Vec<pages::Part> = group
                     .iter()
-                    .map(|(_, values)| &values[channel * self.n_patches..(channel + 1) * self.n_patches])
+                    .map(|&(_, values, first)| {
+                        let start = first + k * self.n_patches;
+                        values.part(start..start + self.n_patches)
+                    })
                     .collect();
-                let close =
-                    self.encoder.encode(descriptors[k].clone(), &parts, &mut self.chunk).map_err(parquet_error)?;
+                let close = self.encoder.encode(descriptor.clone(), &parts, &mut self.chunk).map_err(parquet_error)?;
                 let chunk = bytes::Bytes::from(std::mem::take(&mut self.chunk));
                 row_group.append_column(&chunk, close).map_err(parquet_error)?;
                 // The buffer comes back for the next column when nothing else holds it.
@@ -378,7 +410,6 @@ impl RowGroups {
             row_group.close().map_err(parquet_error)?;
             self.rows += n_rows as u64;
         }
-        debug_assert!(self.n_channels >= self.stored.len());
         Ok(())
     }
 
@@ -693,21 +724,32 @@ mod tests {
         image as f32 * 100.0 + c as f32 * 10.0 + p as f32 + 0.123_456_7 * (c + 1) as f32
     }
 
-    /// Images 7, 3 (one batch) and 11 (another), every channel.
-    fn write(store: &Store, key: &str, meta: EmbeddingMeta, settings: WriterSettings) {
+    /// Images 7, 3 (one batch) and 11 (another), the stored channels, as f32 values or (`halves`)
+    /// rounded to f16 before they are handed over.
+    fn write_values(store: &Store, key: &str, meta: EmbeddingMeta, settings: WriterSettings, halves: bool) {
+        let stored = meta.stored();
         let mut writer = EmbeddingWriter::create(store, key, meta, settings).unwrap();
         for ids in [vec![7u32, 3], vec![11]] {
             let mut data = Vec::new();
             for &id in &ids {
-                for c in 0..5 {
+                for &c in &stored {
                     for p in 0..6 {
                         data.push(value(id, c, p));
                     }
                 }
             }
-            writer.write(&ids, data).unwrap();
+            let values = if halves {
+                EmbeddingValues::F16(data.iter().map(|&v| half::f16::from_f32(v)).collect())
+            } else {
+                EmbeddingValues::F32(data)
+            };
+            writer.write(&ids, values).unwrap();
         }
         assert_eq!(writer.finish().unwrap(), 18);
+    }
+
+    fn write(store: &Store, key: &str, meta: EmbeddingMeta, settings: WriterSettings) {
+        write_values(store, key, meta, settings, false);
     }
 
     /// Reads `channels` back in batches of two images: (image ids, value of (image, channel, patch)).
@@ -752,6 +794,12 @@ mod tests {
                             assert!(((got - exact) / exact).abs() <= 1.0 / 2048.0, "{key}: {got} vs {exact}");
                         }
                     }
+                    if value_type == ValueType::F16 {
+                        // Values rounded by the caller (as libtorch does) give the same file.
+                        let again = format!("{key}.halves");
+                        write_values(&store, &again, EmbeddingMeta { value_type, ..meta() }, settings, true);
+                        assert!(store.get(&key).unwrap() == store.get(&again).unwrap(), "{key}");
+                    }
                 }
             }
         }
@@ -764,7 +812,9 @@ mod tests {
         let settings =
             WriterSettings { encoding: FloatEncoding::Plain, compression: Compression::Zstd, row_group_bytes: 1 };
         let mut writer = EmbeddingWriter::create(&store, "e/emb.parquet", meta(), settings).unwrap();
-        writer.write(&[7], vec![1.0; 30]).unwrap();
+        writer.write(&[7], EmbeddingValues::F32(vec![1.0; 30])).unwrap();
+        let halves = EmbeddingValues::F16(vec![half::f16::ONE; 30]);
+        assert!(writer.write(&[8], halves).is_err(), "f16 values are not f32 storage's");
         assert!(!dir.path().join("e/emb.parquet").exists(), "visible before finish");
         writer.finish().unwrap();
         assert_eq!(EmbeddingReader::open(&store, "e/emb.parquet", None, 1).unwrap().meta(), &meta());
@@ -843,14 +893,29 @@ mod tests {
     }
 
     #[test]
+    fn values_beyond_f16_are_an_error_and_nothing_appears() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().display().to_string()).unwrap();
+        let settings =
+            WriterSettings { encoding: FloatEncoding::Plain, compression: Compression::None, row_group_bytes: 1 };
+        let f16 = EmbeddingMeta { value_type: ValueType::F16, ..meta() };
+        let mut writer = EmbeddingWriter::create(&store, "big.parquet", f16, settings).unwrap();
+        let mut values = vec![1.0f32; 30];
+        values[17] = 70_000.0;
+        let error = writer.write(&[1], EmbeddingValues::F32(values)).and_then(|()| writer.finish()).unwrap_err();
+        assert!(error.to_string().contains("extract.dtype = \"f32\""), "{error}");
+        assert!(store.get("big.parquet").unwrap().is_none());
+    }
+
+    #[test]
     fn dropped_writer_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().display().to_string()).unwrap();
         let settings =
             WriterSettings { encoding: FloatEncoding::Plain, compression: Compression::None, row_group_bytes: 1 };
         let mut writer = EmbeddingWriter::create(&store, "emb.parquet", meta(), settings).unwrap();
-        writer.write(&[1], vec![0.5; 30]).unwrap();
-        assert!(writer.write(&[1], vec![0.5; 3]).is_err());
+        writer.write(&[1], EmbeddingValues::F32(vec![0.5; 30])).unwrap();
+        assert!(writer.write(&[1], EmbeddingValues::F32(vec![0.5; 3])).is_err());
         drop(writer);
         let names: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
         assert!(names.is_empty(), "{names:?}");

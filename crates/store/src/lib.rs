@@ -17,8 +17,8 @@ mod scores;
 mod table;
 
 pub use embeddings::{
-    Compression, EMBEDDINGS_META_KEY, EmbeddingBatch, EmbeddingMeta, EmbeddingReader, EmbeddingWriter, FloatEncoding,
-    LayerInfo, ValueType, WriterSettings, channel_column,
+    Compression, EMBEDDINGS_META_KEY, EmbeddingBatch, EmbeddingMeta, EmbeddingReader, EmbeddingValues, EmbeddingWriter,
+    FloatEncoding, LayerInfo, ValueType, WriterSettings, channel_column,
 };
 pub use images::{ImageRow, ImageStatus, read_image_table, write_image_table};
 pub use inputs::{InputFiles, is_url, list_inputs, local_copy, read_input, read_input_opt, read_inputs};

@@ -21,6 +21,22 @@ use parquet::schema::types::ColumnDescPtr;
 /// Values per data page: 256 KiB of f16, 512 KiB of f32 (readers expect pages of about 1 MiB or less).
 const PAGE_VALUES: usize = 128 * 1024;
 
+/// A run of a column's values, as the writer was given them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Part<'a> {
+    F32(&'a [f32]),
+    F16(&'a [half::f16]),
+}
+
+impl Part<'_> {
+    fn len(&self) -> usize {
+        match self {
+            Part::F32(v) => v.len(),
+            Part::F16(v) => v.len(),
+        }
+    }
+}
+
 /// Encodes float column chunks; keeps its scratch buffers between chunks.
 pub(crate) struct FloatColumnEncoder {
     value_type: ValueType,
@@ -58,7 +74,7 @@ impl FloatColumnEncoder {
     pub(crate) fn encode(
         &mut self,
         descr: ColumnDescPtr,
-        parts: &[&[f32]],
+        parts: &[Part],
         out: &mut Vec<u8>,
     ) -> Result<ColumnCloseResult, ParquetError> {
         out.clear();
@@ -83,7 +99,7 @@ impl FloatColumnEncoder {
                     count += parts[end].len();
                     end += 1;
                 }
-                self.encode_page(&parts[start..end], count);
+                self.encode_page(&parts[start..end], count)?;
                 let uncompressed_size = self.raw.len();
                 let buf = self.compress()?;
                 let page = Page::DataPage {
@@ -134,7 +150,7 @@ impl FloatColumnEncoder {
     /// The page body of `parts` (`count` values in all) into `self.raw`: each value's
     /// little-endian bytes as they are (PLAIN), or byte plane by byte plane (BYTE_STREAM_SPLIT:
     /// every value's first byte, then every value's second, ...).
-    fn encode_page(&mut self, parts: &[&[f32]], count: usize) {
+    fn encode_page(&mut self, parts: &[Part], count: usize) -> Result<(), ParquetError> {
         let width = match self.value_type {
             ValueType::F16 => 2,
             ValueType::F32 => 4,
@@ -144,19 +160,36 @@ impl FloatColumnEncoder {
         let mut offset = 0;
         for part in parts {
             let n = part.len();
-            match self.value_type {
-                ValueType::F16 => {
+            match (self.value_type, part) {
+                (ValueType::F16, Part::F32(values)) => {
                     self.halves.resize(n, half::f16::ZERO);
-                    half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut self.halves[..], part);
+                    half::slice::HalfFloatSliceExt::convert_from_f32_slice(&mut self.halves[..], values);
                     let bits = half::slice::HalfFloatSliceExt::reinterpret_cast(&self.halves[..]);
+                    check_finite(bits)?;
                     scatter(bits.iter().map(|b| b.to_le_bytes()), &mut self.raw, offset, count, self.encoding);
                 }
-                ValueType::F32 => {
-                    scatter(part.iter().map(|v| v.to_le_bytes()), &mut self.raw, offset, count, self.encoding);
+                (ValueType::F16, Part::F16(values)) => {
+                    let bits = half::slice::HalfFloatSliceExt::reinterpret_cast(*values);
+                    check_finite(bits)?;
+                    scatter(bits.iter().map(|b| b.to_le_bytes()), &mut self.raw, offset, count, self.encoding);
+                }
+                (ValueType::F32, Part::F32(values)) => {
+                    scatter(values.iter().map(|v| v.to_le_bytes()), &mut self.raw, offset, count, self.encoding);
+                }
+                // Refused by the writer before it gets here; widened exactly if it ever did.
+                (ValueType::F32, Part::F16(values)) => {
+                    scatter(
+                        values.iter().map(|v| v.to_f32().to_le_bytes()),
+                        &mut self.raw,
+                        offset,
+                        count,
+                        self.encoding,
+                    );
                 }
             }
             offset += n;
         }
+        Ok(())
     }
 
     /// The page body of `self.raw`, compressed with the column's codec.
@@ -177,6 +210,18 @@ impl FloatColumnEncoder {
         }
         Ok(bytes::Bytes::copy_from_slice(&self.compressed))
     }
+}
+
+/// An error when an f16 value is infinite or NaN: a value beyond f16's range (65504) overflows,
+/// and fit would fail on it later; f32 storage keeps it.
+fn check_finite(bits: &[u16]) -> Result<(), ParquetError> {
+    // All exponent bits set: infinity or NaN.
+    if bits.iter().fold(false, |any, b| any | (b & 0x7c00 == 0x7c00)) {
+        return Err(ParquetError::General(
+            "an embedding value is beyond f16's range (65504) or not a number: set extract.dtype = \"f32\"".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Writes `values` (the little-endian bytes of values `offset..` of a page of `count`) into the
