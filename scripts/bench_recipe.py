@@ -8,6 +8,7 @@ Two implementations over the same split (padim's `split/manifest.csv`, so the im
   33x33), the mean score, calibration min-max, Youden threshold, test accuracy.
 - `anomalib`: anomalib's PaDiM model (`PadimModel`, its feature extractor, Gaussian fit and anomaly
   maps) with random initialisation, on the same inputs; its image score is its own (the map's max).
+- `anomalib-engine`: the same through anomalib's `Folder` datamodule and Lightning `Engine`.
 
 Prints one JSON line: seconds, test AUROC and accuracy. Peak memory is measured by the caller.
 """
@@ -140,9 +141,45 @@ def run_anomalib(args, split):
     return evaluate(calibration, (test_scores, test_labels))
 
 
+def run_anomalib_engine(args, split):
+    """anomalib as its documentation runs it: a `Folder` datamodule, `Padim`, Lightning's `Engine`
+    fit (with validation) and test. The folders are symlinks to the same images: the training
+    split as normal, calibration and test together as the test set, from which anomalib draws its
+    own validation part of the calibration split's size (it cannot take a given one). No images are
+    drawn (`visualizer=False`): padim's report draws only montages."""
+    import tempfile
+
+    from anomalib.data import Folder
+    from anomalib.engine import Engine
+    from anomalib.models import Padim
+
+    root = tempfile.mkdtemp(prefix="anomalib-bench-")
+    folders = {("train", False): "train/good", ("test", False): "test/good", ("test", True): "test/crack"}
+    for name in set(folders.values()):
+        os.makedirs(os.path.join(root, name))
+    evaluated = 0
+    for split_name, items in split.items():
+        for i, (path, anomalous) in enumerate(items):
+            kind = "train" if split_name == "train" else "test"
+            evaluated += kind == "test"
+            link = os.path.join(root, folders[(kind, anomalous)], f"{split_name}-{i:05d}.jpg")
+            os.symlink(path, link)
+    datamodule = Folder(
+        name="concrete", root=root, normal_dir="train/good", abnormal_dir="test/crack",
+        normal_test_dir="test/good", train_batch_size=32, eval_batch_size=32, num_workers=0,
+        val_split_mode="from_test", val_split_ratio=len(split["calibration"]) / evaluated, seed=args.seed,
+    )
+    model = Padim(backbone="resnet18", pre_trained=False, n_features=args.channels, visualizer=False)
+    engine = Engine(accelerator="cpu", devices=1, logger=False, default_root_dir=os.path.join(root, "results"),
+                    enable_progress_bar=False)
+    engine.fit(model=model, datamodule=datamodule)
+    results = engine.test(model=model, datamodule=datamodule, verbose=False)
+    return float(results[0].get("image_AUROC", float("nan"))), float("nan")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("implementation", choices=["torch", "anomalib"])
+    parser.add_argument("implementation", choices=["torch", "anomalib", "anomalib-engine"])
     parser.add_argument("--manifest", required=True, help="padim's split/manifest.csv")
     parser.add_argument("--base", required=True, help="the dataset folder the manifest's paths are relative to")
     parser.add_argument("--backbone", default="resnet18")
@@ -154,7 +191,8 @@ def main():
     torch.set_num_threads(args.threads)
     start = time.time()
     split = read_manifest(args.manifest, args.base)
-    auroc, accuracy = (run_torch if args.implementation == "torch" else run_anomalib)(args, split)
+    run = {"torch": run_torch, "anomalib": run_anomalib, "anomalib-engine": run_anomalib_engine}[args.implementation]
+    auroc, accuracy = run(args, split)
     print(json.dumps({"seconds": time.time() - start, "test-auroc": auroc, "accuracy": accuracy}))
 
 

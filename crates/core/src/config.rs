@@ -270,8 +270,8 @@ impl Default for ExtractSettings {
             skip_bad: false,
             dtype: ValueType::F16,
             channels: StoredChannels::All,
-            encoding: FloatEncoding::Plain,
-            compression: Compression::None,
+            encoding: FloatEncoding::ByteStreamSplit,
+            compression: Compression::Lz4,
             row_group_mib: 64,
         }
     }
