@@ -174,7 +174,7 @@ def run_anomalib_engine(args, split):
                     enable_progress_bar=False)
     engine.fit(model=model, datamodule=datamodule)
     results = engine.test(model=model, datamodule=datamodule, verbose=False)
-    return float(results[0].get("image_AUROC", float("nan"))), float("nan")
+    return float(results[0]["image_AUROC"]), None
 
 
 def main():

@@ -1,9 +1,10 @@
 //! Cost as the work grows (`cargo bench --workspace --bench growth`, in `make bench`): the real
 //! binary on the concrete-crack images and the 10,000 more of `../shared/data/concrete-crack-scale`,
 //! 2 cores, EfficientNet-Lite0, the job's default storage.
-//! 1. About 1k, 4k and 13k images (half normal), unsharded and as 2 and 4 shards run at once (one
-//!    thread each when sharded), model `random40`: per stage seconds, images/s, the largest peak
-//!    resident memory of its processes, bytes stored.
+//! 1. About 1k, 4k and 13k images (half normal; half the normal images train, a tenth of each label
+//!    calibrates, the rest is the test), unsharded and as 2 and 4 shards run at once (one thread each
+//!    when sharded), model `random40`: per stage seconds, images/s, the largest peak resident memory
+//!    of its processes, bytes stored.
 //! 2. A learning curve on the main job's calibration and test splits: its 250 training images, then
 //!    with 2,250 and 5,000 more normal images of the scale set (all there are), the main job's models
 //!    (`random40-seed0`, `all`): test AUROC and accuracy of the `all` model (mean score), and fit's
@@ -70,11 +71,12 @@ fn listing(dir: &Path, folder: &str, label: &str) -> Vec<String> {
     names.into_iter().map(|n| format!("{folder}/{label}/{n}")).collect()
 }
 
-/// A job over the manifest `manifest` (in `dir`); `fit` is more of its `[fit]` table.
-fn job(dir: &Path, name: &str, manifest: &str, fit: &str, subsets: &str, threads: usize) -> PathBuf {
+/// A job over the manifest `manifest` (in `dir`); `extra` follows its `[fit]` table's subsets (more
+/// of that table, then other tables).
+fn job(dir: &Path, name: &str, manifest: &str, extra: &str, subsets: &str, threads: usize) -> PathBuf {
     let text = format!(
         "[run]\nname = \"{name}\"\noutput = \"{}\"\n[dataset]\nmanifest = \"{manifest}\"\nnormal = [\"Negative\"]\n\
-         [backbone]\nname = \"efficientnet-lite0\"\nweights = \"{}\"\n[extract]\nthreads = {threads}\n[fit]\nsubsets = {subsets}\n{fit}",
+         [backbone]\nname = \"efficientnet-lite0\"\nweights = \"{}\"\n[extract]\nthreads = {threads}\n[fit]\nsubsets = {subsets}\n{extra}",
         dir.join(name).display(),
         root().join("weights/efficientnet-lite0.safetensors").display()
     );
@@ -116,7 +118,10 @@ fn growth(dir: &Path) {
             let name = format!("growth-{size}-{shards}");
             let threads = (2 / shards as usize).max(1);
             let subsets = r#"[{ name = "random40", count = 40, seed = 0 }]"#;
-            let job = job(dir, &name, &manifest_file, "", subsets, threads);
+            // Half the normal images train; a tenth of each label calibrates; the rest is the test.
+            let split = "[split]\nseed = 0\ntrain = { Negative = 0.5 }\ncalibration = { Negative = 0.1, Positive = 0.1 }\n\
+                         test = { Negative = \"rest\", Positive = \"rest\" }\n";
+            let job = job(dir, &name, &manifest_file, split, subsets, threads);
             let job = job.to_str().unwrap();
             measured_all(vec![padim_command(&["split", job])]);
             let run = dir.join(&name);
