@@ -3,9 +3,7 @@
 //! hashing, the network, f16 conversion, Parquet encoding and writing) against the network alone
 //! (in this process: the same backbone code on the same images, decoded beforehand, each batch's
 //! embedding copied to host memory), on the 1,500 normal concrete-crack images, 2 threads.
-//! The goal: the stage at 0.9x the network-only throughput or better. The network alone is measured
-//! in two child processes, with OpenMP's default spinning and with `OMP_WAIT_POLICY=PASSIVE` (which
-//! `padim extract` runs with), and the faster counts.
+//! The goal: the stage at 0.9x the network-only throughput or better.
 //! Environment: PADIM_BENCH_BACKBONES (comma-separated; default efficientnet-lite0,resnet18),
 //! PADIM_BENCH_IMAGES (default 1500).
 #![allow(clippy::unwrap_used, clippy::print_stdout, clippy::print_stderr)]
@@ -51,32 +49,9 @@ fn subsets(kind: BackboneKind) -> &'static str {
     }
 }
 
-/// The network alone in a child process (this bench again) with `policy` as OMP_WAIT_POLICY.
-fn network_child(kind: BackboneKind, weights: &Path, n_images: usize, policy: &str) -> f64 {
-    let output = std::process::Command::new(std::env::current_exe().unwrap())
-        .arg("--network-only")
-        .env("OMP_WAIT_POLICY", policy)
-        .env("PADIM_BENCH_NETWORK", format!("{}={}", kind.name(), weights.display()))
-        .env("PADIM_BENCH_IMAGES", n_images.to_string())
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    String::from_utf8_lossy(&output.stdout).trim().parse().unwrap()
-}
-
 fn main() {
     padim_extract::tune_allocator();
     tch::set_num_threads(2);
-    if std::env::args().any(|a| a == "--network-only") {
-        let spec = std::env::var("PADIM_BENCH_NETWORK").unwrap();
-        let (name, weights) = spec.split_once('=').unwrap();
-        let kind =
-            [BackboneKind::EfficientnetLite0, BackboneKind::Resnet18].into_iter().find(|k| k.name() == name).unwrap();
-        let n_images: usize = std::env::var("PADIM_BENCH_IMAGES").unwrap().parse().unwrap();
-        let files = support::first_files(&root().join("../shared/data/concrete-crack/Negative"), n_images, "jpg");
-        println!("{}", network_only(kind, Path::new(weights), &files));
-        return;
-    }
     let wanted = std::env::var("PADIM_BENCH_BACKBONES").unwrap_or_else(|_| "efficientnet-lite0,resnet18".into());
     let n_images: usize = std::env::var("PADIM_BENCH_IMAGES").ok().and_then(|v| v.parse().ok()).unwrap_or(1500);
     let work = tempfile::tempdir().unwrap();
@@ -98,10 +73,7 @@ fn main() {
             );
             out
         };
-        let spinning = network_child(kind, &weights, files.len(), "ACTIVE");
-        let passive = network_child(kind, &weights, files.len(), "PASSIVE");
-        eprintln!("{}: network alone {spinning:.1} images/s (OpenMP spinning), {passive:.1} (passive)", kind.name());
-        let network = spinning.max(passive);
+        let network = network_only(kind, &weights, &files);
         // The stage over the same images: a job of exactly those files (a list), default storage.
         let list = dir.join("images.txt");
         let paths: Vec<String> = files.iter().map(|f| f.display().to_string()).collect();

@@ -168,24 +168,6 @@ impl Sharding {
     }
 }
 
-/// Runs this process again with `OMP_WAIT_POLICY=PASSIVE` unless the variable is set.
-///
-/// libtorch's OpenMP threads spin after every parallel region by default, taking the cores that the
-/// extract stage's decoding and writing threads need at that moment; the OpenMP runtime reads the
-/// policy only when it loads, before `main`, hence the one re-execution (about 0.25 s, libtorch's
-/// loading). Measured: ResNet-18 extraction 27.5 s -> 25.5 s on 1,500 images (README
-/// "Embedding storage"). A user's own setting is kept; if the re-execution fails, padim goes on.
-fn passive_openmp() {
-    use std::os::unix::process::CommandExt;
-    if std::env::var_os("OMP_WAIT_POLICY").is_some() {
-        return;
-    }
-    let Ok(exe) = std::env::current_exe() else { return };
-    let error =
-        std::process::Command::new(exe).args(std::env::args_os().skip(1)).env("OMP_WAIT_POLICY", "PASSIVE").exec();
-    tracing::debug!(%error, "could not re-execute with OMP_WAIT_POLICY=PASSIVE");
-}
-
 /// Rust's allocations (embeddings batches, statistics, models, maps: hundreds of megabytes each)
 /// go to mimalloc, which reuses freed memory instead of unmapping and page-faulting it again as
 /// glibc does for blocks this large from worker threads (measured: fit 3.4 s -> 1.7 s for one
@@ -197,9 +179,6 @@ fn main() -> ExitCode {
     padim_fit::single_threaded_blas();
     let cli = Cli::parse();
     init_tracing(cli.verbose);
-    if matches!(cli.command, Command::Extract { .. } | Command::Run { .. }) {
-        passive_openmp();
-    }
     padim_extract::tune_allocator();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
