@@ -67,6 +67,25 @@ def evaluate(calibration, test):
     return float(roc_auc_score(test_labels, norm(test_scores))), accuracy
 
 
+def calibrate_and_test(batches, split, score_batch):
+    """Scores the calibration and test splits with `score_batch(images) -> (maps, image scores)`,
+    normalises by the calibration maps' range, and returns test AUROC and accuracy."""
+
+    def scores(items):
+        out, labels, lo, hi = [], [], float("inf"), float("-inf")
+        with torch.no_grad():
+            for images, batch_labels in batches(items):
+                maps, image_scores = score_batch(images)
+                lo, hi = min(lo, maps.min().item()), max(hi, maps.max().item())
+                out += image_scores.tolist()
+                labels += batch_labels
+        return out, labels, lo, hi
+
+    calibration = scores(split["calibration"])
+    test_scores, test_labels, _, _ = scores(split["test"])
+    return evaluate(calibration, (test_scores, test_labels))
+
+
 def run_torch(args, split):
     from reference import NORMALIZATION, load_model, trunk
 
@@ -92,21 +111,14 @@ def run_torch(args, split):
     precision = torch.linalg.inv(cov)
     del train, x, centred, cov
 
-    def scores(items):
-        out, labels, lo, hi = [], [], float("inf"), float("-inf")
-        for images, batch_labels in batches(items):
-            e = embed(images).reshape(len(batch_labels), c, h * w).permute(2, 0, 1).double() - mean
-            d = torch.einsum("pbc,pcd,pbd->bp", e, precision, e).clamp_min(0).sqrt().float().reshape(-1, 1, h, w)
-            m = F.interpolate(d, size=(224, 224), mode="bilinear", align_corners=False)
-            m = gaussian_blur(m, kernel_size=33, sigma=4.0)
-            lo, hi = min(lo, m.min().item()), max(hi, m.max().item())
-            out += m.mean((1, 2, 3)).tolist()
-            labels += batch_labels
-        return out, labels, lo, hi
+    def score_batch(images):
+        e = embed(images).reshape(len(images), c, h * w).permute(2, 0, 1).double() - mean
+        d = torch.einsum("pbc,pcd,pbd->bp", e, precision, e).clamp_min(0).sqrt().float().reshape(-1, 1, h, w)
+        m = F.interpolate(d, size=(224, 224), mode="bilinear", align_corners=False)
+        m = gaussian_blur(m, kernel_size=33, sigma=4.0)
+        return m, m.mean((1, 2, 3))
 
-    calibration = scores(split["calibration"])
-    test_scores, test_labels, _, _ = scores(split["test"])
-    return evaluate(calibration, (test_scores, test_labels))
+    return calibrate_and_test(batches, split, score_batch)
 
 
 def run_anomalib(args, split):
@@ -125,20 +137,11 @@ def run_anomalib(args, split):
     del embeddings
     model.eval()
 
-    def scores(items):
-        out, labels, lo, hi = [], [], float("inf"), float("-inf")
-        with torch.no_grad():
-            for images, batch_labels in batches(items):
-                result = model(images)
-                maps = result.anomaly_map
-                lo, hi = min(lo, maps.min().item()), max(hi, maps.max().item())
-                out += result.pred_score.flatten().tolist()
-                labels += batch_labels
-        return out, labels, lo, hi
+    def score_batch(images):
+        result = model(images)
+        return result.anomaly_map, result.pred_score.flatten()
 
-    calibration = scores(split["calibration"])
-    test_scores, test_labels, _, _ = scores(split["test"])
-    return evaluate(calibration, (test_scores, test_labels))
+    return calibrate_and_test(batches, split, score_batch)
 
 
 def run_anomalib_engine(args, split):

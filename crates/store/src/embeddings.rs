@@ -108,6 +108,11 @@ impl EmbeddingMeta {
         }
     }
 
+    /// How many channels are stored.
+    pub fn n_stored(&self) -> usize {
+        self.stored_channels.as_ref().map_or(self.n_channels, Vec::len)
+    }
+
     /// The tapped layers as channel ranges of the embedding.
     pub fn layer_channels(&self) -> Vec<padim_core::channels::LayerChannels> {
         self.layers
@@ -122,7 +127,7 @@ impl EmbeddingMeta {
             ValueType::F16 => 2,
             ValueType::F32 => 4,
         };
-        self.n_patches() * self.stored_channels.as_ref().map_or(self.n_channels, Vec::len) * width
+        self.n_patches() * self.n_stored() * width
     }
 
     /// The Arrow schema of the table.
@@ -225,7 +230,7 @@ impl EmbeddingWriter {
     /// [`EmbeddingMeta::stored`] order). f16 values only for f16 storage.
     pub fn write(&mut self, image_ids: &[u32], embeddings: EmbeddingValues) -> Result<(), StoreError> {
         let n_patches = self.meta.n_patches();
-        let n_stored = self.meta.stored_channels.as_ref().map_or(self.meta.n_channels, Vec::len);
+        let n_stored = self.meta.n_stored();
         let expected = image_ids.len() * n_stored * n_patches;
         if matches!(embeddings, EmbeddingValues::F16(_)) && self.meta.value_type == ValueType::F32 {
             return Err(StoreError::Format {
@@ -340,7 +345,7 @@ impl RowGroups {
         Ok(RowGroups {
             url,
             writer: Some(writer),
-            n_stored: meta.stored().len(),
+            n_stored: meta.n_stored(),
             n_patches: meta.n_patches(),
             grid_width: meta.grid_width,
             images_per_group,
@@ -593,7 +598,7 @@ impl EmbeddingReader {
             return Err(StoreError::MissingChannels {
                 url,
                 missing: list_channels(&missing),
-                stored: meta.stored().len(),
+                stored: meta.n_stored(),
                 n_channels: meta.n_channels,
             });
         }
