@@ -245,7 +245,8 @@ pub struct ExtractSettings {
     pub batch_size: usize,
     /// Where the backbone runs.
     pub device: DeviceChoice,
-    /// CPU threads for the backbone; 0 means all cores.
+    /// CPU threads for the backbone; 0 means all cores. On the CPU, two network workers with half
+    /// of them each (one batch each), see `padim_extract::network_workers`.
     pub threads: usize,
     /// Record unreadable images in the output and go on, instead of stopping before publishing.
     pub skip_bad: bool,

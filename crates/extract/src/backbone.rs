@@ -105,23 +105,71 @@ impl Backbone {
         self.embed_as(input, None, tch::Kind::Float)
     }
 
-    /// [`embed`](Self::embed), keeping only `channels` (indices into the embedding, an Int64
-    /// tensor) and cast to `kind`, both before the copy into NCHW order: the extract stage stores
-    /// what it copies, and copies less.
-    pub fn embed_as(&self, input: &Tensor, channels: Option<&Tensor>, kind: tch::Kind) -> Tensor {
-        let FeatureMaps([first, second, third]) = self.features(input);
+    /// [`embed`](Self::embed), keeping only `channels` (sorted indices into the embedding's
+    /// channels) and cast to `kind`. The embedding is assembled in one pass into its NCHW result:
+    /// each map's kept channels are selected (and the coarser maps cast) at the map's resolution, then
+    /// copied onto the grid through a broadcast view, which is nearest-neighbour upsampling when the
+    /// grid is an exact multiple of the map (a power of two, as at strides 4/8/16 of a crop divisible
+    /// by 16; libtorch's own upsampling otherwise). Equal, value for value, to upsample, concatenate,
+    /// select and cast, at a fraction of the memory traffic.
+    pub fn embed_as(&self, input: &Tensor, channels: Option<&[usize]>, kind: tch::Kind) -> Tensor {
+        let FeatureMaps(maps) = self.features(input);
         tch::no_grad(|| {
-            let size = first.size();
-            let grid = [size[2], size[3]];
-            let second = second.upsample_nearest2d(grid, None, None);
-            let third = third.upsample_nearest2d(grid, None, None);
-            let mut embedding = Tensor::cat(&[first, second, third], 1);
-            if let Some(channels) = channels {
-                embedding = embedding.index_select(1, &channels.to_device(embedding.device()));
+            let size = maps[0].size();
+            let (n, grid_h, grid_w) = (size[0], size[2], size[3]);
+            let mut first_channel = 0usize;
+            let mut kept: Vec<(Tensor, i64)> = Vec::with_capacity(3);
+            for map in maps {
+                let count = map.size()[1] as usize;
+                let range = first_channel..first_channel + count;
+                first_channel += count;
+                let map = match channels {
+                    None => map,
+                    Some(channels) => {
+                        let local: Vec<i64> =
+                            channels.iter().filter(|c| range.contains(c)).map(|&c| (c - range.start) as i64).collect();
+                        if local.len() == count {
+                            map
+                        } else if local.is_empty() {
+                            continue;
+                        } else {
+                            map.index_select(1, &Tensor::from_slice(&local).to_device(map.device()))
+                        }
+                    }
+                };
+                let width = map.size()[1];
+                kept.push((map, width));
             }
-            embedding.to_kind(kind).to_device(Device::Cpu).contiguous()
+            let total: i64 = kept.iter().map(|(_, width)| width).sum();
+            let out = Tensor::empty([n, total, grid_h, grid_w], (kind, maps_device(&kept, self.device)));
+            let mut offset = 0;
+            for (map, width) in kept {
+                let mut target = out.narrow(1, offset, width);
+                offset += width;
+                let [h, w] = [map.size()[2], map.size()[3]];
+                let (fh, fw) = (grid_h / h, grid_w / w);
+                let exact = grid_h == fh * h
+                    && grid_w == fw * w
+                    && (fh as u64).is_power_of_two()
+                    && (fw as u64).is_power_of_two();
+                if fh == 1 && fw == 1 && exact {
+                    target.copy_(&map);
+                } else if exact {
+                    let map = map.to_kind(kind).contiguous();
+                    let source = map.view([n, width, h, 1, w, 1]).expand([n, width, h, fh, w, fw], false);
+                    target.view([n, width, h, fh, w, fw]).copy_(&source);
+                } else {
+                    target.copy_(&map.upsample_nearest2d([grid_h, grid_w], None, None));
+                }
+            }
+            out.to_device(Device::Cpu)
         })
     }
+}
+
+/// The device of the maps being assembled (the backbone's when none are kept).
+fn maps_device(kept: &[(Tensor, i64)], fallback: Device) -> Device {
+    kept.first().map_or(fallback, |(map, _)| map.device())
 }
 
 /// Channels of the three feature maps of each backbone.

@@ -2,7 +2,7 @@
 //! manifest and a done marker, under `<run>/extract/`.
 
 use crate::backbone::{self, Backbone};
-use crate::preprocess::{ImageError, Prepared, Preprocessor};
+use crate::preprocess::{ImageError, Preprocessor};
 use crate::weights::{WeightsError, verify_checksum};
 use padim_core::channels::ChannelSubset;
 use padim_core::config::{Job, StoredChannels, ValueType};
@@ -16,8 +16,18 @@ use rayon::prelude::*;
 use std::collections::BTreeMap;
 use tch::Tensor;
 
-/// A pre-processed image, its file's size and the SHA-256 of its bytes, or why it could not be used.
-type LoadResult = Result<(Prepared, u64, String), ImageError>;
+/// A decoded image's width and height, its file's size and the SHA-256 of its bytes, or why it
+/// could not be used.
+type LoadResult = Result<(u32, u32, u64, String), ImageError>;
+
+/// A decoded batch: its records, what each gave, and the pixels of those that decoded, in order
+/// (NCHW f32 of the crop size, in a buffer that goes round between the decoder and the network).
+struct DecodedBatch<'a> {
+    records: &'a [ImageRecord],
+    loaded: Vec<LoadResult>,
+    pixels: Vec<f32>,
+    seconds: f64,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ExtractError {
@@ -191,10 +201,16 @@ fn extract_claimed(
     tracing::info!(images = images.len(), total = all_images.len(), "listed dataset");
 
     let device = crate::select_device(job.extract.device).map_err(ExtractError::Device)?;
-    crate::set_threads(job.extract.threads);
-    let net = Backbone::load(job.backbone.kind, weights, job.backbone.tap, device)
-        .map_err(|e| e.named(&job.backbone.weights))?;
-    let (mean, std) = net.normalization();
+    let (n_workers, worker_threads) = crate::network_workers(device, job.extract.threads);
+    // One network per worker (a libtorch module is not shared across threads here).
+    let mut nets = Vec::with_capacity(n_workers);
+    for _ in 0..n_workers {
+        nets.push(
+            Backbone::load(job.backbone.kind, weights, job.backbone.tap, device)
+                .map_err(|e| e.named(&job.backbone.weights))?,
+        );
+    }
+    let (mean, std) = nets[0].normalization();
     let preprocessor = Preprocessor::new(job.preprocess.clone(), mean, std);
     let meta = embedding_meta(job, weights_sha256, &config_hash, shard)?;
     let settings = WriterSettings {
@@ -203,39 +219,73 @@ fn extract_claimed(
         row_group_bytes: job.extract.row_group_mib << 20,
     };
     let mut writer = EmbeddingWriter::create(store, &embeddings_key, meta.clone(), settings)?;
-    let stored: Option<Tensor> = meta
-        .stored_channels
-        .as_ref()
-        .map(|channels| Tensor::from_slice(&channels.iter().map(|&c| c as i64).collect::<Vec<_>>()));
+    let stored = meta.stored_channels.as_deref();
+    let value_type = meta.value_type;
     let (input_h, input_w) = preprocessor.input_size();
 
     let mut rows: Vec<ImageRow> = Vec::with_capacity(images.len());
     let mut bad: Vec<ImageError> = Vec::new();
     progress.start("extract", images.len() as u64);
-    // A pipeline of three: a thread decodes the next batch while this one runs the network on the
-    // current one, and the writer's IO thread encodes and uploads the previous one.
-    let (decoded_sender, decoded) = std::sync::mpsc::sync_channel::<(&[ImageRecord], Vec<LoadResult>, f64)>(1);
-    let (mut decode_time, mut network_time, mut write_time, mut wait_time) = (0f64, 0f64, 0f64, 0f64);
+    // A pipeline: a thread decodes the next batch; the network workers each run a batch of their
+    // own (in turn, so that batches are written in order); this thread hands batches out and gives
+    // the embeddings to the writer, whose IO thread encodes and uploads them.
+    let (decoded_sender, decoded) = std::sync::mpsc::sync_channel::<DecodedBatch<'_>>(1);
+    // Pixel buffers come back from the network workers, so that batches reuse mapped memory.
+    let (recycle, recycled) = std::sync::mpsc::channel::<Vec<f32>>();
+    let (mut decode_time, mut network_wait, mut write_time, mut wait_time) = (0f64, 0f64, 0f64, 0f64);
     std::thread::scope(|scope| -> Result<(), ExtractError> {
         let batch_size = job.extract.batch_size;
         let preprocessor = &preprocessor;
         scope.spawn(move || {
-            for chunk in images.chunks(batch_size) {
+            for records in images.chunks(batch_size) {
                 let clock = std::time::Instant::now();
-                let loaded = decode_batch(preprocessor, chunk);
-                if decoded_sender.send((chunk, loaded, clock.elapsed().as_secs_f64())).is_err() {
+                let pixels = recycled.try_recv().unwrap_or_default();
+                let (loaded, pixels) = decode_batch(preprocessor, records, pixels);
+                let batch = DecodedBatch { records, loaded, pixels, seconds: clock.elapsed().as_secs_f64() };
+                if decoded_sender.send(batch).is_err() {
                     break; // the network side stopped (an error): nothing more to decode
                 }
             }
         });
+        let mut workers = Vec::with_capacity(n_workers);
+        for net in nets {
+            let (batch_sender, batches) = std::sync::mpsc::sync_channel::<(Vec<f32>, usize)>(1);
+            let (result_sender, results) = std::sync::mpsc::sync_channel(1);
+            let recycle = recycle.clone();
+            scope.spawn(move || {
+                crate::set_threads(worker_threads);
+                for (pixels, n) in batches {
+                    let input = Tensor::from_slice(&pixels).view([n as i64, 3, input_h as i64, input_w as i64]);
+                    let _ = recycle.send(pixels);
+                    if result_sender.send(embed_batch(&net, &input, stored, value_type)).is_err() {
+                        break;
+                    }
+                }
+            });
+            workers.push((batch_sender, results));
+        }
+        drop(recycle);
+        // Batches handed out and not yet written: (worker, image ids), oldest first.
+        let mut in_flight: std::collections::VecDeque<(usize, Vec<u32>)> = std::collections::VecDeque::new();
+        let mut next_worker = 0;
+        let mut write_oldest = |in_flight: &mut std::collections::VecDeque<(usize, Vec<u32>)>| {
+            let Some((worker, ids)) = in_flight.pop_front() else { return Ok(()) };
+            let clock = std::time::Instant::now();
+            let values = workers[worker].1.recv().map_err(|_| network_stopped())??;
+            network_wait += clock.elapsed().as_secs_f64();
+            let clock = std::time::Instant::now();
+            writer.write(&ids, values)?;
+            write_time += clock.elapsed().as_secs_f64();
+            Ok::<(), ExtractError>(())
+        };
         let mut clock = std::time::Instant::now();
-        for (chunk, loaded, seconds) in decoded {
+        for DecodedBatch { records, loaded, pixels, seconds } in decoded {
             wait_time += clock.elapsed().as_secs_f64();
             decode_time += seconds;
             // A file replaced since the split is not this job's image any more: stop, whatever
             // skip-bad says.
-            for (record, result) in chunk.iter().zip(&loaded) {
-                if let (Ok((_, _, found)), Some(expected)) = (result, &record.sha256)
+            for (record, result) in records.iter().zip(&loaded) {
+                if let (Ok((_, _, _, found)), Some(expected)) = (result, &record.sha256)
                     && found != expected
                 {
                     return Err(ExtractError::ImageChanged {
@@ -245,14 +295,12 @@ fn extract_claimed(
                     });
                 }
             }
-            let mut batch_ids = Vec::with_capacity(chunk.len());
-            let mut batch_pixels = Vec::with_capacity(chunk.len() * 3 * (input_h * input_w) as usize);
-            for (record, result) in chunk.iter().zip(loaded) {
+            let mut batch_ids = Vec::with_capacity(records.len());
+            for (record, result) in records.iter().zip(loaded) {
                 match result {
-                    Ok((prepared, size, sha256)) => {
-                        rows.push(image_row(job, record, size, sha256, prepared.width, prepared.height, None));
+                    Ok((width, height, size, sha256)) => {
+                        rows.push(image_row(job, record, size, sha256, width, height, None));
                         batch_ids.push(record.id);
-                        batch_pixels.extend_from_slice(&prepared.pixels);
                     }
                     Err(error) => {
                         progress.note(&error.to_string());
@@ -269,36 +317,26 @@ fn extract_claimed(
             // checked so that one run reports every bad file.
             let strict_failed = !job.extract.skip_bad && !bad.is_empty();
             if !strict_failed && !batch_ids.is_empty() {
-                let clock = std::time::Instant::now();
-                let input =
-                    Tensor::from_slice(&batch_pixels).view([batch_ids.len() as i64, 3, input_h as i64, input_w as i64]);
-                let copy_error =
-                    |e: tch::TchError| ExtractError::Device(format!("cannot copy embeddings from libtorch: {e}"));
-                // The stored channels, in the stored type, selected and cast before the copy.
-                let values = match meta.value_type {
-                    ValueType::F16 => {
-                        let embedding = net.embed_as(&input, stored.as_ref(), tch::Kind::Half);
-                        EmbeddingValues::F16(Vec::<half::f16>::try_from(embedding.flatten(0, -1)).map_err(copy_error)?)
-                    }
-                    ValueType::F32 => {
-                        let embedding = net.embed_as(&input, stored.as_ref(), tch::Kind::Float);
-                        EmbeddingValues::F32(Vec::<f32>::try_from(embedding.flatten(0, -1)).map_err(copy_error)?)
-                    }
-                };
-                network_time += clock.elapsed().as_secs_f64();
-                let clock = std::time::Instant::now();
-                writer.write(&batch_ids, values)?;
-                write_time += clock.elapsed().as_secs_f64();
+                if in_flight.len() == n_workers {
+                    write_oldest(&mut in_flight)?;
+                }
+                workers[next_worker].0.send((pixels, batch_ids.len())).map_err(|_| network_stopped())?;
+                in_flight.push_back((next_worker, batch_ids));
+                next_worker = (next_worker + 1) % n_workers;
             }
-            progress.advance(chunk.len() as u64);
+            progress.advance(records.len() as u64);
             clock = std::time::Instant::now();
+        }
+        while !in_flight.is_empty() {
+            write_oldest(&mut in_flight)?;
         }
         Ok(())
     })?;
     progress.finish();
+    crate::release_memory();
     tracing::info!(
         decode_s = decode_time,
-        network_s = network_time,
+        network_wait_s = network_wait,
         write_wait_s = write_time,
         decode_wait_s = wait_time,
         "extract loop timings"
@@ -363,20 +401,66 @@ fn extract_claimed(
     Ok(ExtractSummary { shard, images: ok, skipped, already_done: false, embeddings_key, images_key })
 }
 
-/// Reads, decodes, pre-processes and hashes a batch of images, in parallel.
-fn decode_batch(preprocessor: &Preprocessor, chunk: &[ImageRecord]) -> Vec<LoadResult> {
-    let paths: Vec<&std::path::Path> = chunk.iter().map(|r| r.path.as_path()).collect();
+/// The stored channels of a batch's embedding in the stored value type, copied to host memory.
+fn embed_batch(
+    net: &Backbone,
+    input: &Tensor,
+    stored: Option<&[usize]>,
+    value_type: ValueType,
+) -> Result<EmbeddingValues, ExtractError> {
+    let copy_error = |e: tch::TchError| ExtractError::Device(format!("cannot copy embeddings from libtorch: {e}"));
+    // Selected and cast by libtorch before the copy.
+    Ok(match value_type {
+        ValueType::F16 => {
+            let embedding = net.embed_as(input, stored, tch::Kind::Half);
+            EmbeddingValues::F16(Vec::<half::f16>::try_from(embedding.flatten(0, -1)).map_err(copy_error)?)
+        }
+        ValueType::F32 => {
+            let embedding = net.embed_as(input, stored, tch::Kind::Float);
+            EmbeddingValues::F32(Vec::<f32>::try_from(embedding.flatten(0, -1)).map_err(copy_error)?)
+        }
+    })
+}
+
+/// A network worker ended without its result (it panicked).
+fn network_stopped() -> ExtractError {
+    ExtractError::Device("a network worker stopped unexpectedly (see the messages above)".into())
+}
+
+/// Reads, decodes, pre-processes and hashes a batch of images, in parallel, each into its slot of
+/// `pixels` (resized to the batch); the slots of those that decoded are then moved together.
+fn decode_batch(
+    preprocessor: &Preprocessor,
+    records: &[ImageRecord],
+    mut pixels: Vec<f32>,
+) -> (Vec<LoadResult>, Vec<f32>) {
+    let (height, width) = preprocessor.input_size();
+    let slot = 3 * height as usize * width as usize;
+    pixels.resize(records.len() * slot, 0.0);
+    let paths: Vec<&std::path::Path> = records.iter().map(|r| r.path.as_path()).collect();
     let contents = padim_store::read_inputs(&paths);
-    chunk
+    let loaded: Vec<LoadResult> = records
         .par_iter()
         .zip(contents)
-        .map(|(record, bytes)| match bytes {
+        .zip(pixels.par_chunks_mut(slot))
+        .map(|((record, bytes), out)| match bytes {
             Ok(bytes) => preprocessor
-                .prepare(&record.path, &bytes)
-                .map(|prepared| (prepared, bytes.len() as u64, padim_core::hash::sha256_hex(&bytes))),
+                .prepare_into(&record.path, &bytes, out)
+                .map(|(width, height)| (width, height, bytes.len() as u64, padim_core::hash::sha256_hex(&bytes))),
             Err(e) => Err(ImageError::Read { path: record.path.clone(), message: e.to_string() }),
         })
-        .collect()
+        .collect();
+    let mut kept = 0;
+    for (index, result) in loaded.iter().enumerate() {
+        if result.is_ok() {
+            if index != kept {
+                pixels.copy_within(index * slot..(index + 1) * slot, kept * slot);
+            }
+            kept += 1;
+        }
+    }
+    pixels.truncate(kept * slot);
+    (loaded, pixels)
 }
 
 /// The image table's row of `record`; its path is relative to the dataset's base (as in the split

@@ -42,10 +42,36 @@ fn check(kind: BackboneKind, tap: Tap, seed: u64) {
     }
     let embedding = net.embed(input);
     assert!(common::max_abs_diff(&embedding, &expected["embedding"]) <= 1e-4);
+    assembled_embedding_equals_upsample_and_concatenate(&net, input);
     if tap == Tap::BlockOutput {
         let logits = net.logits(input);
         let diff = common::max_abs_diff(&logits, &expected["logits"]);
         assert!(diff <= 1e-4, "{} logits: {diff}", kind.name());
+    }
+}
+
+/// `embed_as` assembles the embedding in one pass (select and cast per map, nearest-neighbour
+/// upsampling as a broadcast copy): it must equal, value for value, libtorch's upsampling,
+/// concatenation, selection and cast, on the recipe's grid and on one (232 pixels: maps of 58, 29
+/// and 15) where the coarsest map does not divide the grid.
+fn assembled_embedding_equals_upsample_and_concatenate(net: &Backbone, input: &tch::Tensor) {
+    let odd = tch::Tensor::randn([2, 3, 232, 232], tch::kind::FLOAT_CPU);
+    for input in [input.shallow_clone(), odd] {
+        let padim_extract::backbone::FeatureMaps([first, second, third]) = net.features(&input);
+        let grid = [first.size()[2], first.size()[3]];
+        let full = tch::Tensor::cat(
+            &[first, second.upsample_nearest2d(grid, None, None), third.upsample_nearest2d(grid, None, None)],
+            1,
+        );
+        assert!(net.embed(&input).equal(&full), "{:?}: embed differs on grid {grid:?}", net.kind());
+        let n_channels = full.size()[1] as usize;
+        let channels: Vec<usize> = (0..n_channels).step_by(7).chain([n_channels - 1]).collect();
+        let index = tch::Tensor::from_slice(&channels.iter().map(|&c| c as i64).collect::<Vec<_>>());
+        let expected = full.index_select(1, &index);
+        for kind in [tch::Kind::Float, tch::Kind::Half] {
+            let got = net.embed_as(&input, Some(&channels), kind);
+            assert!(got.equal(&expected.to_kind(kind)), "{:?}: {kind:?} subset differs on grid {grid:?}", net.kind());
+        }
     }
 }
 

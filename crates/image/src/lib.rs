@@ -106,10 +106,20 @@ impl Preprocessor {
 
     /// Pre-processes encoded image bytes; `path` only names the image in errors.
     pub fn prepare(&self, path: &Path, bytes: &[u8]) -> Result<Prepared, ImageError> {
+        let [crop_h, crop_w] = self.settings.crop;
+        let mut pixels = vec![0f32; 3 * crop_h as usize * crop_w as usize];
+        let (width, height) = self.prepare_into(path, bytes, &mut pixels)?;
+        Ok(Prepared { pixels, width, height })
+    }
+
+    /// [`prepare`](Self::prepare) into `out` (3 x crop height x crop width values, a slot of a
+    /// batch); returns the decoded image's width and height.
+    pub fn prepare_into(&self, path: &Path, bytes: &[u8], out: &mut [f32]) -> Result<(u32, u32), ImageError> {
         let rgb = decode_rgb8(path, bytes, &self.settings)?;
         let (width, height) = (rgb.width(), rgb.height());
         let cropped = self.resize_and_crop(path, rgb)?;
-        Ok(Prepared { pixels: self.normalize(&cropped), width, height })
+        self.normalize_into(&cropped, out);
+        Ok((width, height))
     }
 
     /// Resized then centre-cropped RGB8 pixels, row-major HWC, of the crop size.
@@ -138,8 +148,14 @@ impl Preprocessor {
 
     /// HWC u8 to normalised CHW f32.
     pub fn normalize(&self, hwc: &[u8]) -> Vec<f32> {
-        let n = hwc.len() / 3;
         let mut chw = vec![0f32; hwc.len()];
+        self.normalize_into(hwc, &mut chw);
+        chw
+    }
+
+    /// [`normalize`](Self::normalize) into `chw` (as long as `hwc`).
+    pub fn normalize_into(&self, hwc: &[u8], chw: &mut [f32]) {
+        let n = hwc.len() / 3;
         for c in 0..3 {
             // (v / 255 - mean) / std as one multiply-add, computed in f32 like torchvision.
             let plane = &mut chw[c * n..(c + 1) * n];
@@ -147,7 +163,6 @@ impl Preprocessor {
                 *out = (pixel[c] as f32 / 255.0 - self.mean[c]) / self.std[c];
             }
         }
-        chw
     }
 }
 

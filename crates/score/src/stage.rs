@@ -7,8 +7,7 @@ use padim_core::config::Job;
 use padim_core::{Progress, Shard};
 use padim_fit::model::{Model, ModelError, decode_model};
 use padim_store::{
-    DoneMarker, EmbeddingReader, ImageRow, MapRow, ScoreRow, Store, StoreError, read_image_table, write_maps,
-    write_scores,
+    DoneMarker, EmbeddingReader, ImageRow, MapsWriter, ScoreRow, Store, StoreError, read_image_table, write_scores,
 };
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -44,6 +43,8 @@ pub enum ScoreStageError {
     EmptyPart { part: String, models: usize },
     #[error("model {model} was fitted on {found}, but {url} holds embeddings of {expected}")]
     Mismatch { model: String, url: String, found: String, expected: String },
+    #[error("a temporary file for the maps of {url}: {source}; set TMPDIR to a folder with room")]
+    Spill { url: String, source: std::io::Error },
     #[error(
         "{url} needs {need_gib:.2} GiB to load and score (its file and the decoded model), over \
          score.memory-budget-gib = {budget_gib}: raise the budget"
@@ -165,12 +166,18 @@ pub fn run_score(
             .collect();
         let embeddings_key = format!("extract/embeddings-{tag}.parquet");
         let url = store.url_of(&embeddings_key);
-        // Per model (in the fit's order): its rows, and the CPU time spent on its distances, resizing
-        // and smoothing (summed over threads). Rows are written model by model, so that the files do
-        // not depend on how the models were grouped.
+        // Per model (in the fit's order): its rows, its maps (spilled to a temporary file, so that
+        // memory does not grow with the shard's images) and the CPU time spent on its distances,
+        // resizing and smoothing (summed over threads). Rows are written model by model, so that
+        // the files do not depend on how the models were grouped.
         let mut names = vec![String::new(); files.len()];
         let mut score_rows: Vec<Vec<ScoreRow>> = vec![Vec::new(); files.len()];
-        let mut map_rows: Vec<Vec<MapRow>> = vec![Vec::new(); files.len()];
+        let maps_key = format!("score/maps-{tag}{suffix}.parquet");
+        let spill_error = |source| ScoreStageError::Spill { url: store.url_of(&maps_key), source };
+        let mut spills = (0..files.len())
+            .map(|_| tempfile::tempfile().map(std::io::BufWriter::new))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(spill_error)?;
         let mut model_time = vec![Duration::ZERO; files.len()];
         for (pass_index, range) in groups.iter().enumerate() {
             let loaded;
@@ -244,7 +251,7 @@ pub fn run_score(
                             max: stats.max,
                             min: stats.min,
                         });
-                        map_rows[at + m].push(MapRow { image: id, model: name.clone(), map: map.to_vec() });
+                        spill_map(&mut spills[at + m], map).map_err(spill_error)?;
                     }
                 }
                 if pass_index == 0 {
@@ -252,11 +259,12 @@ pub fn run_score(
                 }
             }
         }
-        let (score_rows, map_rows): (Vec<ScoreRow>, Vec<MapRow>) = (score_rows.concat(), map_rows.concat());
         let scores_key = format!("score/scores-{tag}{suffix}.parquet");
-        let maps_key = format!("score/maps-{tag}{suffix}.parquet");
-        write_scores(&store, &scores_key, &score_rows)?;
-        write_maps(&store, &maps_key, &map_rows)?;
+        write_maps_from_spills(&store, &maps_key, &score_rows, spills).map_err(|e| match e {
+            SpillOrStore::Spill(source) => spill_error(source),
+            SpillOrStore::Store(e) => ScoreStageError::Store(e),
+        })?;
+        write_scores(&store, &scores_key, &score_rows.concat())?;
         DoneMarker {
             stage: "score".into(),
             shard: match part {
@@ -283,6 +291,49 @@ pub fn run_score(
     }
     progress.finish();
     Ok(summary)
+}
+
+/// Appends a map's values (little-endian f32) to a model's spill file.
+fn spill_map(spill: &mut impl std::io::Write, map: &[f32]) -> std::io::Result<()> {
+    let bytes: Vec<u8> = map.iter().flat_map(|v| v.to_le_bytes()).collect();
+    spill.write_all(&bytes)
+}
+
+enum SpillOrStore {
+    Spill(std::io::Error),
+    Store(StoreError),
+}
+
+/// Streams the maps table from the models' spill files, model by model in the fit's order, each
+/// model's maps in the order of its score rows.
+fn write_maps_from_spills(
+    store: &Store,
+    key: &str,
+    score_rows: &[Vec<ScoreRow>],
+    spills: Vec<std::io::BufWriter<std::fs::File>>,
+) -> Result<(), SpillOrStore> {
+    use std::io::{Read, Seek};
+    let mut writer = MapsWriter::create(store, key).map_err(SpillOrStore::Store)?;
+    for (rows, spill) in score_rows.iter().zip(spills) {
+        let mut file = spill.into_inner().map_err(|e| SpillOrStore::Spill(e.into_error()))?;
+        let length = file.stream_position().map_err(SpillOrStore::Spill)? as usize;
+        file.rewind().map_err(SpillOrStore::Spill)?;
+        let Some(first) = rows.first() else { continue };
+        let map_len = length / 4 / rows.len();
+        let mut file = std::io::BufReader::new(file);
+        // A few MiB at a time.
+        let per_chunk = (4 << 20) / (map_len * 4).max(1) + 1;
+        let mut bytes = Vec::new();
+        for chunk in rows.chunks(per_chunk) {
+            bytes.resize(chunk.len() * map_len * 4, 0);
+            file.read_exact(&mut bytes).map_err(SpillOrStore::Spill)?;
+            let values: Vec<f32> =
+                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            let images: Vec<u32> = chunk.iter().map(|r| r.image).collect();
+            writer.write(&first.model, &images, &values).map_err(SpillOrStore::Store)?;
+        }
+    }
+    writer.finish().map_err(SpillOrStore::Store)
 }
 
 /// Models read and decoded together (in parallel), with the union of their channels (sorted) and

@@ -11,11 +11,11 @@
 
 mod pages;
 
+use crate::table::Upload;
 use crate::{Store, StoreError};
 use arrow_array::{Array, Float16Array, Float32Array, UInt32Array};
 use arrow_schema::{DataType, Field, Schema, SchemaRef};
 use futures::StreamExt;
-use object_store::buffered::BufWriter;
 // ParquetObjectReader is deprecated in favour of a hand-written AsyncFileReader over object_store;
 // it still does exactly what is needed here (ranged, coalesced GETs), so it stays until it is removed.
 #[allow(deprecated)]
@@ -431,70 +431,6 @@ impl RowGroups {
         let upload = writer.into_inner().map_err(|e| StoreError::parquet(&url, e))?;
         upload.complete()?;
         Ok(self.rows)
-    }
-}
-
-/// The object being uploaded, as the `Write` the Parquet file writer needs: bytes are gathered into
-/// parts and put from the calling thread (the IO thread). Dropped before [`Upload::complete`], it
-/// aborts the upload and nothing appears.
-struct Upload {
-    store: Store,
-    url: String,
-    object: Option<BufWriter>,
-    buffer: Vec<u8>,
-}
-
-/// Bytes gathered before a part is handed to object_store (which uploads parts of its own size).
-const UPLOAD_PART: usize = 8 << 20;
-
-impl Upload {
-    fn new(store: &Store, key: &str) -> Self {
-        Upload {
-            store: store.clone(),
-            url: store.url_of(key),
-            object: Some(BufWriter::new(store.inner(), store.object_path(key))),
-            buffer: Vec::with_capacity(UPLOAD_PART),
-        }
-    }
-
-    fn put_buffer(&mut self) -> Result<(), object_store::Error> {
-        let Some(object) = self.object.as_mut() else { return Ok(()) };
-        let bytes = bytes::Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(UPLOAD_PART)));
-        self.store.block_on(object.put(bytes))
-    }
-
-    fn complete(mut self) -> Result<(), StoreError> {
-        let object_error = |url: &str, e: &object_store::Error| StoreError::of_object_store(url.to_string(), e);
-        self.put_buffer().map_err(|e| object_error(&self.url, &e))?;
-        if let Some(mut object) = self.object.take() {
-            let store = self.store.clone();
-            store
-                .block_on(tokio::io::AsyncWriteExt::shutdown(&mut object))
-                .map_err(|e| StoreError::Object { url: self.url.clone(), message: e.to_string() })?;
-        }
-        Ok(())
-    }
-}
-
-impl std::io::Write for Upload {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.buffer.extend_from_slice(bytes);
-        if self.buffer.len() >= UPLOAD_PART {
-            self.put_buffer().map_err(std::io::Error::other)?;
-        }
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl Drop for Upload {
-    fn drop(&mut self) {
-        if let Some(mut object) = self.object.take() {
-            let _ = self.store.block_on(object.abort());
-        }
     }
 }
 

@@ -24,7 +24,7 @@ pub use images::{ImageRow, ImageStatus, read_image_table, write_image_table};
 pub use inputs::{InputFiles, is_url, list_inputs, local_copy, read_input, read_input_opt, read_inputs};
 pub use location::{Lock, Store};
 pub use marker::{DoneMarker, Published, claim};
-pub use scores::{MapRow, ScoreRow, read_maps, read_scores, write_maps, write_scores};
+pub use scores::{MapRow, MapsWriter, ScoreRow, read_maps, read_scores, write_maps, write_scores};
 
 use std::path::PathBuf;
 

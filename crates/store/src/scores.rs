@@ -5,11 +5,13 @@
 //! Maps: `image` (UInt32), `model` (Utf8), `map` (`List<Float32>`, row-major `grid-height x grid-width`
 //! Mahalanobis distances, before resizing and smoothing), with footer metadata `padim.grid` = `HxW`.
 
-use crate::table::{get_table, put_table};
+use crate::table::{Upload, get_table, put_table};
 use crate::{Store, StoreError};
 use arrow_array::builder::{Float32Builder, ListBuilder};
 use arrow_array::{Array, ArrayRef, Float32Array, Float64Array, ListArray, RecordBatch, StringArray, UInt32Array};
 use arrow_schema::{DataType, Field, Schema};
+use parquet::arrow::ArrowWriter;
+use parquet::file::properties::WriterProperties;
 use std::sync::Arc;
 
 /// One image's score under one model.
@@ -62,22 +64,71 @@ pub fn write_scores(store: &Store, key: &str, rows: &[ScoreRow]) -> Result<(), S
 
 /// Writes the raw maps table atomically.
 pub fn write_maps(store: &Store, key: &str, rows: &[MapRow]) -> Result<(), StoreError> {
-    let schema = Schema::new(vec![
-        Field::new("image", DataType::UInt32, false),
-        Field::new("model", DataType::Utf8, false),
-        Field::new("map", DataType::List(Arc::new(Field::new("item", DataType::Float32, true))), false),
-    ]);
-    let mut maps = ListBuilder::new(Float32Builder::new());
+    let mut writer = MapsWriter::create(store, key)?;
     for row in rows {
-        maps.values().append_slice(&row.map);
-        maps.append(true);
+        writer.write(&row.model, &[row.image], &row.map)?;
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.image))),
-        Arc::new(StringArray::from_iter_values(rows.iter().map(|r| r.model.as_str()))),
-        Arc::new(maps.finish()),
-    ];
-    put_table(store, key, &batch(store.url_of(key), schema, columns)?)
+    writer.finish()
+}
+
+/// Maps in one row group: a few MiB at usual grids, so that a writer's memory stays flat however
+/// many images a shard holds.
+const MAP_ROWS_PER_GROUP: usize = 256;
+
+/// The raw maps table, streamed: rows are encoded a row group at a time and uploaded in parts; the
+/// table appears only on [`finish`](Self::finish) (dropped before, nothing appears).
+pub struct MapsWriter {
+    url: String,
+    schema: Arc<Schema>,
+    writer: ArrowWriter<Upload>,
+}
+
+impl MapsWriter {
+    pub fn create(store: &Store, key: &str) -> Result<Self, StoreError> {
+        let url = store.url_of(key);
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("image", DataType::UInt32, false),
+            Field::new("model", DataType::Utf8, false),
+            Field::new("map", DataType::List(Arc::new(Field::new("item", DataType::Float32, true))), false),
+        ]));
+        let properties = WriterProperties::builder().set_max_row_group_row_count(Some(MAP_ROWS_PER_GROUP)).build();
+        let writer = ArrowWriter::try_new(Upload::new(store, key), schema.clone(), Some(properties))
+            .map_err(|e| StoreError::parquet(&url, e))?;
+        Ok(MapsWriter { url, schema, writer })
+    }
+
+    /// Appends the maps of `images` under `model`: `maps` holds one map per image, each of the
+    /// same length, in the images' order.
+    pub fn write(&mut self, model: &str, images: &[u32], maps: &[f32]) -> Result<(), StoreError> {
+        if images.is_empty() {
+            return Ok(());
+        }
+        let length = maps.len() / images.len();
+        if length * images.len() != maps.len() {
+            return Err(StoreError::Format {
+                url: self.url.clone(),
+                message: format!("{} values are not {} maps of one size", maps.len(), images.len()),
+            });
+        }
+        let mut lists = ListBuilder::new(Float32Builder::with_capacity(maps.len()));
+        for map in maps.chunks(length.max(1)) {
+            lists.values().append_slice(map);
+            lists.append(true);
+        }
+        let columns: Vec<ArrayRef> = vec![
+            Arc::new(UInt32Array::from_iter_values(images.iter().copied())),
+            Arc::new(StringArray::from_iter_values(images.iter().map(|_| model))),
+            Arc::new(lists.finish()),
+        ];
+        let batch = batch(self.url.clone(), (*self.schema).clone(), columns)?;
+        self.writer.write(&batch).map_err(|e| StoreError::parquet(&self.url, e))
+    }
+
+    /// Writes the footer and completes the upload: the table appears.
+    pub fn finish(self) -> Result<(), StoreError> {
+        let upload = self.writer.into_inner().map_err(|e| StoreError::parquet(&self.url, e))?;
+        upload.complete()
+    }
 }
 
 /// Reads a scores table.
@@ -163,5 +214,41 @@ mod tests {
         let maps = vec![MapRow { image: 3, model: "m".into(), map: vec![1.0, 2.0, 3.0, 4.0] }];
         write_maps(&store, "m.parquet", &maps).unwrap();
         assert_eq!(read_maps(&store, "m.parquet").unwrap(), maps);
+    }
+
+    /// The streamed maps table holds what was written, in order, in row groups of bounded size
+    /// (its memory does not grow with the rows), and nothing appears until it is finished.
+    #[test]
+    fn maps_stream_in_bounded_row_groups() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().display().to_string()).unwrap();
+        let n_images = MAP_ROWS_PER_GROUP as u32 * 2 + 17;
+        let images: Vec<u32> = (0..n_images).map(|i| i * 3).collect();
+        let mut expected = Vec::new();
+        let mut writer = MapsWriter::create(&store, "maps.parquet").unwrap();
+        for (m, model) in ["b", "a"].iter().enumerate() {
+            let maps: Vec<f32> = (0..images.len() * 6).map(|v| (v * (m + 1)) as f32 * 0.5).collect();
+            // In uneven pieces, as a stage writes batches.
+            for (ids, values) in images.chunks(100).zip(maps.chunks(600)) {
+                writer.write(model, ids, values).unwrap();
+            }
+            for (&image, map) in images.iter().zip(maps.chunks(6)) {
+                expected.push(MapRow { image, model: model.to_string(), map: map.to_vec() });
+            }
+        }
+        assert_eq!(store.size("maps.parquet").unwrap(), None, "visible before it is finished");
+        writer.finish().unwrap();
+        assert_eq!(read_maps(&store, "maps.parquet").unwrap(), expected);
+        let bytes = store.get("maps.parquet").unwrap().unwrap();
+        let reader = parquet::file::serialized_reader::SerializedFileReader::new(bytes).unwrap();
+        use parquet::file::reader::FileReader;
+        let groups = reader.metadata().row_groups();
+        assert_eq!(groups.len(), (2 * n_images as usize).div_ceil(MAP_ROWS_PER_GROUP));
+        assert!(groups.iter().all(|g| g.num_rows() as usize <= MAP_ROWS_PER_GROUP));
+        // A writer dropped before finishing publishes nothing.
+        let mut dropped = MapsWriter::create(&store, "dropped.parquet").unwrap();
+        dropped.write("a", &[1], &[1.0]).unwrap();
+        drop(dropped);
+        assert_eq!(store.size("dropped.parquet").unwrap(), None);
     }
 }

@@ -1,8 +1,10 @@
-//! Small Parquet tables (image tables, scores, maps): encoded in memory and published with one
-//! atomic put; read back whole.
+//! Parquet tables: small ones (image tables, scores) encoded in memory and published with one
+//! atomic put, read back whole; and [`Upload`], the streaming write of a large one (embeddings,
+//! maps) that becomes visible only when complete.
 
 use crate::{Store, StoreError};
 use arrow_array::RecordBatch;
+use object_store::buffered::BufWriter;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -25,4 +27,68 @@ pub(crate) fn get_table(store: &Store, key: &str) -> Result<Vec<RecordBatch>, St
     let reader =
         ParquetRecordBatchReaderBuilder::try_new(bytes).and_then(|b| b.build()).map_err(|e| error(e.to_string()))?;
     reader.map(|batch| batch.map_err(|e| error(e.to_string()))).collect()
+}
+
+/// The object being uploaded, as the `Write` the Parquet file writer needs: bytes are gathered into
+/// parts and put from the calling thread (the IO thread). Dropped before [`Upload::complete`], it
+/// aborts the upload and nothing appears.
+pub(crate) struct Upload {
+    store: Store,
+    url: String,
+    object: Option<BufWriter>,
+    buffer: Vec<u8>,
+}
+
+/// Bytes gathered before a part is handed to object_store (which uploads parts of its own size).
+const UPLOAD_PART: usize = 8 << 20;
+
+impl Upload {
+    pub(crate) fn new(store: &Store, key: &str) -> Self {
+        Upload {
+            store: store.clone(),
+            url: store.url_of(key),
+            object: Some(BufWriter::new(store.inner(), store.object_path(key))),
+            buffer: Vec::with_capacity(UPLOAD_PART),
+        }
+    }
+
+    fn put_buffer(&mut self) -> Result<(), object_store::Error> {
+        let Some(object) = self.object.as_mut() else { return Ok(()) };
+        let bytes = bytes::Bytes::from(std::mem::replace(&mut self.buffer, Vec::with_capacity(UPLOAD_PART)));
+        self.store.block_on(object.put(bytes))
+    }
+
+    pub(crate) fn complete(mut self) -> Result<(), StoreError> {
+        let object_error = |url: &str, e: &object_store::Error| StoreError::of_object_store(url.to_string(), e);
+        self.put_buffer().map_err(|e| object_error(&self.url, &e))?;
+        if let Some(mut object) = self.object.take() {
+            let store = self.store.clone();
+            store
+                .block_on(tokio::io::AsyncWriteExt::shutdown(&mut object))
+                .map_err(|e| StoreError::Object { url: self.url.clone(), message: e.to_string() })?;
+        }
+        Ok(())
+    }
+}
+
+impl std::io::Write for Upload {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.buffer.extend_from_slice(bytes);
+        if self.buffer.len() >= UPLOAD_PART {
+            self.put_buffer().map_err(std::io::Error::other)?;
+        }
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for Upload {
+    fn drop(&mut self) {
+        if let Some(mut object) = self.object.take() {
+            let _ = self.store.block_on(object.abort());
+        }
+    }
 }
