@@ -11,14 +11,18 @@ PHOTOS := .cache/photos/eagle.jpg
 AZURITE_VERSION := 3.35.0
 AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
 SETUP_STAMP := $(VENV)/.padim-setup-$(shell sha256sum scripts/requirements.txt | cut -c1-12)
-export LIBTORCH ?= $(abspath $(VENV))/lib/python3.11/site-packages/torch
+# libtorch is the torch wheel's; setup links it at .venv/libtorch whatever the venv's Python version.
+export LIBTORCH ?= $(abspath $(VENV))/libtorch
+# The Pythons scripts/requirements.txt installs on (torch 2.13.0 and numpy 2.4.6 have wheels for them;
+# checked with pip install --dry-run). scripts/find_python.sh picks one; PYTHON3=... names it.
+SUPPORTED_PYTHONS := 3.13 3.12 3.11
 
-.PHONY: help setup system weights build run split extract fit score report submit-slurm test lint bench bench-e2e clean
+.PHONY: help setup system weights build run split extract fit score report submit-slurm test lint bench bench-e2e image image-test clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
 
-setup: system $(SETUP_STAMP) weights $(PHOTOS) $(AZURITE) ## Install everything the build and the tests need (idempotent).
+setup: system $(SETUP_STAMP) $(VENV)/libtorch weights $(PHOTOS) $(AZURITE) ## Install everything the build and the tests need (idempotent).
 
 # Debian packages: OpenBLAS (BLAS and LAPACK for the fit and score numerics), DejaVu Sans (the
 # font of the report's pictures), and Slurm with munge and iproute2 for the test cluster that
@@ -33,10 +37,13 @@ system: ## Install the Debian packages the build needs (as root, or with sudo).
 	fi
 
 $(SETUP_STAMP): scripts/requirements.txt
-	@command -v python3 >/dev/null || { echo "python3 (3.11) is needed"; exit 1; }
-	test -x $(PYTHON) || python3 -m venv $(VENV)
+	test -x $(PYTHON) || { python3=$$(scripts/find_python.sh $(SUPPORTED_PYTHONS)) && $$python3 -m venv $(VENV); }
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-cache-dir -r scripts/requirements.txt
 	rm -f $(VENV)/.padim-setup-* && touch $@
+
+# The wheel's torch folder under a name that does not depend on the venv's Python version.
+$(VENV)/libtorch: $(SETUP_STAMP)
+	ln -sfn "$$($(PYTHON) -c 'import os, torch; print(os.path.relpath(os.path.dirname(torch.__file__), "$(VENV)"))')" $@
 
 weights: $(LITE0_WEIGHTS) ## Export the pretrained EfficientNet-Lite0 weights to safetensors.
 
@@ -55,7 +62,7 @@ $(PHOTOS):
 	dpkg-deb -x .cache/deb/darknet_*.deb .cache/deb/root
 	cp .cache/deb/root/usr/share/darknet/data/*.jpg .cache/photos/
 
-build: $(SETUP_STAMP) ## Build the padim binary (release).
+build: $(SETUP_STAMP) $(VENV)/libtorch ## Build the padim binary (release).
 	cargo build --release -p padim-cli
 
 run: setup build ## Run every stage of a job (default: the main job): make run JOB=...
@@ -109,6 +116,13 @@ $(ANOMALIB_VENV)/.installed: $(SETUP_STAMP)
 
 bench-e2e: setup $(ANOMALIB_VENV)/.installed ## padim run against the plain PyTorch recipe and anomalib, end to end.
 	cargo bench --workspace --bench endtoend
+
+IMAGE ?= padim:latest
+image: build ## Build the container image with podman (Debian base via debootstrap): make image [IMAGE=REGISTRY/padim:TAG]
+	PADIM=$(PADIM) scripts/image.sh build $(IMAGE)
+
+image-test: setup build ## Run the main job and an s3:// extract shard inside the image, against a run outside: make image-test [IMAGE=...]
+	PADIM=$(PADIM) scripts/image.sh test $(IMAGE)
 
 clean: ## Remove build outputs and runs (keeps the Python environment and weights).
 	cargo clean

@@ -12,7 +12,7 @@ $BATCH_LOCAL_STATE and prints the new job's id.
 every job after the ones it depends on (an unknown dependency is an error), each array child with
 AWS_BATCH_JOB_ARRAY_INDEX, the environment of the job definition with the submission's overrides
 on top, and the definition's command with its Ref:: parameters filled in (the submission's over the
-definition's defaults); `padim` in the command is PADIM. Any failing child stops the run (exit 1).
+definition's defaults), after the image's entry point, `padim`: PADIM. Any failing child stops the run (exit 1).
 """
 import json
 import os
@@ -98,7 +98,7 @@ def run(padim):
         pending.remove(job)
         parameters = {**definition.get("parameters", {}), **job.get("parameters", {})}
         command = [parameters[word[5:]] if word.startswith("Ref::") else word for word in container["command"]]
-        command = [padim if word == "padim" else word for word in command]
+        command = [padim, *command]  # the image's entry point
         environment = {e["name"]: e["value"] for e in container.get("environment", [])}
         environment.update({e["name"]: e["value"] for e in job.get("containerOverrides", {}).get("environment", [])})
         size = job.get("arrayProperties", {}).get("size")

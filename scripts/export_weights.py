@@ -107,6 +107,11 @@ def main():
     # No metadata: safetensors serialises a metadata map in an unspecified order, which would make the
     # file (and the SHA-256 a job pins) differ from run to run.
     save_file(tensors, partial)
+    # safetensors creates the file readable by its owner only; weights are data anyone may read (a
+    # container running as another user mounts them), so give it the usual mode under the umask.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(partial, 0o666 & ~umask)
     os.replace(partial, args.out)
     digest = hashlib.sha256(open(args.out, "rb").read()).hexdigest()
     print(f"{digest}  {args.out}")

@@ -9,8 +9,9 @@ at each container's `/jobs` (so that paths in the job resolve as they would in t
 binary that `padim` in a container command means. Like run.sh: the split here first (when the job
 has one), then extract.yaml, fit.yaml, score.yaml and report.yaml in turn, each to completion. Each
 Job runs its pods one after another: an Indexed Job `completions` pods with JOB_COMPLETION_INDEX, any
-other Job one pod; a pod gets its container's `env`, its command with the `/jobs` mount path mapped to
-JOBS_DIR and `padim` found on PATH. Any failing pod stops the run (exit 1). Prints a line per pod.
+other Job one pod; a pod gets its container's `env`, its command (the image's entry point, `padim`,
+unless `command` replaces it, then `args`) with the `/jobs` mount path mapped to JOBS_DIR and `padim`
+found on PATH. Any failing pod stops the run (exit 1). Prints a line per pod.
 """
 import os
 import pathlib
@@ -39,7 +40,9 @@ for stage in ["extract", "fit", "score", "report"]:
     mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
     if mounts != {"/jobs": "job"}:
         sys.exit(f"{stage}.yaml: expected the job ConfigMap mounted at /jobs, found {mounts}")
-    command = [word.replace("/jobs/", f"{jobs_dir}/") for word in container["command"]]
+    # As in a pod: `command` replaces the image's entry point (padim), `args` follow it.
+    words = container.get("command", ["padim"]) + container.get("args", [])
+    command = [word.replace("/jobs/", f"{jobs_dir}/") for word in words]
     environment = {e["name"]: e["value"] for e in container.get("env", [])}
     indexed = spec.get("completionMode") == "Indexed"
     for index in range(spec["completions"]) if indexed else [None]:

@@ -52,9 +52,13 @@ fn pipeline_runs_as_aws_batch_array_jobs() {
         .current_dir(work.path())
         .env("PATH", &path)
         .env("BATCH_LOCAL_STATE", &state)
+        .env("PADIM_IMAGE", "registry.example.com/team/padim:0.1.0")
         .output()
         .unwrap();
     assert!(submitted.status.success(), "submit.sh: {}", String::from_utf8_lossy(&submitted.stderr));
+    let definition: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(state.join("definition.json")).unwrap()).unwrap();
+    assert_eq!(definition["containerProperties"]["image"], "registry.example.com/team/padim:0.1.0");
     let jobs = std::fs::read_to_string(state.join("jobs.jsonl")).unwrap();
     let names: Vec<String> =
         jobs.lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["jobName"].to_string()).collect();

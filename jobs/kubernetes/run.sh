@@ -2,7 +2,10 @@
 # Runs the pipeline on Kubernetes: the job file as a ConfigMap, the split (the dataset's manifest) here,
 # then extract (an Indexed Job), fit, score (an Indexed Job) and report, each applied once the one
 # before has completed; a failed stage stops the script (reapplying reruns only unfinished shards).
-# Usage: jobs/kubernetes/run.sh JOB   (the job's output must be a location every pod reaches, e.g. s3://)
+# The pods run `make image`'s image, pushed where the cluster pulls from: PADIM_IMAGE (default
+# padim:latest) replaces the manifests' `image:`.
+# Usage: [PADIM_IMAGE=REGISTRY/padim:TAG] jobs/kubernetes/run.sh JOB
+#        (the job's output must be a location every pod reaches, e.g. s3://)
 set -euo pipefail
 job=${1:?usage: jobs/kubernetes/run.sh JOB}
 here=$(dirname "$0")
@@ -11,6 +14,6 @@ padim=${PADIM:-target/release/padim}
 kubectl create configmap padim-job --from-file=job.toml="$job" --dry-run=client -o yaml | kubectl apply -f -
 for stage in extract fit score report; do
     kubectl delete job "padim-$stage" --ignore-not-found
-    kubectl apply -f "$here/$stage.yaml"
+    sed "s|image: padim:latest|image: ${PADIM_IMAGE:-padim:latest}|" "$here/$stage.yaml" | kubectl apply -f -
     kubectl wait --for=condition=complete --timeout=24h "job/padim-$stage"
 done
