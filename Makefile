@@ -17,7 +17,7 @@ export LIBTORCH ?= $(abspath $(VENV))/libtorch
 # checked with pip install --dry-run). scripts/find_python.sh picks one; PYTHON3=... names it.
 SUPPORTED_PYTHONS := 3.13 3.12 3.11
 
-.PHONY: help setup system weights build run split extract fit score report submit-slurm test lint bench bench-e2e image image-test clean
+.PHONY: help setup system weights build run split extract fit score report submit-slurm test lint bench bench-growth bench-e2e image image-test clean
 
 help: ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/' | column -t -s $$'\t'
@@ -103,6 +103,9 @@ bench: setup ## Benchmarks, as ratios against PyTorch in the same run.
 	cargo bench --workspace --bench sweep
 	cargo bench --workspace --bench storage
 	cargo bench --workspace --bench pipeline
+
+bench-growth: setup ## Cost as the work grows: 1k/4k/13k images x 1/2/4 shards and a learning curve (tens of minutes).
+	cargo bench --workspace --bench growth
 
 # anomalib for the end-to-end comparison, in a venv of its own that reuses the project's torch
 # through a .pth line (no second torch download); made by `bench-e2e` only, never by setup or CI.

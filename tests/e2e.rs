@@ -351,6 +351,7 @@ fn run_all_stages_and_report() {
     }
     let html = std::fs::read_to_string(run.join("report/report.html")).unwrap();
     assert!(html.matches("data:image/png;base64,").count() >= 8 && !html.contains("src=\"report/"));
+    support::assert_page_matches_metrics(&run);
     for table in ["scores", "metrics", "roc"] {
         assert!(run.join(format!("report/{table}.parquet")).is_file());
     }
@@ -437,6 +438,7 @@ montage-images = 2
         let v = pixel[key].as_f64().unwrap();
         assert!(v > 0.0 && v <= 1.0, "{key}: {pixel}");
     }
+    support::assert_page_matches_metrics(&dir.path().join("run"));
 }
 
 /// The Kubernetes and AWS Batch templates validate against the engines' schemas (offline:

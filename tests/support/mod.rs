@@ -196,3 +196,55 @@ pub fn assert_shard_markers(run: &Path, shards: u32, parts: u32) {
         }
     }
 }
+
+/// The run's HTML page against its `metrics.json`: every embedded picture decodes as a PNG, and
+/// every number of the headline section (each a `data-metric` element, naming its entry of
+/// `models` by `data-model` and `data-score`, or of the summary) is the file's, as printed; the
+/// headline names at least the headline model's threshold, test AUROC, accuracy and confusion counts.
+pub fn assert_page_matches_metrics(run: &Path) {
+    use base64::Engine;
+    let html = std::fs::read_to_string(run.join("report/report.html")).unwrap();
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(run.join("report/metrics.json")).unwrap()).unwrap();
+    let pictures: Vec<&str> = html.split("src=\"data:image/png;base64,").skip(1).collect();
+    assert!(!pictures.is_empty(), "no embedded pictures");
+    for encoded in pictures {
+        let encoded = &encoded[..encoded.find('"').unwrap()];
+        let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).unwrap();
+        let picture = image::load_from_memory_with_format(&bytes, image::ImageFormat::Png).unwrap();
+        assert!(picture.width() > 0 && picture.height() > 0);
+    }
+    let start = html.find("<section id=\"headline\">").expect("the page starts with its headline section");
+    let section = &html[start..start + html[start..].find("</section>").unwrap()];
+    let attribute = |tag: &str, name: &str| -> Option<String> {
+        let from = tag.find(&format!("{name}=\""))? + name.len() + 2;
+        Some(tag[from..from + tag[from..].find('"')?].to_string())
+    };
+    let mut seen = Vec::new();
+    for element in section.split("<b ").skip(1) {
+        let (tag, rest) = element.split_once('>').unwrap();
+        let text = &rest[..rest.find("</b>").unwrap()];
+        let metric = attribute(tag, "data-metric").unwrap();
+        let entry = match (attribute(tag, "data-model"), attribute(tag, "data-score")) {
+            (Some(model), Some(score)) => metrics["models"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|m| m["model"] == model.as_str() && m["score"] == score.as_str())
+                .unwrap_or_else(|| panic!("no model {model} ({score} score) in metrics.json")),
+            _ => &metrics,
+        };
+        let value = metric.split('.').fold(entry, |v, key| &v[key]);
+        let expected = match value.as_u64() {
+            Some(count) => count.to_string(),
+            None => format!("{:.4}", value.as_f64().unwrap_or_else(|| panic!("{metric}: {value}"))),
+        };
+        assert_eq!(text, expected, "headline {metric} of {tag}");
+        if attribute(tag, "data-model").as_deref() == metrics["headline-model"].as_str() {
+            seen.push(metric);
+        }
+    }
+    for metric in ["threshold", "test.auroc", "test.accuracy", "test.confusion.tp", "test.confusion.fn"] {
+        assert!(seen.iter().any(|m| m == metric), "the headline lacks {metric}: {section}");
+    }
+}

@@ -219,10 +219,11 @@ fn transient(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
         .downcast_ref::<StoreError>()
         .map(StoreError::is_transient)
         .or_else(|| cause.downcast_ref::<padim_extract::ExtractError>().map(|e| e.is_transient()))
-        .or_else(|| cause.downcast_ref::<padim_extract::SplitStageError>().map(|e| e.is_transient()))
+        .or_else(|| cause.downcast_ref::<padim_split::SplitStageError>().map(|e| e.is_transient()))
         .or_else(|| cause.downcast_ref::<padim_fit::FitError>().map(|e| e.is_transient()))
         .or_else(|| cause.downcast_ref::<padim_score::ScoreStageError>().map(|e| e.is_transient()))
         .or_else(|| cause.downcast_ref::<padim_report::ReportError>().map(|e| e.is_transient()))
+        .or_else(|| cause.downcast_ref::<padim_predict::PredictError>().and_then(|e| e.is_transient()))
         .or_else(|| input(cause.downcast_ref::<padim_core::ConfigError>().is_some()))
         .or_else(|| input(cause.downcast_ref::<padim_core::DatasetError>().is_some()))
         .or_else(|| input(cause.downcast_ref::<padim_core::shard::ShardError>().is_some()))
@@ -233,7 +234,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Split { job, force } => {
             let job = Job::load(&job)?;
             let reporter = progress::Bars::new(cli.quiet);
-            let summary = padim_extract::run_split(&job, force, &reporter)
+            let summary = padim_split::run_split(&job, force, &reporter)
                 .with_context(|| format!("split of job `{}`", job.name))?;
             let verb = done_verb(summary.already_done);
             let counts: Vec<String> = summary.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
@@ -242,7 +243,7 @@ fn run(cli: Cli) -> Result<()> {
                 counts.join(", "),
                 summary.unused,
                 job.output,
-                padim_extract::split::MANIFEST_KEY
+                padim_store::layout::split::MANIFEST
             ));
             Ok(())
         }
@@ -305,7 +306,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { job, threads, device } => {
             let job = load_with_overrides(&job, device, threads)?;
             let reporter = progress::Bars::new(cli.quiet);
-            let summary = padim_extract::run_split(&job, false, &reporter)
+            let summary = padim_split::run_split(&job, false, &reporter)
                 .with_context(|| format!("split of job `{}`", job.name))?;
             write_stdout(&format!(
                 "split {}: {} images, {} unused",
@@ -341,7 +342,17 @@ fn run(cli: Cli) -> Result<()> {
             report(&job, false, cli.quiet)
         }
         Command::Predict { model, inputs, weights, output, overlays, batch_size, device, threads, fail_fast } => {
-            predict(PredictArgs { model, inputs, weights, output, overlays, batch_size, device, threads, fail_fast })
+            predict(padim_predict::PredictOptions {
+                model,
+                weights,
+                inputs,
+                output,
+                overlays,
+                batch_size,
+                device,
+                threads,
+                fail_fast,
+            })
         }
         Command::Config { job } => {
             let job = Job::load(&job)?;
@@ -352,92 +363,20 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-struct PredictArgs {
-    model: PathBuf,
-    inputs: Vec<String>,
-    weights: Option<PathBuf>,
-    output: Option<String>,
-    overlays: Option<String>,
-    batch_size: usize,
-    device: DeviceChoice,
-    threads: usize,
-    fail_fast: bool,
-}
-
-fn predict(args: PredictArgs) -> Result<()> {
-    use padim_predict::{OutputFormat, Predictor, Row};
-    let predictor = Predictor::load(&args.model, args.weights.as_deref(), args.device, args.threads)
-        .with_context(|| format!("loading the bundle {}", args.model.display()))?;
-    let images = padim_predict::expand_inputs(&args.inputs)?;
-    let overlays = args.overlays.as_deref().map(padim_store::Store::open).transpose()?;
-    let threshold = predictor.bundle.info.threshold;
-    let mut rows = Vec::with_capacity(images.len());
-    let mut failed = 0usize;
-    for chunk in images.chunks(args.batch_size.max(1)) {
-        let paths: Vec<&std::path::Path> = chunk.iter().map(PathBuf::as_path).collect();
-        let contents = padim_store::read_inputs(&paths);
-        let batch: Vec<(PathBuf, Result<_, String>)> =
-            chunk.iter().cloned().zip(contents.into_iter().map(|c| c.map_err(|e| e.to_string()))).collect();
-        for ((path, _), result) in batch.iter().zip(predictor.predict(&batch, overlays.is_some())) {
-            let name = path.display().to_string();
-            match result {
-                Ok(prediction) => {
-                    let mut overlay = None;
-                    if let (Some(store), Some(heatmap)) = (&overlays, &prediction.heatmap) {
-                        let png = predictor.overlay_png(heatmap).map_err(anyhow::Error::msg)?;
-                        let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
-                        let key = format!("{:06}-{stem}.png", rows.len());
-                        store.put(&key, png)?;
-                        overlay = Some(store.url_of(&key));
-                    }
-                    rows.push(Row {
-                        path: name,
-                        status: "ok",
-                        score: Some(prediction.score),
-                        raw_score: Some(prediction.raw_score),
-                        anomalous: Some(prediction.anomalous),
-                        threshold,
-                        overlay,
-                        error: None,
-                    });
-                }
-                Err(error) if args.fail_fast => return Err(error).context("scoring stopped (--fail-fast)"),
-                Err(error) => {
-                    failed += 1;
-                    write_stderr(&format!("warning: {error}"));
-                    rows.push(Row {
-                        path: name,
-                        status: "error",
-                        score: None,
-                        raw_score: None,
-                        anomalous: None,
-                        threshold,
-                        overlay: None,
-                        error: Some(error.to_string()),
-                    });
-                }
-            }
-        }
+fn predict(options: padim_predict::PredictOptions) -> Result<()> {
+    let mut warn = |error: &padim_predict::PredictError| write_stderr(&format!("warning: {error}"));
+    let summary = padim_predict::run_predict(&options, &mut warn)?;
+    if let Some(table) = &summary.stdout {
+        use std::io::Write;
+        std::io::stdout().write_all(table)?;
     }
-    let format = args.output.as_deref().map(OutputFormat::of).unwrap_or(OutputFormat::JsonLines);
-    let table = padim_predict::write_rows(&rows, format)?;
-    match &args.output {
-        None => {
-            use std::io::Write;
-            std::io::stdout().write_all(&table)?;
-        }
-        Some(output) => {
-            // Published atomically through the store: a folder (or prefix) and a file name.
-            let (parent, name) = output.rsplit_once('/').unwrap_or((".", output.as_str()));
-            let parent = if parent.is_empty() { "/" } else { parent };
-            padim_store::Store::open(parent)?.put(name, table)?;
-        }
-    }
-    let anomalous = rows.iter().filter(|r| r.anomalous == Some(true)).count();
     write_stderr(&format!(
-        "predict: {} images, {anomalous} anomalous, {failed} could not be scored (model `{}`, threshold {threshold:.4})",
-        rows.len(),
-        predictor.bundle.info.model.subset
+        "predict: {} images, {} anomalous, {} could not be scored (model `{}`, threshold {:.4})",
+        summary.rows.len(),
+        summary.anomalous,
+        summary.failed,
+        summary.model,
+        summary.threshold
     ));
     Ok(())
 }

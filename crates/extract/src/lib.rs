@@ -3,7 +3,6 @@
 //! - [`preprocess`]: decoding and torchvision-equivalent resizing, cropping and normalisation.
 //! - [`weights`]: strict loading of safetensors exports of PyTorch `state_dict`s.
 //! - [`backbone`]: ResNet-18, Wide-ResNet-50-2 and EfficientNet-Lite0 trunks with PaDiM's taps.
-//! - [`split`]: the split stage (seeded disjoint train / calibration / test) and the image list.
 //! - [`stage`]: the stage itself: images of a dataset shard to a Parquet embeddings table.
 //!
 //! PaDiM: Defard et al., "PaDiM: a Patch Distribution Modeling Framework for Anomaly Detection and
@@ -14,13 +13,11 @@ pub mod backbone;
 pub mod preprocess {
     pub use padim_image::*;
 }
-pub mod split;
 pub mod stage;
 pub mod weights;
 
 pub use backbone::Backbone;
 pub use preprocess::{ImageError, Preprocessor};
-pub use split::{SplitStageError, SplitSummary, run_split};
 pub use stage::{ExtractError, ExtractOptions, ExtractSummary, run_extract};
 pub use weights::WeightsError;
 

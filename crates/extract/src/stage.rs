@@ -8,6 +8,7 @@ use padim_core::channels::ChannelSubset;
 use padim_core::config::{Job, StoredChannels, ValueType};
 use padim_core::dataset::{DatasetError, ImageRecord};
 use padim_core::{Progress, Shard};
+use padim_store::layout;
 use padim_store::{
     DoneMarker, EmbeddingMeta, EmbeddingValues, EmbeddingWriter, ImageRow, ImageStatus, LayerInfo, Store, StoreError,
     WriterSettings, write_image_table,
@@ -34,7 +35,7 @@ pub enum ExtractError {
     #[error(transparent)]
     Dataset(#[from] DatasetError),
     #[error(transparent)]
-    Split(#[from] crate::split::SplitStageError),
+    Split(#[from] padim_split::SplitStageError),
     #[error(transparent)]
     Weights(#[from] WeightsError),
     #[error(transparent)]
@@ -91,17 +92,6 @@ pub struct ExtractSummary {
     pub images_key: String,
 }
 
-/// Keys of a shard's outputs under the run location.
-pub fn output_keys(shard: Shard) -> (String, String, String, String) {
-    let tag = shard.tag();
-    (
-        format!("extract/embeddings-{tag}.parquet"),
-        format!("extract/images-{tag}.parquet"),
-        format!("extract/manifest-{tag}.json"),
-        format!("extract/done-{tag}.json"),
-    )
-}
-
 /// Runs the extract stage for one shard of the job's dataset.
 pub fn run_extract(
     job: &Job,
@@ -112,8 +102,13 @@ pub fn run_extract(
     let span = tracing::info_span!("extract", shard = %shard, job = %job.name);
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
-    let (embeddings_key, images_key, manifest_key, done_key) = output_keys(shard);
-    crate::split::ensure_split(job, &store, progress)?;
+    let (embeddings_key, images_key, manifest_key, done_key) = (
+        layout::extract::embeddings(shard),
+        layout::extract::images(shard),
+        layout::extract::manifest(shard),
+        layout::extract::done(shard),
+    );
+    padim_split::ensure_split(job, &store, progress)?;
     let images_digest = padim_store::identity::split_digest(job, &store)?;
     // Weights named by URL are cached locally by content (libtorch reads files).
     let weights = padim_store::local_copy(&job.backbone.weights, job.backbone.sha256.as_deref())?;
@@ -145,7 +140,7 @@ pub fn run_extract(
         store.delete(&done_key)?;
     }
     // One configuration writes this shard's keys at a time.
-    let claim_key = format!("extract/claim-{}.json", shard.tag());
+    let claim_key = layout::extract::claim(shard);
     padim_store::claim(&store, &claim_key, &config_hash, options.force)?;
     // What a killed upload left is removed, unless a live task of the shard holds the claim's lock
     // (then those files are its uploads in flight). The lock dies with its process, however it dies.
@@ -196,7 +191,7 @@ fn extract_claimed(
     let (embeddings_key, images_key, manifest_key) =
         (work.embeddings_key.clone(), work.images_key.clone(), work.manifest_key.clone());
     let config_hash = work.config_hash.clone();
-    let all_images = crate::split::job_images(job, store)?;
+    let all_images = padim_split::job_images(job, store)?;
     let images = &all_images[shard.range(all_images.len())];
     tracing::info!(images = images.len(), total = all_images.len(), "listed dataset");
 

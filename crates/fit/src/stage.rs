@@ -6,6 +6,7 @@ use crate::stats::{Gaussians, PatchStats, StatsError, state_bytes};
 use padim_core::channels::ChannelSubset;
 use padim_core::config::{Job, SubsetSpec};
 use padim_core::{Progress, Shard};
+use padim_store::layout;
 use padim_store::{DoneMarker, EmbeddingMeta, EmbeddingReader, ImageStatus, Store, StoreError, read_image_table};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -72,7 +73,7 @@ pub struct FitSummary {
     pub partials: usize,
 }
 
-const DONE_KEY: &str = "fit/done.json";
+const DONE_KEY: &str = layout::fit::DONE;
 
 /// Runs the fit stage: every extract shard must be done.
 pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Result<FitSummary, FitError> {
@@ -112,19 +113,14 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         None => all_shards.clone(),
     };
     let train = training_images(&store, job, &shards)?;
-    let first_key = format!("extract/embeddings-{}.parquet", all_shards[0].tag());
+    let first_key = layout::extract::embeddings(all_shards[0]);
     let meta = EmbeddingReader::open(&store, &first_key, Some(&[]), 1)?.meta().clone();
     let subsets = resolve_subsets(&job.fit.subsets, &meta)?;
     let union = ChannelSubset::union(subsets.iter().map(|(_, s)| s));
     // Every shard must store the channels the subsets need (`extract.channels = "subsets"` keeps
     // only the union of the subsets it was extracted for): checked on the footers, before any work.
     for shard in &all_shards {
-        EmbeddingReader::open(
-            &store,
-            &format!("extract/embeddings-{}.parquet", shard.tag()),
-            Some(union.channels()),
-            1,
-        )?;
+        EmbeddingReader::open(&store, &layout::extract::embeddings(*shard), Some(union.channels()), 1)?;
     }
     if redo {
         store.delete(DONE_KEY)?;
@@ -204,7 +200,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         n_train_images: total.count(),
         config_hash: fit_hash.clone(),
     };
-    let model_key = |name: &str| format!("fit/model-{name}.safetensors");
+    let model_key = layout::fit::model;
     // Subsets are inverted in groups of at most GROUP_BYTES of f64 precision matrices (one pass over
     // the statistics per group), and a second thread encodes and writes each model while the next
     // group is inverted.
@@ -291,20 +287,12 @@ fn train_labels(job: &Job) -> Vec<String> {
 
 /// The done markers of `shards` of the extract stage.
 fn extract_marker_keys(shards: &[Shard]) -> Vec<String> {
-    shards.iter().map(|shard| format!("extract/done-{}.json", shard.tag())).collect()
+    shards.iter().map(|&shard| layout::extract::done(shard)).collect()
 }
 
 /// Every shard named by an `extract/done-*.json` marker, whatever its count.
 pub fn extract_done_shards(store: &Store) -> Result<Vec<Shard>, StoreError> {
-    Ok(store
-        .list("extract")?
-        .iter()
-        .filter_map(|key| key.strip_prefix("extract/done-")?.strip_suffix(".json"))
-        .filter_map(|tag| {
-            let (index, count) = tag.split_once("-of-")?;
-            Shard::new(index.parse().ok()?, count.parse().ok()?).ok()
-        })
-        .collect())
+    Ok(store.list(layout::extract::DIR)?.iter().filter_map(|key| layout::extract::done_shard(key)).collect())
 }
 
 /// The extract shards of this job: the layout (shard count) whose every shard has a done marker of
@@ -325,7 +313,7 @@ pub fn extract_shards(store: &Store, extract_hash: &str) -> Result<Vec<Shard>, F
     for &count in counts.iter().rev() {
         let mut current = Vec::new();
         for shard in found.iter().filter(|s| s.count == count) {
-            let key = format!("extract/done-{}.json", shard.tag());
+            let key = layout::extract::done(*shard);
             match DoneMarker::read(store, &key)? {
                 Some(marker) if marker.config_hash == extract_hash => current.push(shard.index),
                 Some(marker) => {
@@ -356,7 +344,7 @@ fn training_images(store: &Store, job: &Job, shards: &[Shard]) -> Result<BTreeSe
     let labels = train_labels(job);
     let mut train = BTreeSet::new();
     for shard in shards {
-        for row in read_image_table(store, &format!("extract/images-{}.parquet", shard.tag()))? {
+        for row in read_image_table(store, &layout::extract::images(*shard))? {
             let split_ok = match &job.fit.train_split {
                 Some(split) => row.split.as_deref() == Some(split.as_str()),
                 None => true,
@@ -394,9 +382,8 @@ fn accumulate_shard(
     progress: &dyn Progress,
 ) -> Result<PatchStats, FitError> {
     let AccumulateContext { job, fit_hash, first_meta, union, train } = *context;
-    let tag = shard.tag();
-    let partial_key = format!("fit/partial-{tag}.safetensors");
-    let done_key = format!("fit/partial-done-{tag}.json");
+    let partial_key = layout::fit::partial(shard);
+    let done_key = layout::fit::partial_done(shard);
     let n_patches = first_meta.n_patches();
     let made_from = DoneMarker::current_ids(store, &extract_marker_keys(&[shard]))?;
     if !force
@@ -413,7 +400,7 @@ fn accumulate_shard(
         }
     }
     store.delete(&done_key)?;
-    let embeddings_key = format!("extract/embeddings-{tag}.parquet");
+    let embeddings_key = layout::extract::embeddings(shard);
     let url = store.url_of(&embeddings_key);
     // Only the row groups that hold training images are read (with splits, the manifest puts the
     // training images first, so that is a small prefix of the file).
@@ -492,7 +479,7 @@ mod tests {
             run_id: DoneMarker::new_run_id(),
             made_from: BTreeMap::new(),
         }
-        .write(store, &format!("extract/done-{}.json", shard.tag()))
+        .write(store, &layout::extract::done(shard))
         .unwrap();
     }
 

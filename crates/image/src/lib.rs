@@ -10,6 +10,8 @@
 //! Decoding is guarded: the header is read first and an image with more pixels than the configured
 //! limit is refused before any pixel buffer is allocated (decompression bombs).
 
+pub mod heatmap;
+
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer, images::Image};
 use image::{DynamicImage, ImageReader};
 use padim_core::config::{AspectPolicy, Preprocess};

@@ -8,9 +8,11 @@
 
 mod inputs;
 mod output;
+mod run;
 
 pub use inputs::expand_inputs;
 pub use output::{OutputFormat, Row, write_rows};
+pub use run::{PredictOptions, PredictSummary, run_predict};
 
 use padim_core::config::{BackboneKind, DeviceChoice, ScoreKind, Tap};
 use padim_extract::{Backbone, Preprocessor};
@@ -44,6 +46,31 @@ pub enum PredictError {
     Input(String),
     #[error("cannot write {what}: {message}")]
     Output { what: String, message: String },
+    #[error("loading the bundle {path}")]
+    Load {
+        path: String,
+        #[source]
+        source: Box<PredictError>,
+    },
+    /// The first image that could not be scored, with `--fail-fast`.
+    #[error("scoring stopped (--fail-fast)")]
+    Stopped(#[source] Box<PredictError>),
+    /// Writing an overlay or the table.
+    #[error(transparent)]
+    Publish(padim_store::StoreError),
+}
+
+impl PredictError {
+    /// For writing the outputs: whether a rerun later may succeed (a storage failure), see
+    /// [`padim_store::StoreError::is_transient`]; `None` for the rest, which the binary treats as
+    /// unexpected unless an error underneath says otherwise.
+    pub fn is_transient(&self) -> Option<bool> {
+        match self {
+            PredictError::Publish(e) => Some(e.is_transient()),
+            PredictError::Stopped(e) => e.is_transient(),
+            _ => None,
+        }
+    }
 }
 
 /// What `predict` says of one image.
@@ -224,7 +251,7 @@ impl Predictor {
     /// The overlay PNG of a prediction's heatmap (the bundle's display range).
     pub fn overlay_png(&self, heatmap: &(Vec<u8>, Vec<f32>)) -> Result<Vec<u8>, String> {
         let (height, width) = (self.bundle.info.model.input_height, self.bundle.info.model.input_width);
-        let rgb = padim_report::pictures::overlay(&heatmap.0, &heatmap.1, self.bundle.info.display_range[1]);
-        padim_report::pictures::encode_png(width as u32, height as u32, rgb)
+        let rgb = padim_image::heatmap::overlay(&heatmap.0, &heatmap.1, self.bundle.info.display_range[1]);
+        padim_image::heatmap::encode_png(width as u32, height as u32, rgb)
     }
 }

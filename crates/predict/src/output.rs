@@ -1,7 +1,9 @@
-//! The table `padim predict` writes: JSON lines (for pipes), CSV or Parquet.
+//! The table `padim predict` writes: JSON lines (for pipes), CSV (the `csv` crate) or Parquet
+//! (arrow and parquet, as the store's tables).
 
 use crate::PredictError;
-use polars::prelude::*;
+use arrow_array::{ArrayRef, BooleanArray, Float64Array, RecordBatch, StringArray};
+use parquet::arrow::ArrowWriter;
 use serde::Serialize;
 
 /// One input's result.
@@ -53,25 +55,98 @@ pub fn write_rows(rows: &[Row], format: OutputFormat) -> Result<Vec<u8>, Predict
             }
             Ok(out)
         }
-        OutputFormat::Csv | OutputFormat::Parquet => {
-            let mut df = df!(
-                "path" => rows.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(),
-                "status" => rows.iter().map(|r| r.status).collect::<Vec<_>>(),
-                "score" => rows.iter().map(|r| r.score).collect::<Vec<_>>(),
-                "raw_score" => rows.iter().map(|r| r.raw_score).collect::<Vec<_>>(),
-                "anomalous" => rows.iter().map(|r| r.anomalous).collect::<Vec<_>>(),
-                "threshold" => rows.iter().map(|r| r.threshold).collect::<Vec<_>>(),
-                "overlay" => rows.iter().map(|r| r.overlay.clone()).collect::<Vec<_>>(),
-                "error" => rows.iter().map(|r| r.error.clone()).collect::<Vec<_>>(),
-            )
-            .map_err(|e| error(e.to_string()))?;
-            let mut out = Vec::new();
-            if format == OutputFormat::Csv {
-                CsvWriter::new(&mut out).finish(&mut df).map_err(|e| error(e.to_string()))?;
-            } else {
-                ParquetWriter::new(&mut out).finish(&mut df).map_err(|e| error(e.to_string()))?;
+        OutputFormat::Csv => {
+            let mut writer = csv::Writer::from_writer(Vec::new());
+            for row in rows {
+                writer.serialize(row).map_err(|e| error(e.to_string()))?;
             }
-            Ok(out)
+            writer.into_inner().map_err(|e| error(e.to_string()))
         }
+        OutputFormat::Parquet => parquet_table(rows).map_err(error),
+    }
+}
+
+/// `rows` as one Parquet file: a column per field, nullable where the field is optional.
+fn parquet_table(rows: &[Row]) -> Result<Vec<u8>, String> {
+    let strings = |f: &dyn Fn(&Row) -> Option<&str>| -> ArrayRef {
+        std::sync::Arc::new(rows.iter().map(f).collect::<StringArray>())
+    };
+    let floats = |f: &dyn Fn(&Row) -> Option<f64>| -> ArrayRef {
+        std::sync::Arc::new(rows.iter().map(f).collect::<Float64Array>())
+    };
+    let batch = RecordBatch::try_from_iter([
+        ("path", strings(&|r| Some(r.path.as_str()))),
+        ("status", strings(&|r| Some(r.status))),
+        ("score", floats(&|r| r.score)),
+        ("raw_score", floats(&|r| r.raw_score)),
+        ("anomalous", std::sync::Arc::new(rows.iter().map(|r| r.anomalous).collect::<BooleanArray>()) as ArrayRef),
+        ("threshold", floats(&|r| Some(r.threshold))),
+        ("overlay", strings(&|r| r.overlay.as_deref())),
+        ("error", strings(&|r| r.error.as_deref())),
+    ])
+    .map_err(|e| e.to_string())?;
+    let mut out = Vec::new();
+    let mut writer = ArrowWriter::try_new(&mut out, batch.schema(), None).map_err(|e| e.to_string())?;
+    writer.write(&batch).map_err(|e| e.to_string())?;
+    writer.close().map_err(|e| e.to_string())?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use arrow_array::Array;
+
+    fn rows() -> Vec<Row> {
+        vec![
+            Row {
+                path: "a, \"quoted\".jpg".into(),
+                status: "ok",
+                score: Some(0.25),
+                raw_score: Some(12.5),
+                anomalous: Some(false),
+                threshold: 0.5,
+                overlay: Some("file:///o/000000-a.png".into()),
+                error: None,
+            },
+            Row {
+                path: "b.jpg".into(),
+                status: "error",
+                score: None,
+                raw_score: None,
+                anomalous: None,
+                threshold: 0.5,
+                overlay: None,
+                error: Some("b.jpg: cannot decode\nthe image".into()),
+            },
+        ]
+    }
+
+    #[test]
+    fn csv_has_a_header_empty_missing_values_and_quotes_where_needed() {
+        let text = String::from_utf8(write_rows(&rows(), OutputFormat::Csv).unwrap()).unwrap();
+        let mut reader = csv::Reader::from_reader(text.as_bytes());
+        let header: Vec<String> = reader.headers().unwrap().iter().map(String::from).collect();
+        assert_eq!(header, ["path", "status", "score", "raw_score", "anomalous", "threshold", "overlay", "error"]);
+        let records: Vec<csv::StringRecord> = reader.records().map(Result::unwrap).collect();
+        assert_eq!(&records[0][0], "a, \"quoted\".jpg");
+        assert_eq!((&records[0][2], &records[0][4], &records[0][7]), ("0.25", "false", ""));
+        assert_eq!((&records[1][2], &records[1][4]), ("", ""));
+        assert_eq!(&records[1][7], "b.jpg: cannot decode\nthe image");
+    }
+
+    #[test]
+    fn parquet_reads_back_with_nulls() {
+        let bytes = bytes::Bytes::from(write_rows(&rows(), OutputFormat::Parquet).unwrap());
+        let reader =
+            parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes).unwrap().build().unwrap();
+        let batch = reader.map(Result::unwrap).next().unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        let score = batch.column_by_name("score").unwrap().as_any().downcast_ref::<Float64Array>().unwrap();
+        assert_eq!((score.value(0), score.is_null(1)), (0.25, true));
+        let anomalous = batch.column_by_name("anomalous").unwrap().as_any().downcast_ref::<BooleanArray>().unwrap();
+        assert!(!anomalous.value(0) && anomalous.is_null(1));
+        let error = batch.column_by_name("error").unwrap().as_any().downcast_ref::<StringArray>().unwrap();
+        assert!(error.is_null(0) && error.value(1).starts_with("b.jpg"));
     }
 }

@@ -1,9 +1,10 @@
-//! One self-contained HTML page: the headline numbers, every model's metrics, and the pictures
-//! embedded as base64 PNG data URLs (the page needs no other file).
+//! One self-contained HTML page that leads with its answer: the headline model's numbers, what was
+//! left out, then the pictures (embedded as base64 PNG data URLs: the page needs no other file), the
+//! sweep's table and, collapsed and sortable, every model's metrics.
 
-use crate::stage::{ReportSummary, SetMetrics};
+use crate::summary::{ModelMetrics, ReportSummary, SetMetrics};
 use base64::Engine;
-use padim_core::config::Job;
+use padim_core::config::{Job, ThresholdRule};
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -31,16 +32,79 @@ fn row(model: &str, score: &str, set: &str, threshold: f64, m: &SetMetrics) -> S
     )
 }
 
-/// The page; `pictures` are (file name, PNG bytes), shown in order.
-pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) -> String {
-    let mut html = String::new();
-    html.push_str(&format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><title>padim report: {name}</title><style>\
-         body{{font-family:sans-serif;margin:2em;max-width:1200px}} table{{border-collapse:collapse;font-size:13px}}\
-         td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#eee}} img{{max-width:100%;margin:6px 0}}\
-         .headline{{font-size:18px}} code{{background:#f4f4f4}}</style></head><body><h1>padim report: {name}</h1>",
-        name = escape(&summary.job)
-    ));
+/// How the threshold was chosen, in words.
+fn rule_name(rule: ThresholdRule, target_rate: f64) -> String {
+    match rule {
+        ThresholdRule::Youden => "Youden's J".into(),
+        ThresholdRule::MaxF1 => "maximum F1".into(),
+        ThresholdRule::Fpr => format!("false-positive rate at most {target_rate}"),
+        ThresholdRule::Fnr => format!("false-negative rate at most {target_rate}"),
+    }
+}
+
+/// A headline number: `data-model`/`data-score` name its entry of `metrics.json`'s `models` (none:
+/// the summary itself), `data-metric` its path there, so that a test can hold the page to the file.
+fn number(model: Option<&ModelMetrics>, metric: &str, text: String) -> String {
+    let entry = model
+        .map(|m| format!(" data-model=\"{}\" data-score=\"{}\"", escape(&m.model), escape(&m.score)))
+        .unwrap_or_default();
+    format!("<b{entry} data-metric=\"{metric}\">{text}</b>")
+}
+
+/// The answer first: the headline model's threshold, test AUROC, accuracy and confusion counts, the
+/// best model by calibration AUROC when that is another, the pixel metrics, and what was left out.
+fn headline(job: &Job, summary: &ReportSummary) -> String {
+    let mut html = String::from("<section id=\"headline\">");
+    if let Some(h) = summary.headline() {
+        let n = |metric: &str, value: f64| number(Some(h), metric, format!("{value:.4}"));
+        let count = |metric: &str, value: usize| number(Some(h), metric, value.to_string());
+        let c = &h.test.confusion;
+        html.push_str(&format!(
+            "<p class=\"headline\">Model <b>{}</b>, {} score: test AUROC {}, accuracy {} at threshold {} \
+             ({} on the calibration split, calibration AUROC {}).</p>\
+             <p>Test images: {} normal, {} anomalous. Flagged: {} true positives, {} false positives; \
+             passed: {} true negatives, {} false negatives.</p>",
+            escape(&h.model),
+            escape(&h.score),
+            n("test.auroc", h.test.auroc),
+            n("test.accuracy", h.test.accuracy),
+            n("threshold", h.threshold),
+            rule_name(h.threshold_rule, job.report.target_rate),
+            n("calibration.auroc", h.calibration.auroc),
+            count("test.normal", h.test.normal),
+            count("test.anomalous", h.test.anomalous),
+            count("test.confusion.tp", c.tp),
+            count("test.confusion.fp", c.fp),
+            count("test.confusion.tn", c.tn),
+            count("test.confusion.fn", c.fn_),
+        ));
+        // The best by calibration AUROC among the models of the same score, when that is another.
+        let best =
+            summary.models.iter().filter(|m| m.score == h.score).fold(None::<&ModelMetrics>, |best, m| match best {
+                Some(b) if b.calibration.auroc >= m.calibration.auroc => Some(b),
+                _ => Some(m),
+            });
+        if let Some(best) = best.filter(|b| b.model != h.model) {
+            let n = |metric: &str, value: f64| number(Some(best), metric, format!("{value:.4}"));
+            html.push_str(&format!(
+                "<p>Best by calibration AUROC: <b>{}</b> (calibration AUROC {}; test AUROC {}, accuracy {}); the \
+                 headline is the job's <code>report.model</code>.</p>",
+                escape(&best.model),
+                n("calibration.auroc", best.calibration.auroc),
+                n("test.auroc", best.test.auroc),
+                n("test.accuracy", best.test.accuracy),
+            ));
+        }
+    }
+    if let Some(p) = &summary.pixel {
+        html.push_str(&format!(
+            "<p class=\"headline\">Pixel level ({} test images, {} defect regions): AUROC {}, PRO (FPR &le; 0.3) {}.</p>",
+            number(None, "pixel.images", p.images.to_string()),
+            number(None, "pixel.regions", p.regions.to_string()),
+            number(None, "pixel.auroc", format!("{:.4}", p.auroc)),
+            number(None, "pixel.pro", format!("{:.4}", p.pro)),
+        ));
+    }
     let skipped: u64 = summary.left_out.skipped.values().sum();
     let without_mask = summary.pixel.as_ref().map(|p| p.without_mask).unwrap_or(0);
     if skipped > 0 || without_mask > 0 {
@@ -53,28 +117,36 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
             parts.push(format!("<b>{without_mask}</b> anomalous test image(s) without a mask (no pixel metrics)"));
         }
         html.push_str(&format!("<p class=\"left-out\">Left out of the metrics: {}.</p>", parts.join("; ")));
+    } else {
+        html.push_str("<p class=\"left-out\">Left out of the metrics: nothing.</p>");
     }
-    if let Some(h) = summary.headline() {
-        html.push_str(&format!(
-            "<p class=\"headline\">Model <b>{}</b>, {} score, threshold by {:?} on the calibration set: \
-             calibration AUROC <b>{:.4}</b>; test AUROC <b>{:.4}</b>, accuracy <b>{:.4}</b> \
-             ({} normal + {} anomalous test images).</p>",
-            escape(&h.model),
-            h.score,
-            h.threshold_rule,
-            h.calibration.auroc,
-            h.test.auroc,
-            h.test.accuracy,
-            h.test.normal,
-            h.test.anomalous
-        ));
-    }
-    if let Some(p) = &summary.pixel {
-        html.push_str(&format!(
-            "<p class=\"headline\">Pixel level ({} test images, {} defect regions): AUROC <b>{:.4}</b>, PRO (FPR &le; 0.3) <b>{:.4}</b>.</p>",
-            p.images, p.regions, p.auroc, p.pro
-        ));
-    }
+    html.push_str("</section>");
+    html
+}
+
+/// Sorts a `table.sortable` by the clicked column (numbers as numbers), again to reverse.
+const SORT_SCRIPT: &str = "<script>document.querySelectorAll('table.sortable th').forEach((th,i)=>th.addEventListener('click',()=>{\
+const body=th.closest('table').tBodies[0];const asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';\
+const rows=[...body.rows];rows.sort((a,b)=>{const x=a.cells[i].textContent,y=b.cells[i].textContent;\
+const nx=parseFloat(x),ny=parseFloat(y);const c=isNaN(nx)||isNaN(ny)?x.localeCompare(y):nx-ny;return asc?c:-c;});\
+rows.forEach(r=>body.appendChild(r));}));</script>";
+
+/// The page; `pictures` are (file name, PNG bytes), shown in order.
+pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) -> String {
+    let mut html = String::new();
+    html.push_str(&format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>padim report: {name}</title><style>\
+         body{{font-family:sans-serif;margin:2em auto;padding:0 1em;max-width:1200px;line-height:1.4}}\
+         table{{border-collapse:collapse;font-size:13px}} .wide{{overflow-x:auto}}\
+         td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#eee}}\
+         table.sortable th{{cursor:pointer}} img{{max-width:100%;margin:6px 0}}\
+         #headline{{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:0.2em 1em}}\
+         .headline{{font-size:18px}} code{{background:#f4f4f4}} summary{{cursor:pointer;font-weight:bold}}\
+         </style></head><body><h1>padim report: {name}</h1>",
+        name = escape(&summary.job)
+    ));
+    html.push_str(&headline(job, summary));
     html.push_str(&format!(
         "<p>Backbone <code>{}</code>; config hash <code>{}</code>. Scores are normalised with the calibration maps' \
          minimum and maximum; heatmaps share one display range, 0 to {:.3} (the {}th percentile of the calibration \
@@ -84,22 +156,13 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         summary.display_range[1],
         job.report.display_percentile
     ));
-    html.push_str(
-        "<h2>Metrics</h2><table><tr><th>model</th><th>score</th><th>set</th><th>normal/anomalous</th><th>AUROC</th>\
-         <th>AUPR</th><th>threshold</th><th>accuracy</th><th>precision</th><th>recall</th><th>specificity</th><th>F1</th>\
-         <th>TP / FP / TN / FN</th></tr>",
-    );
-    for m in &summary.models {
-        html.push_str(&row(&m.model, &m.score, "calibration", m.threshold, &m.calibration));
-        html.push_str(&row(&m.model, &m.score, "test", m.threshold, &m.test));
-    }
-    html.push_str("</table>");
-    for u in &summary.unusable {
+    html.push_str("<h2>Pictures</h2>");
+    let engine = base64::engine::general_purpose::STANDARD;
+    for (name, bytes) in pictures {
         html.push_str(&format!(
-            "<p>Not calibrated: {} ({} score): {}</p>",
-            escape(&u.model),
-            u.score,
-            escape(&u.reason)
+            "<h3>{}</h3><img alt=\"{0}\" src=\"data:image/png;base64,{}\">",
+            escape(name.trim_end_matches(".png")),
+            engine.encode(bytes)
         ));
     }
     if let Some(sweep) = &summary.sweep {
@@ -108,8 +171,8 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
             "<h2>Sweep</h2><p>{} experiments from one extraction, fitted together from one accumulation of their \
              channels. Best by calibration AUROC ({} score): \
              <b>{}</b>. Per layer combination and channel count, mean &plusmn; standard deviation over seeds:</p>\
-             <table><tr><th>layers</th><th>channels</th><th>experiments</th><th>calibration AUROC</th><th>test AUROC</th>\
-             <th>accuracy</th></tr>",
+             <div class=\"wide\"><table class=\"sortable\"><thead><tr><th>layers</th><th>channels</th><th>experiments</th>\
+             <th>calibration AUROC</th><th>test AUROC</th><th>accuracy</th></tr></thead><tbody>",
             sweep.experiments.len(),
             summary.headline_score,
             escape(sweep.best.as_deref().unwrap_or("none"))
@@ -131,9 +194,10 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
             ));
         }
         html.push_str(
-            "</table><p>Every experiment:</p><table><tr><th>experiment</th><th>layers</th><th>channels</th><th>seed</th>\
+            "</tbody></table></div><details><summary>Every experiment</summary><div class=\"wide\">\
+             <table class=\"sortable\"><thead><tr><th>experiment</th><th>layers</th><th>channels</th><th>seed</th>\
              <th>calibration AUROC</th><th>test AUROC</th><th>test AUROC (mean score)</th><th>test AUROC (max score)</th>\
-             <th>accuracy</th><th>F1</th><th>pixel AUROC</th><th>model MB</th><th>score CPU s</th></tr>",
+             <th>accuracy</th><th>F1</th><th>pixel AUROC</th><th>model MB</th><th>score CPU s</th></tr></thead><tbody>",
         );
         for e in &sweep.experiments {
             html.push_str(&format!(
@@ -154,17 +218,30 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
                 e.score_cpu_seconds
             ));
         }
-        html.push_str("</table>");
+        html.push_str("</tbody></table></div></details>");
     }
-    html.push_str("<h2>Pictures</h2>");
-    let engine = base64::engine::general_purpose::STANDARD;
-    for (name, bytes) in pictures {
+    html.push_str(&format!(
+        "<h2>Every model</h2><details><summary>Metrics of {} model(s), both image scores, calibration and test \
+         (click a column to sort)</summary><div class=\"wide\"><table class=\"sortable\"><thead><tr><th>model</th>\
+         <th>score</th><th>set</th><th>normal/anomalous</th><th>AUROC</th><th>AUPR</th><th>threshold</th>\
+         <th>accuracy</th><th>precision</th><th>recall</th><th>specificity</th><th>F1</th>\
+         <th>TP / FP / TN / FN</th></tr></thead><tbody>",
+        summary.models.iter().map(|m| &m.model).collect::<std::collections::BTreeSet<_>>().len()
+    ));
+    for m in &summary.models {
+        html.push_str(&row(&m.model, &m.score, "calibration", m.threshold, &m.calibration));
+        html.push_str(&row(&m.model, &m.score, "test", m.threshold, &m.test));
+    }
+    html.push_str("</tbody></table></div></details>");
+    for u in &summary.unusable {
         html.push_str(&format!(
-            "<h3>{}</h3><img alt=\"{0}\" src=\"data:image/png;base64,{}\">",
-            escape(name.trim_end_matches(".png")),
-            engine.encode(bytes)
+            "<p>Not calibrated: {} ({} score): {}</p>",
+            escape(&u.model),
+            u.score,
+            escape(&u.reason)
         ));
     }
+    html.push_str(SORT_SCRIPT);
     html.push_str("</body></html>\n");
     html
 }

@@ -1,15 +1,30 @@
 //! The `report` stage of padim: calibration (normalisation and threshold on the calibration split),
 //! evaluation on the test split (image and pixel level), pictures, tables and an HTML page.
 //!
-//! - [`metrics`]: exact ROC/AUC, average precision, threshold rules, confusion matrix, PRO.
-//! - [`pictures`]: histograms, ROC curves, confusion matrix, heatmap overlays and montages (PNG).
-//! - [`html`]: the self-contained report page.
-//! - [`stage`]: the stage itself.
+//! The stage ([`stage`]) reads its inputs ([`inputs`]), calibrates and evaluates every model and
+//! score ([`evaluate`], on [`metrics`]), measures pixels ([`pixels`]), writes the tables ([`tables`],
+//! and for a sweep its decision table, [`decision`] with [`sweep`]'s frames and plot), draws the
+//! pictures ([`figures`], on [`pictures`]), renders the page ([`html`]) from the summary
+//! ([`summary`], `metrics.json`), and writes the bundle ([`bundle`]) and the run manifest
+//! ([`manifest`]). Modules depend downwards only: summary and metrics on nothing of the crate, html
+//! on summary, the stage on all.
 
+pub mod bundle;
+pub mod decision;
+pub mod error;
+pub mod evaluate;
+pub mod figures;
 pub mod html;
+pub mod inputs;
+pub mod manifest;
 pub mod metrics;
 pub mod pictures;
+pub mod pixels;
 pub mod stage;
+pub mod summary;
 pub mod sweep;
+pub mod tables;
 
-pub use stage::{ReportError, ReportSummary, run_report};
+pub use error::ReportError;
+pub use stage::run_report;
+pub use summary::ReportSummary;

@@ -6,7 +6,6 @@ use crate::metrics::{Confusion, Roc};
 use plotters::coord::Shift;
 use plotters::element::BitMapElement;
 use plotters::prelude::*;
-use plotters::style::colors::colormaps::ViridisRGB;
 use plotters::style::register_font;
 use std::sync::OnceLock;
 
@@ -65,13 +64,7 @@ pub(crate) fn render(
     encode_png(width, height, buffer).map_err(draw_error(what))
 }
 
-/// RGB8 pixels to PNG bytes.
-pub fn encode_png(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>, String> {
-    let image = image::RgbImage::from_raw(width, height, rgb).ok_or("buffer size")?;
-    let mut out = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut out, image::ImageFormat::Png).map_err(|e| e.to_string())?;
-    Ok(out.into_inner())
-}
+pub use padim_image::heatmap::{encode_png, overlay};
 
 const NORMAL_COLOR: RGBColor = RGBColor(31, 119, 180);
 const ANOMALY_COLOR: RGBColor = RGBColor(214, 39, 40);
@@ -232,20 +225,6 @@ pub fn confusion_matrix(c: &Confusion, title: &str) -> Result<Vec<u8>, PictureEr
     })
 }
 
-/// An image with its anomaly map over it: the map (same size) coloured with viridis over the
-/// display range `[0, display_max]`, blended at half opacity.
-pub fn overlay(rgb: &[u8], map: &[f32], display_max: f64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(rgb.len());
-    for (pixel, &value) in rgb.chunks_exact(3).zip(map) {
-        let t = (value as f64 / display_max).clamp(0.0, 1.0);
-        let color = ViridisRGB::get_color(t);
-        for (channel, heat) in pixel.iter().zip([color.0, color.1, color.2]) {
-            out.push(((*channel as f64 + heat as f64) / 2.0).round() as u8);
-        }
-    }
-    out
-}
-
 /// One tile of a montage: an RGB8 picture and its caption.
 #[derive(Debug, Clone)]
 pub struct Tile {
@@ -288,7 +267,8 @@ pub fn montage(title: &str, tiles: &[Tile], columns: usize) -> Result<Vec<u8>, P
 pub fn colorbar(display_max: f64) -> Result<Vec<u8>, PictureError> {
     render("colour bar", (520, 70), |root| {
         for x in 0..480i32 {
-            let color = ViridisRGB::get_color(x as f64 / 479.0);
+            let [r, g, b] = padim_image::heatmap::viridis(x as f64 / 479.0);
+            let color = RGBColor(r, g, b);
             root.draw(&Rectangle::new([(20 + x, 10), (21 + x, 35)], color.filled())).map_err(|e| e.to_string())?;
         }
         root.draw(&Text::new("0", (20, 42), ("sans-serif", 14))).map_err(|e| e.to_string())?;
@@ -296,4 +276,21 @@ pub fn colorbar(display_max: f64) -> Result<Vec<u8>, PictureError> {
             .map_err(|e| e.to_string())?;
         Ok(())
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use plotters::style::colors::colormaps::ViridisRGB;
+
+    /// The overlays' viridis (padim-image's, which predict uses without plotters) is plotters' own,
+    /// on a fine grid of [0, 1], at its control points and outside the range.
+    #[test]
+    fn heatmap_viridis_is_plotters_viridis() {
+        let grid = (0..=100_000).map(|i| i as f64 / 100_000.0);
+        let special = [0.0, 1.0, 1.0 / 7.0, 0.5, 6.0 / 7.0, -0.5, 1.5, 1e-12, 1.0 - 1e-12];
+        for t in grid.chain(special) {
+            let expected = ViridisRGB::get_color(t);
+            assert_eq!(padim_image::heatmap::viridis(t), [expected.0, expected.1, expected.2], "t = {t}");
+        }
+    }
 }

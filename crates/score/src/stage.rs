@@ -6,6 +6,7 @@ use crate::maps::{MapFilter, MapStats};
 use padim_core::config::Job;
 use padim_core::{Progress, Shard};
 use padim_fit::model::{Model, ModelError, decode_model};
+use padim_store::layout;
 use padim_store::{
     DoneMarker, EmbeddingReader, ImageRow, MapsWriter, ScoreRow, Store, StoreError, read_image_table, write_scores,
 };
@@ -52,13 +53,6 @@ pub enum ScoreStageError {
     MemoryBudget { url: String, need_gib: f64, budget_gib: f64 },
 }
 
-/// Between an extract shard's tag and a model part's tag in score file names.
-pub const MODELS_INFIX: &str = "-models-";
-
-/// Done-marker counts with this prefix hold each model's scoring CPU time (distances, resizing and
-/// smoothing, summed over threads) in microseconds.
-pub const MICROS_PREFIX: &str = "micros/";
-
 #[derive(Debug, Clone, PartialEq)]
 pub struct ScoreSummary {
     pub images: usize,
@@ -85,12 +79,12 @@ pub fn run_score(
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
     let inputs = padim_store::identity::input_digests(job, &store)?;
-    let fit_done = DoneMarker::read(&store, "fit/done.json")?
+    let fit_done = DoneMarker::read(&store, layout::fit::DONE)?
         .filter(|m| m.config_hash == job.fit_hash(&inputs))
-        .ok_or_else(|| ScoreStageError::NoFit { url: store.url_of("fit/done.json") })?;
+        .ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(layout::fit::DONE) })?;
     if let Some(input) = fit_done.stale_input(&store)? {
         return Err(ScoreStageError::Stale {
-            url: store.url_of("fit/done.json"),
+            url: store.url_of(layout::fit::DONE),
             input: store.url_of(&input),
             command: "padim fit JOB".into(),
         });
@@ -106,7 +100,6 @@ pub fn run_score(
     {
         return Err(ScoreStageError::EmptyPart { part: part.to_string(), models: fit_done.files.len() });
     }
-    let suffix = part.map(|p| format!("{MODELS_INFIX}{}", p.tag())).unwrap_or_default();
     // Models in groups that fit the memory budget (one group, read once, unless a sweep's models
     // do not fit together); each further group is one more pass over each shard's embeddings.
     let sizes = files
@@ -141,10 +134,9 @@ pub fn run_score(
         ScoreSummary { images: 0, models: files.len(), passes: groups.len(), shards_done: 0, shards_skipped: 0 };
     progress.start("score", shards.len() as u64);
     for shard in shards {
-        let tag = shard.tag();
-        let done_key = format!("score/done-{tag}{suffix}.json");
+        let done_key = layout::score::done(shard, part);
         let made_from =
-            DoneMarker::current_ids(&store, &["fit/done.json".to_string(), format!("extract/done-{tag}.json")])?;
+            DoneMarker::current_ids(&store, &[layout::fit::DONE.to_string(), layout::extract::done(shard)])?;
         if !force
             && let Some(marker) = DoneMarker::read(&store, &done_key)?
             && marker.config_hash == score_hash
@@ -160,11 +152,11 @@ pub fn run_score(
             );
         }
         store.delete(&done_key)?;
-        let images: HashMap<u32, ImageRow> = read_image_table(&store, &format!("extract/images-{tag}.parquet"))?
+        let images: HashMap<u32, ImageRow> = read_image_table(&store, &layout::extract::images(shard))?
             .into_iter()
             .map(|row| (row.image, row))
             .collect();
-        let embeddings_key = format!("extract/embeddings-{tag}.parquet");
+        let embeddings_key = layout::extract::embeddings(shard);
         let url = store.url_of(&embeddings_key);
         // Per model (in the fit's order): its rows, its maps (spilled to a temporary file, so that
         // memory does not grow with the shard's images) and the CPU time spent on its distances,
@@ -172,7 +164,7 @@ pub fn run_score(
         // the files do not depend on how the models were grouped.
         let mut names = vec![String::new(); files.len()];
         let mut score_rows: Vec<Vec<ScoreRow>> = vec![Vec::new(); files.len()];
-        let maps_key = format!("score/maps-{tag}{suffix}.parquet");
+        let maps_key = layout::score::maps(shard, part);
         let spill_error = |source| ScoreStageError::Spill { url: store.url_of(&maps_key), source };
         let mut spills = (0..files.len())
             .map(|_| tempfile::tempfile().map(std::io::BufWriter::new))
@@ -259,7 +251,7 @@ pub fn run_score(
                 }
             }
         }
-        let scores_key = format!("score/scores-{tag}{suffix}.parquet");
+        let scores_key = layout::score::scores(shard, part);
         write_maps_from_spills(&store, &maps_key, &score_rows, spills).map_err(|e| match e {
             SpillOrStore::Spill(source) => spill_error(source),
             SpillOrStore::Store(e) => ScoreStageError::Store(e),
@@ -281,7 +273,7 @@ pub fn run_score(
                     names
                         .iter()
                         .zip(&model_time)
-                        .map(|(name, time)| (format!("{MICROS_PREFIX}{name}"), time.as_micros() as u64)),
+                        .map(|(name, time)| (layout::score::micros_count(name), time.as_micros() as u64)),
                 )
                 .collect(),
         }

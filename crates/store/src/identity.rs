@@ -3,17 +3,10 @@
 //! SHA-256. The same job run from another folder, mount point or node computes the same digests and
 //! so finds its finished shards.
 
+use crate::layout::split::{DONE as SPLIT_DONE_KEY, LISTING as SPLIT_LISTING_KEY, MANIFEST as SPLIT_MANIFEST_KEY};
 use crate::{DoneMarker, Store, StoreError};
 use padim_core::config::{InputDigests, Job};
 use std::path::Path;
-
-/// The split stage's image manifest: every image the job works on, numbered.
-pub const SPLIT_MANIFEST_KEY: &str = "split/manifest.csv";
-/// Everything the dataset listed when the split was made (relative path, label, SHA-256), so that
-/// a later run can tell added and removed files.
-pub const SPLIT_LISTING_KEY: &str = "split/listing.csv";
-/// The split stage's done marker; its `digest` is the SHA-256 of the manifest.
-pub const SPLIT_DONE_KEY: &str = "split/done.json";
 
 /// The job's input digests: the manifest's, from the split stage's done marker (which must be
 /// this job's), and the weights'.

@@ -11,6 +11,7 @@ mod embeddings;
 pub mod identity;
 mod images;
 mod inputs;
+pub mod layout;
 mod location;
 mod marker;
 mod scores;

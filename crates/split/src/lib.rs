@@ -3,17 +3,20 @@
 //! a done marker that records its digest. Every job has one: the manifest numbers the images every
 //! stage works on and fixes their content (paths relative to the dataset's base, SHA-256 of each
 //! file), so that the later stage identities cover the data by content, not by where it lies.
+//!
+//! Its own crate, without libtorch: extract makes a missing split itself, and the binary runs it as
+//! `padim split`.
 
 use padim_core::Progress;
 use padim_core::config::Job;
 use padim_core::dataset::{DatasetError, ImageRecord, list_images_in};
 use padim_core::split::{ManifestRow, SplitError, SplitInput, assign, manifest_csv, read_manifest_csv};
-use padim_store::identity::{SPLIT_DONE_KEY, SPLIT_LISTING_KEY, SPLIT_MANIFEST_KEY};
+use padim_store::layout::split::{
+    DONE as SPLIT_DONE_KEY, LISTING as SPLIT_LISTING_KEY, MANIFEST as SPLIT_MANIFEST_KEY,
+};
 use padim_store::{DoneMarker, InputFiles, Published, Store, StoreError};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
-
-pub const MANIFEST_KEY: &str = SPLIT_MANIFEST_KEY;
 
 /// How many changed files an error lists by name.
 const LISTED_CHANGES: usize = 10;

@@ -1,0 +1,90 @@
+//! The sweep's decision table from the evaluated models: per experiment its metrics, model size,
+//! scoring time and pixel AUROC where masks exist; written as `report/sweep.*` and
+//! `report/sweep-groups.*` (the frames and the plot are [`crate::sweep`]'s).
+
+use crate::error::{ReportError, table_error};
+use crate::inputs::{ScoreShard, Scored, load_maps, stored_model_channels};
+use crate::pixels::pixel_metrics;
+use crate::summary::ReportSummary;
+use crate::tables::put_table;
+use padim_core::Progress;
+use padim_core::config::Job;
+use padim_store::{Store, layout};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+/// The sweep's decision table: per experiment from the evaluated models, model sizes and score
+/// times, pixel AUROC where masks exist; aggregated with polars; written as `report/sweep.*` and
+/// `report/sweep-groups.*`.
+pub(crate) fn sweep_table(
+    store: &Store,
+    job: &Job,
+    shards: &[ScoreShard],
+    by_model: &BTreeMap<String, Vec<Scored>>,
+    summary: &ReportSummary,
+    progress: &dyn Progress,
+) -> Result<(crate::sweep::SweepSummary, Vec<String>), ReportError> {
+    use crate::sweep::{Experiment, SweepSummary, best, experiments_frame, groups, groups_frame};
+    let Some(sweep) = &job.sweep else {
+        return Err(ReportError::Table { what: "sweep".into(), message: "no [sweep]".into() });
+    };
+    let specs = sweep.experiments().map_err(|message| ReportError::Table { what: "sweep".into(), message })?;
+    let mut micros: BTreeMap<String, u64> = BTreeMap::new();
+    for marker in shards.iter().flat_map(|s| &s.markers) {
+        for (name, value) in &marker.counts {
+            if let Some(model) = layout::score::micros_model(name) {
+                *micros.entry(model.to_string()).or_default() += value;
+            }
+        }
+    }
+    let kind = job.report.score.name();
+    let metrics_of = |model: &str, score: &str| summary.models.iter().find(|m| m.model == model && m.score == score);
+    // The test maps of every experiment, read in one pass over the maps files (for pixel AUROC).
+    let mut maps = match &job.dataset.mask {
+        Some(_) => {
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            let ids: BTreeSet<u32> =
+                by_model.values().flatten().filter(|r| r.split == "test").map(|r| r.image).collect();
+            load_maps(store, shards, &names, &ids)?
+        }
+        None => HashMap::new(),
+    };
+    let mut experiments = Vec::new();
+    for spec in &specs {
+        let key = layout::fit::model(&spec.name);
+        let (channels, model_bytes) = stored_model_channels(store, &key)?;
+        let pixel_auroc = match (&job.dataset.mask, by_model.get(&spec.name)) {
+            (Some(_), Some(rows)) => {
+                let tests: Vec<&Scored> = rows.iter().filter(|r| r.split == "test").collect();
+                let maps = maps.remove(&spec.name).unwrap_or_default();
+                Some(pixel_metrics(job, &maps, &spec.name, &tests, false, progress)?.auroc)
+            }
+            _ => None,
+        };
+        let headline = metrics_of(&spec.name, kind);
+        let layers = spec.layers.as_ref().map(|l| l.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("+"));
+        experiments.push(Experiment {
+            id: spec.name.clone(),
+            layers: layers.unwrap_or_else(|| "1+2+3".into()),
+            count: spec.count,
+            channels,
+            seed: spec.count.map(|_| spec.seed),
+            calibration_auroc: headline.map(|m| m.calibration.auroc),
+            test_auroc: headline.map(|m| m.test.auroc),
+            test_auroc_mean_score: metrics_of(&spec.name, "mean").map(|m| m.test.auroc),
+            test_auroc_max_score: metrics_of(&spec.name, "max").map(|m| m.test.auroc),
+            accuracy: headline.map(|m| m.test.accuracy),
+            f1: headline.map(|m| m.test.f1),
+            pixel_auroc,
+            model_bytes,
+            score_cpu_seconds: micros.get(&spec.name).copied().unwrap_or(0) as f64 / 1e6,
+        });
+    }
+    let table = table_error("sweep");
+    let mut frame = experiments_frame(&experiments).map_err(&table)?;
+    let mut grouped = groups_frame(&frame).map_err(&table)?;
+    let groups = groups(&grouped).map_err(&table)?;
+    let mut keys = put_table(store, "sweep", &mut frame)?;
+    keys.extend(put_table(store, "sweep-groups", &mut grouped)?);
+    let best = best(&experiments);
+    Ok((SweepSummary { experiments, groups, best }, keys))
+}

@@ -1,0 +1,110 @@
+//! What the report found, as `report/metrics.json` holds it: per model and image score the
+//! calibration and test metrics, the pixel metrics of the headline model, what was left out, and the
+//! sweep's decision table.
+
+use crate::metrics::Confusion;
+use padim_core::config::ThresholdRule;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Metrics of one image-score set (calibration or test).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SetMetrics {
+    pub normal: usize,
+    pub anomalous: usize,
+    pub auroc: f64,
+    pub aupr: f64,
+    pub confusion: Confusion,
+    pub accuracy: f64,
+    pub precision: f64,
+    pub recall: f64,
+    pub specificity: f64,
+    pub f1: f64,
+}
+
+/// Results of one model with one image score.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ModelMetrics {
+    pub model: String,
+    pub score: String,
+    /// The calibration maps' minimum and maximum: scores are normalised as (s - min) / (max - min).
+    pub normalisation: [f64; 2],
+    pub threshold_rule: ThresholdRule,
+    /// In normalised units.
+    pub threshold: f64,
+    pub calibration: SetMetrics,
+    pub test: SetMetrics,
+}
+
+/// Pixel-level metrics of the headline model on the test images that have masks.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct PixelMetrics {
+    pub images: usize,
+    /// Anomalous test images without a mask file: no pixel truth, so left out of these metrics.
+    #[serde(default)]
+    pub without_mask: usize,
+    pub regions: usize,
+    pub auroc: f64,
+    /// Per-region overlap integrated to FPR 0.3, normalised.
+    pub pro: f64,
+}
+
+/// Images left out of every metric: skipped by extract, per `split/label`, and each file with why.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LeftOut {
+    pub skipped: BTreeMap<String, u64>,
+    pub skipped_files: Vec<SkippedFile>,
+}
+
+/// An image the extract stage skipped.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SkippedFile {
+    pub path: String,
+    pub split: String,
+    pub label: String,
+    pub reason: String,
+}
+
+/// A model and score that the calibration split cannot calibrate.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Unusable {
+    pub model: String,
+    pub score: String,
+    pub reason: String,
+}
+
+/// Everything `metrics.json` holds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ReportSummary {
+    pub job: String,
+    pub config_hash: String,
+    pub headline_model: String,
+    pub headline_score: String,
+    pub display_range: [f64; 2],
+    pub models: Vec<ModelMetrics>,
+    /// Model and score combinations (other than the headline) that cannot be calibrated, and why.
+    pub unusable: Vec<Unusable>,
+    pub pixel: Option<PixelMetrics>,
+    /// Images the metrics could not count: skipped as unreadable by the extract stage (`skip-bad`).
+    #[serde(default)]
+    pub left_out: LeftOut,
+    /// The decision table of the job's `[sweep]`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<crate::sweep::SweepSummary>,
+    #[serde(skip, default)]
+    pub already_done: bool,
+}
+
+impl ReportSummary {
+    /// The headline model with the headline score.
+    pub fn headline(&self) -> Option<&ModelMetrics> {
+        self.models.iter().find(|m| m.model == self.headline_model && m.score == self.headline_score)
+    }
+}
