@@ -402,7 +402,7 @@ fn report(job: &Job, force: bool, quiet: bool) -> Result<()> {
     let summary =
         padim_report::run_report(job, force, &reporter).with_context(|| format!("report of job `{}`", job.name))?;
     let verb = done_verb(summary.already_done);
-    let mut text = format!("report {verb} -> {}/report/report.html", job.output);
+    let mut text = format!("report {verb} -> {}/{}", job.output, padim_store::layout::report::HTML);
     if let Some(h) = summary.headline() {
         text.push_str(&format!(
             "\n{} ({} score, {:?} threshold {:.4}): calibration AUROC {:.4}; test AUROC {:.4}, accuracy {:.4}, \

@@ -1,0 +1,228 @@
+//! The job file: one TOML document that fixes every choice of an experiment.
+//!
+//! Parsing is strict (`deny_unknown_fields`, kebab-case keys) and every error names the file.
+//! Relative paths in a job file are resolved against the directory of the job file, so a job can be
+//! run from any working directory. The resolved job serialises to canonical JSON whose SHA-256 is the
+//! job's identity: outputs record it, and a rerun with another config is detected by it.
+//!
+//! - [`raw`]: the document as written; [`resolve`]: paths, defaults and checks, to a [`Job`];
+//! - [`settings`]: the sections' types the stages read;
+//! - [`identity`]: the stage identities (`Job::split_hash` ... `report_hash`) and [`InputDigests`].
+
+mod identity;
+mod raw;
+mod resolve;
+mod settings;
+
+pub use identity::InputDigests;
+pub use resolve::{is_url, normalize};
+pub use settings::*;
+
+use serde::Serialize;
+use std::path::{Path, PathBuf};
+
+/// Errors from reading or validating a job file. Each names the file and, where it can, the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read job file {path}: {source}")]
+    Read { path: PathBuf, source: std::io::Error },
+    #[error("invalid job file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid job file {path}: `{key}` {problem}")]
+    Invalid { path: PathBuf, key: &'static str, problem: String },
+}
+
+/// A validated job with every path resolved: what the stages receive.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Job {
+    pub name: String,
+    /// The run prefix: an absolute local path or a URL.
+    pub output: String,
+    pub dataset: Dataset,
+    pub preprocess: Preprocess,
+    pub backbone: Backbone,
+    pub extract: ExtractSettings,
+    pub fit: FitSettings,
+    pub score: ScoreSettings,
+    pub split: Option<SplitSettings>,
+    pub report: ReportSettings,
+    /// The sweep that added experiments to `fit.subsets`, if any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sweep: Option<SweepSettings>,
+}
+
+impl Job {
+    /// Reads, parses and validates a job file.
+    pub fn load(path: &Path) -> Result<Job, ConfigError> {
+        let text =
+            std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        Job::parse(&text, path)
+    }
+
+    /// Parses and validates job text; `path` names the file in errors and anchors relative paths.
+    pub fn parse(text: &str, path: &Path) -> Result<Job, ConfigError> {
+        let raw: raw::RawJob = toml::from_str(text)
+            .map_err(|e| ConfigError::Parse { path: path.to_path_buf(), message: e.to_string() })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = std::path::absolute(&base).unwrap_or(base);
+        resolve::resolve(raw, &base, path)
+    }
+
+    /// Canonical JSON of the resolved job.
+    pub fn to_canonical_json(&self) -> String {
+        // Serialising a struct is deterministic: fields in declaration order, no maps.
+        serde_json::to_string(self).unwrap_or_default()
+    }
+
+    /// SHA-256 of the canonical JSON: the job's identity.
+    pub fn hash(&self) -> String {
+        crate::hash::sha256_hex(self.to_canonical_json().as_bytes())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_job(dir: &Path, body: &str) -> PathBuf {
+        let path = dir.join("job.toml");
+        std::fs::write(&path, body).unwrap();
+        path
+    }
+
+    const MINIMAL: &str = r#"
+[run]
+name = "t"
+output = "out"
+[dataset]
+root = ["missing", "data"]
+normal = ["good"]
+[backbone]
+name = "resnet18"
+weights = "w.safetensors"
+"#;
+
+    #[test]
+    fn resolves_paths_against_the_job_file() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let job = Job::load(&write_job(dir.path(), MINIMAL)).unwrap();
+        let root = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(job.output, root.join("out").display().to_string());
+        assert_eq!(job.backbone.weights, root.join("w.safetensors"));
+        assert!(matches!(&job.dataset.source, DatasetSource::Folders { root: r, .. } if r.ends_with("data")));
+        assert_eq!(job.preprocess, Preprocess::default());
+        assert_eq!(job.backbone.tap, Tap::BlockOutput);
+        assert_eq!(job.hash().len(), 64);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error_naming_file_and_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let body = MINIMAL.replace("[backbone]", "[backbone]\nwieghts = 1");
+        let path = write_job(dir.path(), &body);
+        let message = Job::load(&path).unwrap_err().to_string();
+        assert!(message.contains("job.toml"), "{message}");
+        assert!(message.contains("wieghts"), "{message}");
+    }
+
+    #[test]
+    fn missing_data_lists_candidates_and_hint() {
+        let dir = tempfile::tempdir().unwrap();
+        let body = MINIMAL.replace("normal =", "source-hint = \"get it from X\"\nnormal =");
+        let message = Job::load(&write_job(dir.path(), &body)).unwrap_err().to_string();
+        assert!(message.contains("dataset.root"), "{message}");
+        assert!(message.contains("missing") && message.contains("get it from X"), "{message}");
+    }
+
+    #[test]
+    fn crop_larger_than_resize_is_rejected() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let body = format!(
+            "{MINIMAL}\n[preprocess]\nresize = [256, 256]\ncrop = [288, 224]\naspect = \"stretch\"\nmin-side = 8\nmax-pixels = 100\n"
+        );
+        let message = Job::load(&write_job(dir.path(), &body)).unwrap_err().to_string();
+        assert!(message.contains("preprocess.crop"), "{message}");
+    }
+
+    #[test]
+    fn hash_changes_with_any_setting() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let a = Job::load(&write_job(dir.path(), MINIMAL)).unwrap();
+        let b = Job::load(&write_job(dir.path(), &format!("{MINIMAL}\n[extract]\nbatch-size = 8\n"))).unwrap();
+        assert_eq!(b.extract.batch_size, 8);
+        assert_eq!(b.extract.threads, ExtractSettings::default().threads);
+        assert_ne!(a.hash(), b.hash());
+        let mut c = a.clone();
+        c.backbone.tap = Tap::LastBn;
+        assert_ne!(a.hash(), c.hash());
+    }
+
+    fn digests() -> InputDigests {
+        InputDigests { images: "1".repeat(64), weights: "2".repeat(64) }
+    }
+
+    #[test]
+    fn stage_identities_ignore_execution_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let a = Job::load(&write_job(dir.path(), MINIMAL)).unwrap();
+        let execution = "\n[extract]\nthreads = 1\ndevice = \"cpu\"\nbatch-size = 3\nskip-bad = true\n\
+                         compression = \"lz4\"\nencoding = \"byte-stream-split\"\nchannels = \"subsets\"\n\
+                         row-group-mib = 1\n[fit]\nmemory-budget-gib = 2\nbatch-images = 5\n\
+                         [score]\nmemory-budget-gib = 0.5\nbatch-images = 7\n";
+        let b = Job::load(&write_job(dir.path(), &format!("{MINIMAL}{execution}"))).unwrap();
+        assert_eq!((b.fit.memory_budget_gib, b.score.memory_budget_gib, b.extract.threads), (2.0, 0.5, 1));
+        let inputs = digests();
+        assert_eq!(a.extract_hash(&inputs), b.extract_hash(&inputs), "threads, device, batches, skip-bad, encoding");
+        assert_eq!(a.fit_hash(&inputs), b.fit_hash(&inputs), "a refusal threshold and a batch size only");
+        assert_eq!(a.score_hash(&inputs), b.score_hash(&inputs), "scheduling only");
+        assert_ne!(a.hash(), b.hash(), "the resolved job still records them");
+        let mut e = a.clone();
+        e.fit.epsilon = 0.02;
+        assert_ne!(a.fit_hash(&inputs), e.fit_hash(&inputs));
+        let mut c = a.clone();
+        c.score.sigma = 2.0;
+        assert_ne!(a.score_hash(&inputs), c.score_hash(&inputs));
+        let mut p = a.clone();
+        p.preprocess.resize = [300, 300];
+        assert_ne!(a.extract_hash(&inputs), p.extract_hash(&inputs));
+        // Rounding to f16 changes the values; f32 adds nothing to the identity of the runs made before.
+        let mut f = a.clone();
+        assert_eq!(f.extract.dtype, ValueType::F16);
+        f.extract.dtype = ValueType::F32;
+        assert_ne!(a.extract_hash(&inputs), f.extract_hash(&inputs));
+        let bad = write_job(dir.path(), &format!("{MINIMAL}\n[score]\nmemory-budget-gib = 0\n"));
+        let message = Job::load(&bad).unwrap_err().to_string();
+        assert!(message.contains("score.memory-budget-gib") && message.contains("positive"), "{message}");
+    }
+
+    #[test]
+    fn stage_identities_cover_content_not_paths() {
+        // The same job file in two folders, each with its own data and weights paths.
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        std::fs::create_dir(one.path().join("data")).unwrap();
+        std::fs::create_dir(two.path().join("data")).unwrap();
+        let a = Job::load(&write_job(one.path(), MINIMAL)).unwrap();
+        let b = Job::load(&write_job(two.path(), MINIMAL)).unwrap();
+        assert_ne!(a.backbone.weights, b.backbone.weights);
+        assert_ne!(a.output, b.output);
+        let inputs = digests();
+        assert_eq!(a.split_hash(), b.split_hash());
+        assert_eq!(a.extract_hash(&inputs), b.extract_hash(&inputs));
+        assert_eq!(a.report_hash(&inputs), b.report_hash(&inputs));
+        // Other images or other weights are another identity, all the way down.
+        let other_images = InputDigests { images: "3".repeat(64), ..digests() };
+        let other_weights = InputDigests { weights: "4".repeat(64), ..digests() };
+        assert_ne!(a.extract_hash(&inputs), a.extract_hash(&other_images));
+        assert_ne!(a.report_hash(&inputs), a.report_hash(&other_weights));
+        // Which labels are taken is part of the split's identity.
+        let labelled = write_job(one.path(), &MINIMAL.replace("normal =", "labels = [\"good\"]\nnormal ="));
+        assert_ne!(a.split_hash(), Job::load(&labelled).unwrap().split_hash());
+    }
+}

@@ -1,0 +1,250 @@
+//! Resolution of a parsed job file: relative paths against the job file's folder (URLs kept), the
+//! dataset's source, defaults filled in, and every setting checked, each error naming the file and
+//! the key.
+
+use super::raw::*;
+use super::settings::*;
+use super::{ConfigError, Job};
+use std::path::{Path, PathBuf};
+
+pub(super) fn invalid(path: &Path, key: &'static str, problem: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { path: path.to_path_buf(), key, problem: problem.into() }
+}
+
+pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
+    if raw.run.name.trim().is_empty() {
+        return Err(invalid(path, "run.name", "must not be empty"));
+    }
+    let output = resolve_location(&raw.run.output, base);
+
+    let sources = [!raw.dataset.root.is_empty(), raw.dataset.list.is_some(), raw.dataset.manifest.is_some()];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(invalid(path, "dataset", "needs exactly one of `root`, `list` or `manifest`"));
+    }
+    let source = if !raw.dataset.root.is_empty() {
+        let candidates: Vec<PathBuf> = raw.dataset.root.iter().map(|r| resolve_input(r, base)).collect();
+        // A URL is taken as it is (listing it needs the network; extract does that).
+        let root = candidates.iter().find(|c| is_url(c) || c.is_dir()).cloned().ok_or_else(|| {
+            let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+            let hint = if raw.dataset.source_hint.is_empty() {
+                String::new()
+            } else {
+                format!(". {}", raw.dataset.source_hint)
+            };
+            invalid(path, "dataset.root", format!("names no existing folder (tried {}){hint}", tried.join(", ")))
+        })?;
+        let extensions = raw.dataset.extensions.iter().map(|e| e.trim_start_matches('.').to_lowercase()).collect();
+        DatasetSource::Folders { root, labels: raw.dataset.labels.clone(), extensions }
+    } else if let Some(list) = &raw.dataset.list {
+        DatasetSource::List { path: resolve_input(list, base) }
+    } else if let Some(manifest) = &raw.dataset.manifest {
+        DatasetSource::Manifest { path: resolve_input(manifest, base) }
+    } else {
+        unreachable!("exactly one source was checked above")
+    };
+
+    let pre = raw.preprocess;
+    if pre.resize.contains(&0) || pre.crop.contains(&0) {
+        return Err(invalid(path, "preprocess", "sizes must be positive"));
+    }
+    if pre.crop[0] > pre.resize[0] || pre.crop[1] > pre.resize[1] {
+        return Err(invalid(path, "preprocess.crop", format!("{:?} is larger than resize {:?}", pre.crop, pre.resize)));
+    }
+    if !pre.crop[0].is_multiple_of(32) || !pre.crop[1].is_multiple_of(32) {
+        return Err(invalid(
+            path,
+            "preprocess.crop",
+            format!(
+                "{:?} must be a multiple of 32 in both sides so that the feature grids of all stages align",
+                pre.crop
+            ),
+        ));
+    }
+    if pre.max_pixels == 0 {
+        return Err(invalid(path, "preprocess.max-pixels", "must be positive"));
+    }
+
+    if let Some(sha) = &raw.backbone.sha256
+        && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
+    {
+        return Err(invalid(path, "backbone.sha256", "must be 64 hexadecimal digits"));
+    }
+    let backbone = Backbone {
+        kind: raw.backbone.name,
+        weights: resolve_input(&raw.backbone.weights, base),
+        sha256: raw.backbone.sha256.map(|s| s.to_lowercase()),
+        tap: raw.backbone.tap,
+    };
+
+    let mut fit = raw.fit;
+    if let Some(sweep) = &raw.sweep {
+        fit.subsets.extend(sweep.experiments().map_err(|message| invalid(path, "sweep", message))?);
+    }
+    if fit
+        .subsets
+        .iter()
+        .any(|s| s.layers.as_ref().is_some_and(|l| l.is_empty() || l.iter().any(|&l| !(1..=3).contains(&l))))
+    {
+        return Err(invalid(path, "fit.subsets", "`layers` are 1, 2 or 3"));
+    }
+    if !(fit.epsilon >= 0.0 && fit.epsilon.is_finite()) {
+        return Err(invalid(path, "fit.epsilon", "must be a finite number >= 0"));
+    }
+    if fit.batch_images == 0 {
+        return Err(invalid(path, "fit.batch-images", "must be at least 1"));
+    }
+    if fit.memory_budget_gib.is_nan() || fit.memory_budget_gib <= 0.0 {
+        return Err(invalid(path, "fit.memory-budget-gib", "must be positive"));
+    }
+    let mut names = std::collections::BTreeSet::new();
+    for subset in &fit.subsets {
+        let kinds = [subset.count.is_some(), subset.channels.is_some(), subset.all];
+        if kinds.iter().filter(|k| **k).count() != 1 {
+            return Err(invalid(
+                path,
+                "fit.subsets",
+                format!(
+                    "subset `{}` needs exactly one of `count` (with `seed`), `channels` or `all = true`",
+                    subset.name
+                ),
+            ));
+        }
+        if subset.name.is_empty() || !subset.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+            return Err(invalid(
+                path,
+                "fit.subsets",
+                format!("subset name `{}` must be letters, digits, - or _", subset.name),
+            ));
+        }
+        if !names.insert(subset.name.clone()) {
+            return Err(invalid(path, "fit.subsets", format!("subset name `{}` is used twice", subset.name)));
+        }
+    }
+    let score = raw.score;
+    if !(score.sigma > 0.0 && score.sigma.is_finite()) {
+        return Err(invalid(path, "score.sigma", "must be a positive number"));
+    }
+    if score.kernel_size.is_multiple_of(2) {
+        return Err(invalid(path, "score.kernel-size", "must be odd"));
+    }
+    if score.batch_images == 0 {
+        return Err(invalid(path, "score.batch-images", "must be at least 1"));
+    }
+    if score.memory_budget_gib.is_nan() || score.memory_budget_gib <= 0.0 {
+        return Err(invalid(path, "score.memory-budget-gib", "must be positive"));
+    }
+    let extract = raw.extract;
+    if extract.batch_size == 0 {
+        return Err(invalid(path, "extract.batch-size", "must be at least 1"));
+    }
+    if extract.row_group_mib == 0 {
+        return Err(invalid(path, "extract.row-group-mib", "must be at least 1"));
+    }
+
+    if let Some(split) = &raw.split {
+        validate_split(split, path)?;
+        // With splits, only the training split trains unless the job says otherwise.
+        if fit.train_split.is_none() {
+            fit.train_split = Some("train".into());
+        }
+    }
+    if let Some(mask) = &raw.dataset.mask
+        && (!mask.contains("{stem}") || mask.contains('/'))
+    {
+        return Err(invalid(path, "dataset.mask", "must be a file name containing `{stem}`, e.g. \"{stem}.png\""));
+    }
+    let report = raw.report;
+    if !(report.target_rate > 0.0 && report.target_rate < 1.0) {
+        return Err(invalid(path, "report.target-rate", "must be between 0 and 1"));
+    }
+    if !(report.display_percentile > 0.0 && report.display_percentile <= 100.0) {
+        return Err(invalid(path, "report.display-percentile", "must be in (0, 100]"));
+    }
+    if let Some(model) = &report.model
+        && !fit.subsets.iter().any(|s| &s.name == model)
+    {
+        return Err(invalid(path, "report.model", format!("names no subset of `fit.subsets` (`{model}`)")));
+    }
+
+    Ok(Job {
+        name: raw.run.name,
+        output,
+        dataset: Dataset { source, normal: raw.dataset.normal, mask: raw.dataset.mask },
+        preprocess: pre,
+        backbone,
+        extract,
+        fit,
+        score,
+        split: raw.split,
+        report,
+        sweep: raw.sweep,
+    })
+}
+
+pub(super) fn validate_split(split: &SplitSettings, path: &Path) -> Result<(), ConfigError> {
+    let mut any = false;
+    for (name, amounts) in split.parts() {
+        for (label, amount) in amounts {
+            any = true;
+            let ok = match amount {
+                SplitAmount::Count(n) => *n > 0,
+                SplitAmount::Fraction(f) => *f > 0.0 && *f <= 1.0,
+                SplitAmount::Rest(word) => word == "rest",
+            };
+            if !ok {
+                return Err(invalid(
+                    path,
+                    "split",
+                    format!("`{name}.{label}` must be a positive count, a fraction in (0, 1] or \"rest\""),
+                ));
+            }
+        }
+    }
+    if !any {
+        return Err(invalid(path, "split", "names no images: give counts per label, e.g. train = { good = 250 }"));
+    }
+    Ok(())
+}
+
+/// A location is kept as a URL when it has a scheme, else made an absolute local path.
+pub(super) fn resolve_location(location: &str, base: &Path) -> String {
+    if location.contains("://") {
+        location.to_string()
+    } else {
+        let joined = base.join(location);
+        let joined = std::path::absolute(&joined).unwrap_or(joined);
+        normalize(&joined).display().to_string()
+    }
+}
+
+/// Whether `path` is a URL (`s3://bucket/key`, `file:///...`) rather than a local path.
+pub fn is_url(path: &Path) -> bool {
+    path.to_str().is_some_and(|s| {
+        s.split_once("://").is_some_and(|(scheme, _)| {
+            !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || c == '+' || c == '-')
+        })
+    })
+}
+
+/// An input named in the job: a URL as it is, a local path relative to the job file's folder.
+pub(super) fn resolve_input(input: &str, base: &Path) -> PathBuf {
+    if is_url(Path::new(input)) { PathBuf::from(input) } else { base.join(input) }
+}
+
+/// Removes `.` and `..` components lexically, so that recorded paths are readable.
+pub fn normalize(path: &Path) -> PathBuf {
+    use std::path::Component;
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::CurDir => {}
+            Component::ParentDir => {
+                if !out.pop() {
+                    out.push("..");
+                }
+            }
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}

@@ -1,0 +1,487 @@
+//! The settings of a job, per section, as the stages read them (most are also the TOML sections'
+//! own types), and the resolved dataset and backbone.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+/// How a non-square image reaches the network's square (or any) input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AspectPolicy {
+    /// Resize to exactly `resize` (height, width), ignoring the aspect ratio, then centre-crop to `crop`.
+    /// The reference recipe's choice; nothing of the image is lost but shapes are distorted.
+    Stretch,
+    /// Resize so that the shorter side equals the shorter side of `resize`, keeping the aspect ratio,
+    /// then centre-crop to `crop` (torchvision's `Resize(int)`); the borders of long images are lost.
+    ShorterSide,
+}
+
+/// Image pre-processing before the backbone. Missing keys take the recipe's defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct Preprocess {
+    /// Size `[height, width]` to resize to before cropping.
+    pub resize: [u32; 2],
+    /// Size `[height, width]` of the centre crop fed to the network; at most `resize`.
+    pub crop: [u32; 2],
+    /// Policy for images whose aspect ratio differs from `resize`'s.
+    pub aspect: AspectPolicy,
+    /// Images with a side shorter than this many pixels are rejected as bad input.
+    pub min_side: u32,
+    /// Images with more pixels than this are refused before decoding (decompression bombs).
+    pub max_pixels: u64,
+}
+
+impl Default for Preprocess {
+    fn default() -> Self {
+        Preprocess {
+            resize: [256, 256],
+            crop: [224, 224],
+            aspect: AspectPolicy::Stretch,
+            min_side: 32,
+            max_pixels: 64 * 1024 * 1024,
+        }
+    }
+}
+
+/// The CNN backbones padim knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackboneKind {
+    /// ResNet-18 (He et al. 2016), the reference recipe's backbone: 64 + 128 + 256 = 448 channels.
+    Resnet18,
+    /// Wide-ResNet-50-2 (Zagoruyko & Komodakis 2016), the PaDiM paper's best: 256 + 512 + 1024 channels.
+    WideResnet50_2,
+    /// EfficientNet-Lite0 (Tan & Le 2019, Lite variant): 24 + 40 + 112 = 176 channels.
+    EfficientnetLite0,
+}
+
+impl BackboneKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackboneKind::Resnet18 => "resnet18",
+            BackboneKind::WideResnet50_2 => "wide-resnet50-2",
+            BackboneKind::EfficientnetLite0 => "efficientnet-lite0",
+        }
+    }
+}
+
+/// Where in each stage the features are tapped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Tap {
+    /// The output of the last block of each stage (after the residual add and activation): the
+    /// PaDiM paper's and anomalib's choice.
+    BlockOutput,
+    /// The last batch normalisation of each stage, before the residual add and activation: MATLAB's
+    /// example (`bn2b_branch2b` etc.).
+    LastBn,
+}
+
+/// Device for the backbone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeviceChoice {
+    /// CUDA when available, else CPU.
+    Auto,
+    Cpu,
+    Cuda,
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            other => Err(format!("unknown device `{other}`: use auto, cpu or cuda")),
+        }
+    }
+}
+
+/// Parquet compression of the embeddings (lossless). LZ4 is Parquet's `LZ4_RAW`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Compression {
+    None,
+    Snappy,
+    Zstd,
+    Lz4,
+}
+
+/// The value type of stored embeddings. fit and score compute in f64 whatever is stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValueType {
+    /// IEEE half precision (Parquet's FLOAT16 logical type): half the bytes, 11 significant bits.
+    F16,
+    /// IEEE single precision, the network's own output.
+    F32,
+}
+
+/// Which embedding channels the extract stage stores.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum StoredChannels {
+    /// Every tapped channel: any later subset or sweep can be fitted without extracting again.
+    All,
+    /// Only the union of the job's subsets (sweep experiments included): a fit that needs another
+    /// channel is refused, naming it.
+    Subsets,
+}
+
+/// Parquet encoding of the embedding values; both are lossless.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FloatEncoding {
+    /// The values' bytes as they are.
+    Plain,
+    /// BYTE_STREAM_SPLIT: the k-th bytes of all values together, which compresses better.
+    ByteStreamSplit,
+}
+
+/// Settings of the `extract` stage. Missing keys take their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct ExtractSettings {
+    /// Images per forward pass.
+    pub batch_size: usize,
+    /// Where the backbone runs.
+    pub device: DeviceChoice,
+    /// CPU threads for the backbone; 0 means all cores. On the CPU, two network workers with half
+    /// of them each (one batch each), see `padim_extract::network_workers`.
+    pub threads: usize,
+    /// Record unreadable images in the output and go on, instead of stopping before publishing.
+    pub skip_bad: bool,
+    /// Value type of the stored embeddings (part of the extract identity: it changes the values).
+    pub dtype: ValueType,
+    /// Which channels are stored.
+    pub channels: StoredChannels,
+    /// Encoding of the embedding columns.
+    pub encoding: FloatEncoding,
+    /// Compression of the embedding columns.
+    pub compression: Compression,
+    /// Target size of a Parquet row group in MiB; row groups always hold whole images.
+    pub row_group_mib: usize,
+}
+
+impl Default for ExtractSettings {
+    fn default() -> Self {
+        ExtractSettings {
+            batch_size: 32,
+            device: DeviceChoice::Auto,
+            threads: 0,
+            skip_bad: false,
+            dtype: ValueType::F16,
+            channels: StoredChannels::All,
+            encoding: FloatEncoding::ByteStreamSplit,
+            compression: Compression::Lz4,
+            row_group_mib: 64,
+        }
+    }
+}
+
+/// One channel subset to fit a model for.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SubsetSpec {
+    /// Names the model file (`fit/model-NAME.safetensors`).
+    pub name: String,
+    /// Number of channels sampled at random without replacement...
+    pub count: Option<usize>,
+    /// ...with this seed.
+    #[serde(default)]
+    pub seed: u64,
+    /// Or an explicit list of embedding channels.
+    pub channels: Option<Vec<usize>>,
+    /// Or every channel.
+    #[serde(default)]
+    pub all: bool,
+    /// Take the channels (`count` of them, or all) from these tapped layers only (1-based, in
+    /// embedding order); default every layer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layers: Option<Vec<usize>>,
+}
+
+/// A channel count of a sweep: a number, or `"all"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SweepCount {
+    Count(usize),
+    All(AllChannels),
+}
+
+/// The word `all`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AllChannels {
+    All,
+}
+
+/// A sweep over channel subsets: every combination of layers, count and seed is one experiment,
+/// fitted and scored in the same pass as the others (`fit.subsets` gains one subset per experiment;
+/// scoring takes several passes only when the models exceed `score.memory-budget-gib`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SweepSettings {
+    /// Channel counts, e.g. `[50, 100, "all"]`.
+    pub counts: Vec<SweepCount>,
+    /// Seeds of the random subsets, one experiment each (`"all"` takes no seed).
+    #[serde(default = "default_seeds")]
+    pub seeds: Vec<u64>,
+    /// Layer combinations, e.g. `["1+2+3", "2+3"]`.
+    #[serde(default = "default_layers")]
+    pub layers: Vec<String>,
+}
+
+pub(super) fn default_seeds() -> Vec<u64> {
+    vec![0]
+}
+
+pub(super) fn default_layers() -> Vec<String> {
+    vec!["1+2+3".into()]
+}
+
+impl SweepSettings {
+    /// The experiments, as subsets with stable names derived from their parameters:
+    /// `c050-s0-l123` (50 channels, seed 0, layers 1+2+3), `all-l23`.
+    pub fn experiments(&self) -> Result<Vec<SubsetSpec>, String> {
+        let mut out = Vec::new();
+        for combination in &self.layers {
+            let mut layers = Vec::new();
+            for part in combination.split('+') {
+                match part.trim().parse::<usize>() {
+                    Ok(layer @ 1..=3) if !layers.contains(&layer) => layers.push(layer),
+                    _ => return Err(format!("layers `{combination}`: use 1, 2 and 3 joined by +, e.g. \"1+2+3\"")),
+                }
+            }
+            layers.sort_unstable();
+            let tag: String = layers.iter().map(|l| l.to_string()).collect();
+            for count in &self.counts {
+                match count {
+                    SweepCount::All(_) => out.push(SubsetSpec {
+                        name: format!("all-l{tag}"),
+                        count: None,
+                        seed: 0,
+                        channels: None,
+                        all: true,
+                        layers: Some(layers.clone()),
+                    }),
+                    SweepCount::Count(0) => return Err("counts must be positive".into()),
+                    SweepCount::Count(n) => {
+                        for &seed in &self.seeds {
+                            out.push(SubsetSpec {
+                                name: format!("c{n:03}-s{seed}-l{tag}"),
+                                count: Some(*n),
+                                seed,
+                                channels: None,
+                                all: false,
+                                layers: Some(layers.clone()),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err("names no experiment (empty `counts`, `seeds` or `layers`)".into());
+        }
+        Ok(out)
+    }
+}
+
+/// Settings of the `fit` stage. Missing keys take their defaults.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct FitSettings {
+    /// Added to the covariance diagonal so that it is invertible (the recipe's 0.01).
+    pub epsilon: f64,
+    /// The models to fit; one pass over the embeddings serves all of them.
+    pub subsets: Vec<SubsetSpec>,
+    /// Labels of the training images; default the dataset's `normal` labels.
+    pub train_labels: Vec<String>,
+    /// With a dataset that names splits: only images of this split train.
+    pub train_split: Option<String>,
+    /// Images read per batch.
+    pub batch_images: usize,
+    /// Refuse to start when the accumulated statistics would need more memory than this.
+    pub memory_budget_gib: f64,
+}
+
+impl Default for FitSettings {
+    fn default() -> Self {
+        FitSettings {
+            epsilon: 0.01,
+            subsets: vec![SubsetSpec {
+                name: "all".into(),
+                count: None,
+                seed: 0,
+                channels: None,
+                all: true,
+                layers: None,
+            }],
+            train_labels: Vec::new(),
+            train_split: None,
+            batch_images: 32,
+            memory_budget_gib: 8.0,
+        }
+    }
+}
+
+/// Settings of the `score` stage. Missing keys take the recipe's values.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct ScoreSettings {
+    /// Standard deviation of the Gaussian that smooths the resized map, in input pixels.
+    pub sigma: f64,
+    /// Taps of the Gaussian kernel (odd).
+    pub kernel_size: usize,
+    /// Images read per batch.
+    pub batch_images: usize,
+    /// The models held in memory at once; a larger set (a sweep's) is scored in several passes over
+    /// the embeddings, with the same results. Not part of the score's identity.
+    pub memory_budget_gib: f64,
+}
+
+impl Default for ScoreSettings {
+    fn default() -> Self {
+        ScoreSettings { sigma: 4.0, kernel_size: 33, batch_images: 32, memory_budget_gib: 8.0 }
+    }
+}
+
+/// How many images of one label a split takes: a count, a fraction of the label's images, or
+/// `"rest"` (what the other splits leave).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum SplitAmount {
+    Count(u64),
+    Fraction(f64),
+    Rest(String),
+}
+
+/// The names of the splits, in the order they are filled and listed.
+pub const SPLITS: [&str; 3] = ["train", "calibration", "test"];
+
+/// Seeded, disjoint train / calibration / test splits, per label (`padim split`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SplitSettings {
+    #[serde(default)]
+    pub seed: u64,
+    #[serde(default)]
+    pub train: BTreeMap<String, SplitAmount>,
+    #[serde(default)]
+    pub calibration: BTreeMap<String, SplitAmount>,
+    #[serde(default)]
+    pub test: BTreeMap<String, SplitAmount>,
+}
+
+impl SplitSettings {
+    /// Each split's name and amounts, in [`SPLITS`] order.
+    pub fn parts(&self) -> [(&'static str, &BTreeMap<String, SplitAmount>); 3] {
+        [("train", &self.train), ("calibration", &self.calibration), ("test", &self.test)]
+    }
+}
+
+/// Which image score classifies.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreKind {
+    /// The mean of the smoothed map (the recipe's choice).
+    Mean,
+    /// Its maximum.
+    Max,
+}
+
+impl ScoreKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreKind::Mean => "mean",
+            ScoreKind::Max => "max",
+        }
+    }
+}
+
+/// How the calibration set chooses the threshold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ThresholdRule {
+    /// Maximises Youden's J = TPR - FPR (the recipe's choice).
+    Youden,
+    /// Maximises F1.
+    MaxF1,
+    /// The lowest threshold whose false-positive rate is at most `report.target-rate`.
+    Fpr,
+    /// The highest threshold whose false-negative rate is at most `report.target-rate`.
+    Fnr,
+}
+
+/// Settings of the `report` stage.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
+pub struct ReportSettings {
+    /// The image score that classifies.
+    pub score: ScoreKind,
+    /// How the calibration set picks the threshold.
+    pub threshold: ThresholdRule,
+    /// With `threshold = "fpr"` or `"fnr"`: the rate to stay within.
+    pub target_rate: f64,
+    /// The model (subset name) of the pictures and of the headline numbers; default the first.
+    pub model: Option<String>,
+    /// Heatmaps share one display range: 0 to this percentile of the calibration images' maxima.
+    pub display_percentile: f64,
+    /// Images per montage (true positives, true negatives, false positives, false negatives each).
+    pub montage_images: usize,
+    /// Store the bundle's matrices as f16 (half the size) instead of f32. Left out of the hash when
+    /// false, so that runs made before the key existed stay valid.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub bundle_f16: bool,
+}
+
+impl Default for ReportSettings {
+    fn default() -> Self {
+        ReportSettings {
+            score: ScoreKind::Mean,
+            threshold: ThresholdRule::Youden,
+            target_rate: 0.05,
+            model: None,
+            display_percentile: 80.0,
+            montage_images: 12,
+            bundle_f16: false,
+        }
+    }
+}
+
+/// Where the images come from, resolved to absolute paths.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum DatasetSource {
+    /// Sub-folders of `root` are labels.
+    Folders { root: PathBuf, labels: Vec<String>, extensions: Vec<String> },
+    /// One image path per line.
+    List { path: PathBuf },
+    /// CSV `path,label[,split]`.
+    Manifest { path: PathBuf },
+}
+
+/// The dataset part of a resolved job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Dataset {
+    pub source: DatasetSource,
+    pub normal: Vec<String>,
+    /// File name pattern of the pixel masks (`{stem}` = the image's file stem), in the image's folder.
+    pub mask: Option<String>,
+}
+
+/// The backbone part of a resolved job.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Backbone {
+    pub kind: BackboneKind,
+    pub weights: PathBuf,
+    pub sha256: Option<String>,
+    pub tap: Tap,
+}
