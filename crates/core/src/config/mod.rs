@@ -5,9 +5,9 @@
 //! run from any working directory. The resolved job serialises to canonical JSON whose SHA-256 is the
 //! job's identity: outputs record it, and a rerun with another config is detected by it.
 //!
-//! - [`raw`]: the document as written; [`resolve`]: paths, defaults and checks, to a [`Job`];
-//! - [`settings`]: the sections' types the stages read;
-//! - [`identity`]: the stage identities (`Job::split_hash` ... `report_hash`) and [`InputDigests`].
+//! - `raw`: the document as written; `resolve`: paths, defaults and checks, to a [`Job`];
+//! - `settings`: the sections' types the stages read (re-exported here);
+//! - `identity`: the stage identities (`Job::split_hash` ... `report_hash`) and [`InputDigests`].
 
 mod identity;
 mod raw;

@@ -1,6 +1,6 @@
 //! The job file as written: the TOML document's own shape (strict: unknown keys are errors), before
 //! paths are resolved and settings checked. The settings sections that need no resolution are
-//! [`super::settings`]' types, read as they are.
+//! `settings`' types, read as they are.
 
 use super::settings::*;
 use serde::Deserialize;
