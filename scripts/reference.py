@@ -146,12 +146,26 @@ def cmd_fit(args):
     n = x.shape[0]
     mean = x.mean(0)
     centered = x - mean
-    cov = torch.einsum("npi,npj->pij", centered, centered) / (n - 1) + args.epsilon * torch.eye(len(channels), dtype=torch.float64)
+    eye = torch.eye(len(channels), dtype=torch.float64)
+    result = {"n": n}
+    if args.covariance == "oas":
+        # scikit-learn's OAS per patch, on the raw training embeddings of that patch.
+        from sklearn.covariance import OAS
+
+        fits = [OAS(assume_centered=False).fit(x[:, p, :].numpy()) for p in range(n_patches)]
+        cov = torch.from_numpy(np.stack([f.covariance_ for f in fits])) + args.epsilon * eye
+        shrinkage = torch.tensor([f.shrinkage_ for f in fits], dtype=torch.float64)
+        ours_shrinkage = torch.from_numpy(model["shrinkage"]).double()
+        result["shrinkage"] = float((ours_shrinkage - shrinkage).abs().max().item())
+        result["shrinkage-range"] = [float(shrinkage.min()), float(shrinkage.max())]
+    else:
+        cov = torch.einsum("npi,npj->pij", centered, centered) / (n - 1) + args.epsilon * eye
     precision = torch.linalg.inv(cov)
     ours_mean = torch.from_numpy(model["mean"]).double()
     ours_precision = torch.from_numpy(model["precision"]).double()
     rel = lambda a, b: float(((a - b).abs().max() / b.abs().max()).item())
-    print(_json.dumps({"n": n, "mean": rel(ours_mean, mean), "precision": rel(ours_precision, precision)}))
+    result.update({"mean": rel(ours_mean, mean), "precision": rel(ours_precision, precision)})
+    print(_json.dumps(result))
 
 
 def cmd_score(args):
@@ -404,6 +418,7 @@ def main():
     p.add_argument("--subset", required=True)
     p.add_argument("--epsilon", type=float, default=0.01)
     p.add_argument("--normal", nargs="+", required=True)
+    p.add_argument("--covariance", choices=["sample", "oas"], default="sample")
     p.set_defaults(run=cmd_fit)
 
     p = sub.add_parser("score")

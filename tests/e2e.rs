@@ -383,6 +383,49 @@ fn run_all_stages_and_report() {
     assert_eq!(std::fs::read(run.join("report/metrics.json")).unwrap(), before, "same inputs, same numbers");
 }
 
+/// `fit.covariance = "oas"`: per patch, scikit-learn's OAS on the raw training embeddings gives the
+/// same shrinkage and, with epsilon, the same inverse covariance, from statistics accumulated over
+/// two extract shards and merged; the model records the shrinkage and the estimator.
+#[test]
+fn oas_covariance_matches_scikit_learn() {
+    let dir = tempfile::tempdir().unwrap();
+    support::copy_concrete(dir.path(), 20, 2);
+    let job = write_job(dir.path(), 8);
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    text.push_str(
+        "[fit]\ncovariance = \"oas\"\nbatch-images = 6\n\
+         subsets = [{ name = \"r40\", count = 40, seed = 3 }, { name = \"all\", all = true }]\n",
+    );
+    std::fs::write(&job, text).unwrap();
+    let job_arg = job.to_str().unwrap();
+    for shard in ["0/2", "1/2"] {
+        stdout(&padim(&["extract", job_arg, "--shard", shard]));
+    }
+    assert!(stdout(&padim(&["fit", job_arg])).contains("fit done: 20 training images"));
+    let run = dir.path().join("run");
+    for subset in ["r40", "all"] {
+        let output = Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("scripts/reference.py"))
+            .args(["fit", "--run-dir", run.to_str().unwrap(), "--subset", subset, "--normal", "Negative"])
+            .args(["--covariance", "oas"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        eprintln!("{subset}: {result}");
+        assert_eq!(result["n"], 20);
+        // Shrinkage stored as f32; the model's matrices as f32 (relative 1e-4 of the largest value).
+        assert!(result["shrinkage"].as_f64().unwrap() <= 1e-6, "{result}");
+        assert!(result["mean"].as_f64().unwrap() <= 1e-4, "{result}");
+        assert!(result["precision"].as_f64().unwrap() <= 1e-4, "{result}");
+        // With 20 images and 40 or more channels, OAS does shrink.
+        assert!(result["shrinkage-range"][1].as_f64().unwrap() > 0.0, "{result}");
+    }
+    let model = std::fs::read(run.join("fit/model-all.safetensors")).unwrap();
+    let header = String::from_utf8_lossy(&model[8..8 + u64::from_le_bytes(model[..8].try_into().unwrap()) as usize]);
+    assert!(header.contains("\\\"covariance\\\":\\\"oas\\\"") && header.contains("\"shrinkage\""), "{header}");
+}
+
 /// Magnetic tile: grayscale, non-square images with masks beside them; pixel metrics are reported.
 #[test]
 fn masks_give_pixel_metrics() {

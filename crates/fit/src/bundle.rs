@@ -243,6 +243,7 @@ mod tests {
             epsilon: 0.01,
             n_train_images: 5,
             config_hash: "cd".repeat(32),
+            covariance: Default::default(),
         };
         let model = Model {
             info: info.clone(),
@@ -322,6 +323,7 @@ mod tests {
             epsilon: 0.0,
             mean: vec![0.0],
             precision: vec![1.0],
+            shrinkage: None,
         };
         let plain = crate::model::encode_model(&gaussians, &model.info).unwrap();
         let message = decode_bundle(&plain).unwrap_err().to_string();

@@ -7,6 +7,7 @@
 
 use crate::stats::{Gaussians, PatchStats};
 use padim_core::channels::ChannelSubset;
+use padim_core::config::CovarianceEstimator;
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -40,6 +41,10 @@ pub struct ModelInfo {
     pub epsilon: f64,
     pub n_train_images: u64,
     pub config_hash: String,
+    /// The covariance estimator (absent: the sample covariance; a shrinking one also stores each
+    /// patch's shrinkage as the `shrinkage` tensor, F32 `[n_patches]`).
+    #[serde(default, skip_serializing_if = "CovarianceEstimator::is_sample")]
+    pub covariance: CovarianceEstimator,
 }
 
 impl ModelInfo {
@@ -134,14 +139,15 @@ fn serialize(tensors: &[(&str, Vec<usize>, Data)], metadata: String) -> Vec<u8> 
 pub fn encode_model(gaussians: &Gaussians, info: &ModelInfo) -> Result<Vec<u8>, ModelError> {
     let (p, k) = (gaussians.n_patches, gaussians.channels.len());
     let json = serde_json::to_string(info).map_err(|e| ModelError::Format { kind: "model", message: e.to_string() })?;
-    Ok(serialize(
-        &[
-            ("channels", vec![k], Data::I64(gaussians.channels.channels().iter().map(|&c| c as i64).collect())),
-            ("mean", vec![p, k], Data::F32(&gaussians.mean)),
-            ("precision", vec![p, k, k], Data::F32(&gaussians.precision)),
-        ],
-        json,
-    ))
+    let mut tensors = vec![
+        ("channels", vec![k], Data::I64(gaussians.channels.channels().iter().map(|&c| c as i64).collect())),
+        ("mean", vec![p, k], Data::F32(&gaussians.mean)),
+        ("precision", vec![p, k, k], Data::F32(&gaussians.precision)),
+    ];
+    if let Some(shrinkage) = &gaussians.shrinkage {
+        tensors.push(("shrinkage", vec![p], Data::F32(shrinkage)));
+    }
+    Ok(serialize(&tensors, json))
 }
 
 /// A model read back: f32 means and precisions as stored.
@@ -321,6 +327,7 @@ mod tests {
             epsilon: 0.01,
             n_train_images: 5,
             config_hash: "h".into(),
+            covariance: Default::default(),
         };
         let model = decode_model(&encode_model(&gaussians, &info).unwrap()).unwrap();
         assert_eq!(model.info, info);

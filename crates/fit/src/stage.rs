@@ -199,6 +199,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         epsilon: job.fit.epsilon,
         n_train_images: total.count(),
         config_hash: fit_hash.clone(),
+        covariance: job.fit.covariance,
     };
     let model_key = layout::fit::model;
     // Subsets are inverted in groups of at most GROUP_BYTES of f64 precision matrices (one pass over
@@ -220,7 +221,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         'groups: for group in groups {
             let clock = std::time::Instant::now();
             let members: Vec<&ChannelSubset> = group.iter().map(|(_, subset)| subset).collect();
-            let fitted = match total.gaussians_many(&members, job.fit.epsilon) {
+            let fitted = match total.gaussians_many_by(&members, job.fit.epsilon, job.fit.covariance) {
                 Ok(fitted) => fitted,
                 Err((index, source)) => {
                     fitted_all = Err(FitError::Stats { url: store.url_of(&model_key(&group[index].0)), source });

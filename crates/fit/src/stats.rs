@@ -18,6 +18,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, ArrayViewMut2, Axis, s};
 use ndarray_linalg::InverseCInto;
 use padim_core::channels::ChannelSubset;
+use padim_core::config::CovarianceEstimator;
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -206,6 +207,43 @@ impl PatchStats {
         Ok(cov)
     }
 
+    /// The covariance of one patch over `positions` by `estimator`, plus `epsilon` on the diagonal,
+    /// and the shrinkage it applied (0 for the sample covariance). OAS shrinks the maximum
+    /// likelihood covariance S (divided by N) toward `mu I`, `mu = tr(S) / k`, by
+    /// `rho = min(1, (a + mu^2) / ((N + 1) (a - mu^2 / k)))` with `a` the mean of S's squared
+    /// entries, as scikit-learn's `OAS`: a function of the merged statistics alone.
+    pub fn covariance_by(
+        &self,
+        patch: usize,
+        positions: &[usize],
+        epsilon: f64,
+        estimator: CovarianceEstimator,
+    ) -> Result<(Array2<f64>, f64), StatsError> {
+        match estimator {
+            CovarianceEstimator::Sample => Ok((self.covariance(patch, positions, epsilon)?, 0.0)),
+            CovarianceEstimator::Oas => {
+                // The unbiased covariance without epsilon, rescaled to the maximum likelihood one.
+                let mut cov = self.covariance(patch, positions, 0.0)?;
+                let n = self.count as f64;
+                cov *= (n - 1.0) / n;
+                let k = positions.len();
+                let mu = cov.diag().sum() / k as f64;
+                let alpha = cov.iter().map(|v| v * v).sum::<f64>() / (k * k) as f64;
+                let den = (n + 1.0) * (alpha - mu * mu / k as f64);
+                let rho = if k < 2 {
+                    0.0
+                } else if den == 0.0 {
+                    1.0
+                } else {
+                    ((alpha + mu * mu) / den).min(1.0)
+                };
+                cov *= 1.0 - rho;
+                cov.diag_mut().mapv_inplace(|v| v + rho * mu + epsilon);
+                Ok((cov, rho))
+            }
+        }
+    }
+
     /// The Gaussians of `subset` (a subset of the tracked channels): means and inverse covariances
     /// (through a Cholesky factorisation), per patch, in parallel.
     pub fn gaussians(&self, subset: &ChannelSubset, epsilon: f64) -> Result<Gaussians, StatsError> {
@@ -222,6 +260,17 @@ impl PatchStats {
         subsets: &[&ChannelSubset],
         epsilon: f64,
     ) -> Result<Vec<Gaussians>, (usize, StatsError)> {
+        self.gaussians_many_by(subsets, epsilon, CovarianceEstimator::Sample)
+    }
+
+    /// [`PatchStats::gaussians_many`] with the covariances by `estimator` (see
+    /// [`PatchStats::covariance_by`]); a shrinking estimator records each patch's shrinkage.
+    pub fn gaussians_many_by(
+        &self,
+        subsets: &[&ChannelSubset],
+        epsilon: f64,
+        estimator: CovarianceEstimator,
+    ) -> Result<Vec<Gaussians>, (usize, StatsError)> {
         let positions: Vec<Vec<usize>> = subsets
             .iter()
             .enumerate()
@@ -233,6 +282,7 @@ impl PatchStats {
         let d = self.channels.len();
         let mut precisions: Vec<Vec<f64>> =
             positions.iter().map(|p| vec![0f64; self.n_patches * p.len() * p.len()]).collect();
+        let mut shrinkages: Vec<Vec<f64>> = subsets.iter().map(|_| vec![0f64; self.n_patches]).collect();
         // Per patch, its slice of every subset's output.
         let mut per_patch: Vec<Vec<&mut [f64]>> =
             (0..self.n_patches).map(|_| Vec::with_capacity(subsets.len())).collect();
@@ -245,12 +295,22 @@ impl PatchStats {
                 rest = tail;
             }
         }
-        per_patch.into_par_iter().enumerate().try_for_each(|(patch, outputs)| {
-            for (index, (out, positions)) in outputs.into_iter().zip(&positions).enumerate() {
+        // Per patch, its entry of every subset's shrinkages.
+        let mut shrink_per_patch: Vec<Vec<&mut f64>> =
+            (0..self.n_patches).map(|_| Vec::with_capacity(subsets.len())).collect();
+        for shrinkage in &mut shrinkages {
+            for (slot, value) in shrink_per_patch.iter_mut().zip(shrinkage.iter_mut()) {
+                slot.push(value);
+            }
+        }
+        per_patch.into_par_iter().zip(shrink_per_patch).enumerate().try_for_each(|(patch, (outputs, shrinks))| {
+            for (index, ((out, positions), shrink)) in outputs.into_iter().zip(&positions).zip(shrinks).enumerate() {
                 let k = positions.len();
                 // The matrix is symmetric, so its row-major memory is also its column-major self:
                 // handing LAPACK the column-major view spares ndarray-linalg a transposed copy.
-                let cov = self.covariance(patch, positions, epsilon).map_err(|e| (index, e))?.reversed_axes();
+                let (cov, rho) = self.covariance_by(patch, positions, epsilon, estimator).map_err(|e| (index, e))?;
+                *shrink = rho;
+                let cov = cov.reversed_axes();
                 let inverse = cov.invc_into().map_err(|_| (index, StatsError::Singular { patch, epsilon }))?;
                 let inverse = inverse.as_slice_memory_order().expect("a fresh inverse is contiguous");
                 // The inverse is symmetric in exact arithmetic; make it so in floating point.
@@ -266,7 +326,8 @@ impl PatchStats {
             .iter()
             .zip(positions)
             .zip(precisions)
-            .map(|((subset, positions), precision)| {
+            .zip(shrinkages)
+            .map(|(((subset, positions), precision), shrinkage)| {
                 let mut mean = Vec::with_capacity(self.n_patches * positions.len());
                 for patch in 0..self.n_patches {
                     mean.extend(positions.iter().map(|&p| self.mean[patch * d + p]));
@@ -278,6 +339,7 @@ impl PatchStats {
                     epsilon,
                     mean,
                     precision,
+                    shrinkage: (!estimator.is_sample()).then_some(shrinkage),
                 }
             })
             .collect())
@@ -357,6 +419,8 @@ pub struct Gaussians {
     pub mean: Vec<f64>,
     /// `[n_patches, k, k]`: inverse covariances.
     pub precision: Vec<f64>,
+    /// `[n_patches]`: the shrinkage of each patch's covariance, with a shrinking estimator.
+    pub shrinkage: Option<Vec<f64>>,
 }
 
 #[cfg(test)]
@@ -431,6 +495,54 @@ mod tests {
                     prop_assert!(close(&state.comoment()[patch * d * d..(patch + 1) * d * d], &comoment));
                 }
             }
+        }
+
+        /// OAS from two merged shards equals OAS computed from the raw samples in two passes
+        /// (scikit-learn's formula: the maximum likelihood covariance shrunk toward mu I), and its
+        /// shrinkage lies in [0, 1]; the precision is that covariance's inverse.
+        #[test]
+        fn oas_of_merged_shards_equals_two_pass_oas(
+            n in 3usize..20, d in 2usize..7, n_patches in 1usize..3, cut in 1usize..19, seed in 0u64..1000,
+        ) {
+            let cut = 1 + cut % (n - 1);
+            let values = data(n, d, n_patches, seed);
+            let ids: Vec<u32> = (0..n as u32).collect();
+            let channels = ChannelSubset::all(d);
+            let mut merged = PatchStats::new(n_patches, channels.clone());
+            for (range, part_ids) in [(0..cut, &ids[..cut]), (cut..n, &ids[cut..])] {
+                let mut part = PatchStats::new(n_patches, channels.clone());
+                part.update(part_ids, &values[range.start * d * n_patches..range.end * d * n_patches]).unwrap();
+                merged.merge(&part).unwrap();
+            }
+            let positions: Vec<usize> = (0..d).collect();
+            let fitted = merged.gaussians_many_by(&[&channels], 0.01, CovarianceEstimator::Oas).unwrap().remove(0);
+            for patch in 0..n_patches {
+                let (_, comoment) = two_pass(&values, n, d, n_patches, patch);
+                let s: Vec<f64> = comoment.iter().map(|c| c / n as f64).collect();
+                let mu = (0..d).map(|i| s[i * d + i]).sum::<f64>() / d as f64;
+                let alpha = s.iter().map(|v| v * v).sum::<f64>() / (d * d) as f64;
+                let rho = ((alpha + mu * mu) / ((n as f64 + 1.0) * (alpha - mu * mu / d as f64))).min(1.0);
+                let expected: Vec<f64> = (0..d * d)
+                    .map(|i| (1.0 - rho) * s[i] + if i % (d + 1) == 0 { rho * mu + 0.01 } else { 0.0 })
+                    .collect();
+                let (cov, shrinkage) = merged.covariance_by(patch, &positions, 0.01, CovarianceEstimator::Oas).unwrap();
+                prop_assert!(close(cov.as_slice().unwrap(), &expected), "{:?} vs {:?}", cov, expected);
+                prop_assert!((shrinkage - rho).abs() <= 1e-9 && (0.0..=1.0).contains(&shrinkage));
+                prop_assert_eq!(fitted.shrinkage.as_ref().unwrap()[patch], shrinkage);
+                // precision x covariance = I.
+                let precision = Array2::from_shape_vec((d, d), fitted.precision[patch * d * d..(patch + 1) * d * d].to_vec()).unwrap();
+                let identity = precision.dot(&cov);
+                for i in 0..d {
+                    for j in 0..d {
+                        let want = if i == j { 1.0 } else { 0.0 };
+                        prop_assert!((identity[[i, j]] - want).abs() < 1e-6, "{identity:?}");
+                    }
+                }
+            }
+            // The sample estimator records no shrinkage and keeps the unbiased covariance.
+            let sample = merged.gaussians_many_by(&[&channels], 0.01, CovarianceEstimator::Sample).unwrap().remove(0);
+            prop_assert!(sample.shrinkage.is_none());
+            prop_assert_eq!(sample, merged.gaussians(&channels, 0.01).unwrap());
         }
     }
 

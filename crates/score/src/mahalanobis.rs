@@ -183,6 +183,7 @@ mod tests {
                 epsilon: 0.0,
                 n_train_images: 2,
                 config_hash: String::new(),
+                covariance: Default::default(),
             },
             channels: (0..k).collect(),
             mean,

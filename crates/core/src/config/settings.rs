@@ -308,6 +308,29 @@ pub struct FitSettings {
     pub batch_images: usize,
     /// Refuse to start when the accumulated statistics would need more memory than this.
     pub memory_budget_gib: f64,
+    /// How each patch's covariance is estimated from the streamed statistics (`sample`, the
+    /// recipe's, is left out of the identity so that runs made before the choice keep theirs).
+    #[serde(skip_serializing_if = "CovarianceEstimator::is_sample")]
+    pub covariance: CovarianceEstimator,
+}
+
+/// The covariance estimator of the fit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum CovarianceEstimator {
+    /// The unbiased sample covariance (divided by N - 1), as the recipe.
+    #[default]
+    Sample,
+    /// Oracle Approximating Shrinkage (Chen et al., 2010, as scikit-learn's `OAS`): the maximum
+    /// likelihood covariance S (divided by N) shrunk toward a scaled identity, `(1 - rho) S + rho mu I`
+    /// with `mu = tr(S) / p`, `rho` from S alone (so it merges across shards exactly), per patch.
+    Oas,
+}
+
+impl CovarianceEstimator {
+    pub fn is_sample(&self) -> bool {
+        *self == CovarianceEstimator::Sample
+    }
 }
 
 impl Default for FitSettings {
@@ -326,6 +349,7 @@ impl Default for FitSettings {
             train_split: None,
             batch_images: 32,
             memory_budget_gib: 8.0,
+            covariance: CovarianceEstimator::Sample,
         }
     }
 }
