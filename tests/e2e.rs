@@ -201,14 +201,7 @@ fn fit_matches_pytorch_on_real_embeddings() {
 
     let run = dir.path().join("run");
     for subset in ["r40", "all"] {
-        let output = Command::new(root().join(".venv/bin/python"))
-            .arg(root().join("scripts/reference.py"))
-            .args(["fit", "--run-dir", run.to_str().unwrap(), "--subset", subset, "--normal", "Negative"])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        eprintln!("{subset}: {result}");
+        let result = reference_fit(&run, subset, &[]);
         assert_eq!(result["n"], 24);
         // The model stores f32: relative 1e-4 of the largest value bounds f32 rounding.
         assert!(result["mean"].as_f64().unwrap() <= 1e-4, "{result}");
@@ -383,6 +376,21 @@ fn run_all_stages_and_report() {
     assert_eq!(std::fs::read(run.join("report/metrics.json")).unwrap(), before, "same inputs, same numbers");
 }
 
+/// `scripts/reference.py fit` on the run's model `subset` (training label Negative): the plain
+/// PyTorch / scikit-learn fit's largest differences from padim's model, as JSON.
+fn reference_fit(run: &std::path::Path, subset: &str, extra: &[&str]) -> serde_json::Value {
+    let output = Command::new(root().join(".venv/bin/python"))
+        .arg(root().join("scripts/reference.py"))
+        .args(["fit", "--run-dir", run.to_str().unwrap(), "--subset", subset, "--normal", "Negative"])
+        .args(extra)
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    eprintln!("{subset}: {result}");
+    result
+}
+
 /// `fit.covariance = "oas"`: per patch, scikit-learn's OAS on the raw training embeddings gives the
 /// same shrinkage and, with epsilon, the same inverse covariance, from statistics accumulated over
 /// two extract shards and merged; the model records the shrinkage and the estimator.
@@ -404,15 +412,7 @@ fn oas_covariance_matches_scikit_learn() {
     assert!(stdout(&padim(&["fit", job_arg])).contains("fit done: 20 training images"));
     let run = dir.path().join("run");
     for subset in ["r40", "all"] {
-        let output = Command::new(root().join(".venv/bin/python"))
-            .arg(root().join("scripts/reference.py"))
-            .args(["fit", "--run-dir", run.to_str().unwrap(), "--subset", subset, "--normal", "Negative"])
-            .args(["--covariance", "oas"])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        eprintln!("{subset}: {result}");
+        let result = reference_fit(&run, subset, &["--covariance", "oas"]);
         assert_eq!(result["n"], 20);
         // Shrinkage stored as f32; the model's matrices as f32 (relative 1e-4 of the largest value).
         assert!(result["shrinkage"].as_f64().unwrap() <= 1e-6, "{result}");
