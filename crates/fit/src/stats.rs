@@ -279,6 +279,7 @@ impl PatchStats {
         if self.count < 2 {
             return Err((0, StatsError::TooFewImages(self.count)));
         }
+        warm_blas();
         let d = self.channels.len();
         let mut precisions: Vec<Vec<f64>> =
             positions.iter().map(|p| vec![0f64; self.n_patches * p.len() * p.len()]).collect();
@@ -406,6 +407,19 @@ fn merge_into(
         row.scaled_add(delta_i * weight, &delta);
     }
     mean.scaled_add(n_b / n, &delta);
+}
+
+/// Runs one matrix product through BLAS on every thread of the pool. OpenBLAS's Cholesky
+/// factorisation and inverse can round differently (in the last bit of a few entries) depending on
+/// whether its GEMM has run before in the process, which a fit that accumulates its statistics has
+/// done and a fit that resumes from saved partial statistics has not: warmed alike, both give the
+/// same models byte for byte.
+fn warm_blas() {
+    rayon::broadcast(|_| {
+        let a = Array2::<f64>::from_shape_fn((32, 176), |(r, c)| ((r * 7 + c * 3) % 13) as f64);
+        let mut product = Array2::<f64>::zeros((176, 176));
+        general_mat_mul(1.0, &a.t(), &a, 0.0, &mut product);
+    });
 }
 
 /// Fitted per-patch Gaussians of one channel subset.
