@@ -283,7 +283,8 @@ impl PatchStats {
         let d = self.channels.len();
         let mut precisions: Vec<Vec<f64>> =
             positions.iter().map(|p| vec![0f64; self.n_patches * p.len() * p.len()]).collect();
-        let mut shrinkages: Vec<Vec<f64>> = subsets.iter().map(|_| vec![0f64; self.n_patches]).collect();
+        // Patch-major: each patch's shrinkage of every subset.
+        let mut shrinkages = vec![0f64; self.n_patches * subsets.len()];
         // Per patch, its slice of every subset's output.
         let mut per_patch: Vec<Vec<&mut [f64]>> =
             (0..self.n_patches).map(|_| Vec::with_capacity(subsets.len())).collect();
@@ -296,14 +297,7 @@ impl PatchStats {
                 rest = tail;
             }
         }
-        // Per patch, its entry of every subset's shrinkages.
-        let mut shrink_per_patch: Vec<Vec<&mut f64>> =
-            (0..self.n_patches).map(|_| Vec::with_capacity(subsets.len())).collect();
-        for shrinkage in &mut shrinkages {
-            for (slot, value) in shrink_per_patch.iter_mut().zip(shrinkage.iter_mut()) {
-                slot.push(value);
-            }
-        }
+        let shrink_per_patch = shrinkages.par_chunks_mut(subsets.len().max(1));
         per_patch.into_par_iter().zip(shrink_per_patch).enumerate().try_for_each(|(patch, (outputs, shrinks))| {
             for (index, ((out, positions), shrink)) in outputs.into_iter().zip(&positions).zip(shrinks).enumerate() {
                 let k = positions.len();
@@ -327,8 +321,9 @@ impl PatchStats {
             .iter()
             .zip(positions)
             .zip(precisions)
-            .zip(shrinkages)
-            .map(|(((subset, positions), precision), shrinkage)| {
+            .enumerate()
+            .map(|(index, ((subset, positions), precision))| {
+                let shrinkage = shrinkages.iter().skip(index).step_by(subsets.len()).copied().collect();
                 let mut mean = Vec::with_capacity(self.n_patches * positions.len());
                 for patch in 0..self.n_patches {
                     mean.extend(positions.iter().map(|&p| self.mean[patch * d + p]));
