@@ -222,7 +222,7 @@ fn fit_matches_pytorch_on_real_embeddings() {
         let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
         eprintln!("score {subset}: {result}");
         assert_eq!(result["n"], 28);
-        for key in ["map", "mean", "max", "min"] {
+        for key in ["map", "mean", "max", "min", "top"] {
             assert!(result[key].as_f64().unwrap() <= 1e-4, "{subset} {key}: {result}");
         }
     }
@@ -299,7 +299,7 @@ fn run_all_stages_and_report() {
         serde_json::from_slice(&std::fs::read(run.join("report/metrics.json")).unwrap()).unwrap();
     assert_eq!(metrics["headline-model"], "r40");
     let models = metrics["models"].as_array().unwrap();
-    assert_eq!(models.len(), 4, "2 models x (mean, max)");
+    assert_eq!(models.len(), 6, "2 models x (mean, max, top)");
     let headline = models.iter().find(|m| m["model"] == "r40" && m["score"] == "mean").unwrap();
     assert_eq!(headline["calibration"]["normal"], 4);
     assert_eq!(headline["test"]["normal"].as_u64().unwrap() + headline["test"]["anomalous"].as_u64().unwrap(), 10);

@@ -18,7 +18,7 @@ fn sweep_experiments_equal_each_experiment_alone() {
         dir.path(),
         "sweep",
         "[fit]\nsubsets = []\n[sweep]\ncounts = [20, \"all\"]\nseeds = [0, 1]\nlayers = [\"1+2+3\", \"2+3\"]\n\
-         [report]\nmodel = \"all-l123\"\n",
+         [report]\nscore = \"auto\"\n",
     );
     let out = stdout(&padim(&["run", sweep.to_str().unwrap()]));
     assert!(out.contains("fit done: 10 training images, 6 model(s)"), "{out}");
@@ -44,10 +44,32 @@ fn sweep_experiments_equal_each_experiment_alone() {
     );
     assert!((pair["test-auroc-mean"].as_f64().unwrap() - (a + b) / 2.0).abs() < 1e-12);
     assert!((pair["test-auroc-std"].as_f64().unwrap() - (a - b).abs() / 2f64.sqrt()).abs() < 1e-12);
-    // The best experiment is the one with the highest calibration AUROC.
+    // Each experiment classifies with the score `auto` chose on calibration: the mean unless the
+    // bootstrap interval of another's AUROC difference lies above zero; its metrics are that score's.
+    for choice in metrics["choices"].as_array().unwrap() {
+        let e = experiment(choice["model"].as_str().unwrap());
+        let candidates = choice["candidates"].as_array().unwrap();
+        let clearly: Vec<&serde_json::Value> =
+            candidates.iter().filter(|c| c["interval"][0].as_f64().unwrap() > 0.0).collect();
+        let expected = clearly
+            .iter()
+            .max_by(|a, b| {
+                a["calibration-auroc"].as_f64().unwrap().total_cmp(&b["calibration-auroc"].as_f64().unwrap())
+            })
+            .map_or("mean", |c| c["score"].as_str().unwrap());
+        assert_eq!(choice["chosen"], expected, "{choice}");
+        assert_eq!(e["score"], expected);
+        // The candidates' AUROC (Mann-Whitney on raw scores) is the metrics' (ROC of normalised ones).
+        let chosen = candidates.iter().find(|c| c["score"] == expected).unwrap()["calibration-auroc"].as_f64().unwrap();
+        assert!((e["calibration-auroc"].as_f64().unwrap() - chosen).abs() < 1e-12, "{e} {choice}");
+        assert_eq!(e[format!("calibration-auroc-{expected}-score").as_str()], e["calibration-auroc"]);
+    }
+    // The best experiment is the one with the highest calibration AUROC, and the report's headline.
     let best = table["best"].as_str().unwrap();
     let top = ids.iter().map(|id| experiment(id)["calibration-auroc"].as_f64().unwrap()).fold(0f64, f64::max);
     assert_eq!(experiment(best)["calibration-auroc"].as_f64().unwrap(), top);
+    assert_eq!(metrics["headline-model"], best);
+    assert_eq!(metrics["headline-score"], experiment(best)["score"]);
     let rows = csv_rows(&dir.path().join("sweep/report/sweep.csv"));
     assert_eq!(rows.len(), 6);
     assert!(dir.path().join("sweep/report/sweep-auroc.png").is_file());
@@ -61,7 +83,7 @@ fn sweep_experiments_equal_each_experiment_alone() {
         let alone = write_job(dir.path(), &format!("alone-{id}"), &format!("[fit]\nsubsets = [{subset}]\n"));
         stdout(&padim(&["run", alone.to_str().unwrap()]));
         let metrics = csv_rows(&dir.path().join(format!("alone-{id}/report/metrics.csv")));
-        assert_eq!(metrics.len(), 4, "mean and max, calibration and test");
+        assert_eq!(metrics.len(), 6, "mean, max and top, calibration and test");
         for row in &metrics {
             let theirs = sweep_metrics
                 .iter()

@@ -41,7 +41,7 @@ pub struct BundleInfo {
     pub weights_location: String,
     pub preprocess: Preprocess,
     pub score_settings: ScoreSettings,
-    /// The image score that classifies: the smoothed map's mean or max.
+    /// The image score that classifies: the smoothed map's mean, max or top-fraction mean.
     pub score: ScoreKind,
     /// Raw scores are normalised as (s - lo) / (hi - lo), from the calibration split's maps.
     pub normalisation: [f64; 2],

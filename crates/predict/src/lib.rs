@@ -230,10 +230,11 @@ impl Predictor {
             .par_chunks(n_patches)
             .map(|map| {
                 let smooth = filter.apply(map);
-                let stats = MapStats::of(&smooth);
+                let stats = MapStats::of(&smooth, info.score_settings.top_fraction);
                 let raw = match info.score {
                     ScoreKind::Mean => stats.mean,
                     ScoreKind::Max => stats.max as f64,
+                    ScoreKind::Top => stats.top,
                 };
                 (raw, smooth)
             })

@@ -36,7 +36,6 @@ pub(crate) fn sweep_table(
             }
         }
     }
-    let kind = job.report.score.name();
     let metrics_of = |model: &str, score: &str| summary.models.iter().find(|m| m.model == model && m.score == score);
     // The test maps of every experiment, read in one pass over the maps files (for pixel AUROC).
     let mut maps = match &job.dataset.mask {
@@ -60,7 +59,7 @@ pub(crate) fn sweep_table(
             }
             _ => None,
         };
-        let headline = metrics_of(&spec.name, kind);
+        let headline = summary.chosen_of(&spec.name);
         let layers = spec.layers.as_ref().map(|l| l.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("+"));
         experiments.push(Experiment {
             id: spec.name.clone(),
@@ -68,10 +67,15 @@ pub(crate) fn sweep_table(
             count: spec.count,
             channels,
             seed: spec.count.map(|_| spec.seed),
+            score: headline.map(|m| m.score.clone()),
             calibration_auroc: headline.map(|m| m.calibration.auroc),
             test_auroc: headline.map(|m| m.test.auroc),
+            calibration_auroc_mean_score: metrics_of(&spec.name, "mean").map(|m| m.calibration.auroc),
+            calibration_auroc_max_score: metrics_of(&spec.name, "max").map(|m| m.calibration.auroc),
+            calibration_auroc_top_score: metrics_of(&spec.name, "top").map(|m| m.calibration.auroc),
             test_auroc_mean_score: metrics_of(&spec.name, "mean").map(|m| m.test.auroc),
             test_auroc_max_score: metrics_of(&spec.name, "max").map(|m| m.test.auroc),
+            test_auroc_top_score: metrics_of(&spec.name, "top").map(|m| m.test.auroc),
             accuracy: headline.map(|m| m.test.accuracy),
             f1: headline.map(|m| m.test.f1),
             pixel_auroc,

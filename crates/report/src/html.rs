@@ -2,9 +2,9 @@
 //! left out, then the pictures (embedded as base64 PNG data URLs: the page needs no other file), the
 //! sweep's table and, collapsed and sortable, every model's metrics.
 
-use crate::summary::{ModelMetrics, ReportSummary, SetMetrics};
+use crate::summary::{Candidate, ModelMetrics, ReportSummary, SetMetrics};
 use base64::Engine;
-use padim_core::config::{Job, ThresholdRule};
+use padim_core::config::{BEST_MODEL, Job, ScoreRule, ThresholdRule};
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -51,6 +51,48 @@ fn number(model: Option<&ModelMetrics>, metric: &str, text: String) -> String {
     format!("<b{entry} data-metric=\"{metric}\">{text}</b>")
 }
 
+/// How the headline model and its image score were chosen, with each score's calibration AUROC and
+/// the bootstrap interval of its difference to the mean's.
+fn choice_line(job: &Job, summary: &ReportSummary, h: &ModelMetrics) -> String {
+    let model = match job.report.model.as_deref() {
+        Some(name) if name != BEST_MODEL => "the job's <code>report.model</code>".to_string(),
+        _ => "the highest calibration AUROC of the models".to_string(),
+    };
+    let Some(choice) = summary.choices.iter().find(|c| c.model == h.model) else {
+        return String::new();
+    };
+    let how = match job.report.score {
+        ScoreRule::Auto => "<code>report.score = \"auto\"</code>: the mean unless another score's 95% bootstrap \
+                            interval of the calibration AUROC difference lies above zero"
+            .to_string(),
+        rule => format!("<code>report.score = \"{}\"</code>", rule.name()),
+    };
+    format!(
+        "<p>Chosen on the calibration split: the model by {model}; the {} score by {how}. Calibration AUROC per \
+         score: {}.</p>",
+        escape(&choice.chosen),
+        candidates_text(&choice.candidates)
+    )
+}
+
+/// `mean 0.9964; max 0.9962 (-0.0002, [-0.0031, 0.0025])`.
+fn candidates_text(candidates: &[Candidate]) -> String {
+    candidates
+        .iter()
+        .map(|c| {
+            if c.score == "mean" {
+                format!("{} {:.4}", c.score, c.calibration_auroc)
+            } else {
+                format!(
+                    "{} {:.4} ({:+.4}, [{:+.4}, {:+.4}])",
+                    c.score, c.calibration_auroc, c.difference, c.interval[0], c.interval[1]
+                )
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// The answer first: the headline model's threshold, test AUROC, accuracy and confusion counts, the
 /// best model by calibration AUROC when that is another, the pixel metrics, and what was left out.
 fn headline(job: &Job, summary: &ReportSummary) -> String {
@@ -78,18 +120,19 @@ fn headline(job: &Job, summary: &ReportSummary) -> String {
             count("test.confusion.tn", c.tn),
             count("test.confusion.fn", c.fn_),
         ));
-        // The best by calibration AUROC among the models of the same score, when that is another.
-        let best =
-            summary.models.iter().filter(|m| m.score == h.score).fold(None::<&ModelMetrics>, |best, m| match best {
-                Some(b) if b.calibration.auroc >= m.calibration.auroc => Some(b),
-                _ => Some(m),
-            });
-        if let Some(best) = best.filter(|b| b.model != h.model) {
+        html.push_str(&choice_line(job, summary, h));
+        // The best by calibration AUROC (each model with its chosen score), when that is another.
+        let best = summary.chosen().fold(None::<&ModelMetrics>, |best, m| match best {
+            Some(b) if b.calibration.auroc >= m.calibration.auroc => Some(b),
+            _ => Some(m),
+        });
+        if let Some(best) = best.filter(|b| b.model != h.model && b.calibration.auroc > h.calibration.auroc) {
             let n = |metric: &str, value: f64| number(Some(best), metric, format!("{value:.4}"));
             html.push_str(&format!(
-                "<p>Best by calibration AUROC: <b>{}</b> (calibration AUROC {}; test AUROC {}, accuracy {}); the \
-                 headline is the job's <code>report.model</code>.</p>",
+                "<p>Best by calibration AUROC: <b>{}</b>, {} score (calibration AUROC {}; test AUROC {}, accuracy {}); \
+                 the headline is the job's <code>report.model</code>.</p>",
                 escape(&best.model),
+                escape(&best.score),
                 n("calibration.auroc", best.calibration.auroc),
                 n("test.auroc", best.test.auroc),
                 n("test.accuracy", best.test.accuracy),
@@ -174,7 +217,7 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
              <div class=\"wide\"><table class=\"sortable\"><thead><tr><th>layers</th><th>channels</th><th>experiments</th>\
              <th>calibration AUROC</th><th>test AUROC</th><th>accuracy</th></tr></thead><tbody>",
             sweep.experiments.len(),
-            summary.headline_score,
+            job.report.score.name(),
             escape(sweep.best.as_deref().unwrap_or("none"))
         ));
         // A group of one experiment has no standard deviation: its value alone.
@@ -196,21 +239,25 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         html.push_str(
             "</tbody></table></div><details><summary>Every experiment</summary><div class=\"wide\">\
              <table class=\"sortable\"><thead><tr><th>experiment</th><th>layers</th><th>channels</th><th>seed</th>\
-             <th>calibration AUROC</th><th>test AUROC</th><th>test AUROC (mean score)</th><th>test AUROC (max score)</th>\
+             <th>score</th><th>calibration AUROC</th><th>test AUROC</th>\
+             <th>calibration AUROC mean / max / top</th><th>test AUROC mean / max / top</th>\
              <th>accuracy</th><th>F1</th><th>pixel AUROC</th><th>model MB</th><th>score CPU s</th></tr></thead><tbody>",
         );
         for e in &sweep.experiments {
             html.push_str(&format!(
                 "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td></tr>",
+                 <td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td></tr>",
                 escape(&e.id),
                 escape(&e.layers),
                 e.channels,
                 e.seed.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+                escape(e.score.as_deref().unwrap_or("-")),
                 cell(e.calibration_auroc),
                 cell(e.test_auroc),
-                cell(e.test_auroc_mean_score),
-                cell(e.test_auroc_max_score),
+                [e.calibration_auroc_mean_score, e.calibration_auroc_max_score, e.calibration_auroc_top_score]
+                    .map(cell)
+                    .join(" / "),
+                [e.test_auroc_mean_score, e.test_auroc_max_score, e.test_auroc_top_score].map(cell).join(" / "),
                 cell(e.accuracy),
                 cell(e.f1),
                 cell(e.pixel_auroc),
@@ -221,7 +268,7 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         html.push_str("</tbody></table></div></details>");
     }
     html.push_str(&format!(
-        "<h2>Every model</h2><details><summary>Metrics of {} model(s), both image scores, calibration and test \
+        "<h2>Every model</h2><details><summary>Metrics of {} model(s), every image score, calibration and test \
          (click a column to sort)</summary><div class=\"wide\"><table class=\"sortable\"><thead><tr><th>model</th>\
          <th>score</th><th>set</th><th>normal/anomalous</th><th>AUROC</th><th>AUPR</th><th>threshold</th>\
          <th>accuracy</th><th>precision</th><th>recall</th><th>specificity</th><th>F1</th>\
@@ -231,6 +278,20 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
     for m in &summary.models {
         html.push_str(&row(&m.model, &m.score, "calibration", m.threshold, &m.calibration));
         html.push_str(&row(&m.model, &m.score, "test", m.threshold, &m.test));
+    }
+    html.push_str("</tbody></table></div></details>");
+    html.push_str(
+        "<details><summary>Image score per model (chosen on the calibration split)</summary><div class=\"wide\">\
+         <table class=\"sortable\"><thead><tr><th>model</th><th>chosen</th>\
+         <th>calibration AUROC (difference to mean, 95% bootstrap interval)</th></tr></thead><tbody>",
+    );
+    for c in &summary.choices {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+            escape(&c.model),
+            escape(&c.chosen),
+            candidates_text(&c.candidates)
+        ));
     }
     html.push_str("</tbody></table></div></details>");
     for u in &summary.unusable {

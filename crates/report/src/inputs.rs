@@ -21,6 +21,7 @@ pub(crate) struct Scored {
     pub(crate) mean: f64,
     pub(crate) max: f64,
     pub(crate) min: f64,
+    pub(crate) top: f64,
 }
 
 impl Scored {
@@ -28,6 +29,7 @@ impl Scored {
         match kind {
             ScoreKind::Mean => self.mean,
             ScoreKind::Max => self.max,
+            ScoreKind::Top => self.top,
         }
     }
 }
@@ -174,13 +176,13 @@ pub(crate) fn group_by_model(df: &DataFrame) -> Result<BTreeMap<String, Vec<Scor
     let strings = |name: &str| -> Result<Vec<String>, ReportError> {
         Ok(df.column(name).map_err(&e)?.str().map_err(&e)?.iter().map(|v| v.unwrap_or_default().to_string()).collect())
     };
-    // `mean` is Float64, `max` and `min` Float32 in the score tables.
+    // `mean` and `top` are Float64, `max` and `min` Float32 in the score tables.
     let floats = |name: &str| -> Result<Vec<f64>, ReportError> {
         let column = df.column(name).map_err(&e)?.cast(&DataType::Float64).map_err(&e)?;
         Ok(column.f64().map_err(&e)?.iter().map(|v| v.unwrap_or(f64::NAN)).collect())
     };
     let (path, label, split, model) = (strings("path")?, strings("label")?, strings("split")?, strings("model")?);
-    let (mean, max, min) = (floats("mean")?, floats("max")?, floats("min")?);
+    let (mean, max, min, top) = (floats("mean")?, floats("max")?, floats("min")?, floats("top")?);
     let mut out: BTreeMap<String, Vec<Scored>> = BTreeMap::new();
     for (i, id) in image.iter().enumerate() {
         out.entry(model[i].clone()).or_default().push(Scored {
@@ -191,6 +193,7 @@ pub(crate) fn group_by_model(df: &DataFrame) -> Result<BTreeMap<String, Vec<Scor
             mean: mean[i],
             max: max[i],
             min: min[i],
+            top: top[i],
         });
     }
     Ok(out)

@@ -2,7 +2,8 @@
 //! evaluation on the test split (image and pixel level), pictures, tables and an HTML page.
 //!
 //! The stage ([`stage`]) reads its inputs ([`inputs`]), calibrates and evaluates every model and
-//! score ([`evaluate`], on [`metrics`]), measures pixels ([`pixels`]), writes the tables ([`tables`],
+//! score ([`evaluate`], on [`metrics`]), chooses each model's score and the headline model on the
+//! calibration split ([`choice`]), measures pixels ([`pixels`]), writes the tables ([`tables`],
 //! and for a sweep its decision table, [`decision`] with [`sweep`]'s frames and plot), draws the
 //! pictures ([`figures`], on [`pictures`]), renders the page ([`html`]) from the summary
 //! ([`summary`], `metrics.json`), and writes the bundle ([`bundle`]) and the run manifest
@@ -10,6 +11,7 @@
 //! on summary, the stage on all.
 
 pub mod bundle;
+pub mod choice;
 pub mod decision;
 pub mod error;
 pub mod evaluate;

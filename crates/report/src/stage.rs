@@ -6,10 +6,12 @@
 
 use crate::error::ReportError;
 use crate::evaluate::{evaluate, percentile};
-use crate::inputs::{Scored, group_by_model, image_rows, left_out, load_maps, load_scores, score_shards};
+use crate::inputs::{
+    Scored, group_by_model, image_rows, left_out, load_maps, load_scores, score_shards, stored_model_channels,
+};
 use crate::pixels::pixel_metrics;
-use crate::summary::{ReportSummary, Unusable};
-use padim_core::config::{Job, ScoreKind};
+use crate::summary::{ReportSummary, ScoreChoice, Unusable};
+use padim_core::config::{BEST_MODEL, Job, ScoreKind};
 use padim_core::{Progress, Shard};
 use padim_store::{DoneMarker, Store, layout};
 use std::collections::{BTreeMap, BTreeSet};
@@ -53,22 +55,29 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         });
     }
     let normal = &job.dataset.normal;
-    let headline_model = job.report.model.clone().unwrap_or_else(|| job.fit.subsets[0].name.clone());
-
-    if !by_model.contains_key(&headline_model) {
+    let named = job.report.model.clone().filter(|m| m != BEST_MODEL);
+    if let Some(model) = &named
+        && !by_model.contains_key(model)
+    {
         return Err(ReportError::Table {
             what: store.url_of(layout::score::DIR),
-            message: format!("no scores of model `{headline_model}` (report.model); run fit and score again"),
+            message: format!("no scores of model `{model}` (report.model); run fit and score again"),
         });
     }
-    // The headline model and score must calibrate; the others are reported as unusable if they cannot.
+    // Every model with every image score; those the calibration split cannot calibrate are reported
+    // as unusable (an error only for a model the job names with its fixed score).
     let mut models = Vec::new();
     let mut unusable = Vec::new();
+    let mut choices = Vec::new();
     for (model, rows) in &by_model {
-        for kind in [ScoreKind::Mean, ScoreKind::Max] {
+        let mut usable = Vec::new();
+        for kind in ScoreKind::ALL {
             match evaluate(model, rows, kind, job, normal) {
-                Ok(metrics) => models.push(metrics),
-                Err(error) if !(model == &headline_model && kind == job.report.score) => {
+                Ok(metrics) => {
+                    models.push(metrics);
+                    usable.push(kind);
+                }
+                Err(error) if !(named.as_ref() == Some(model) && Some(kind) == job.report.score.fixed()) => {
                     tracing::warn!(%error, "cannot calibrate");
                     unusable.push(Unusable {
                         model: model.clone(),
@@ -79,11 +88,40 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
                 Err(error) => return Err(error),
             }
         }
+        let candidates = crate::choice::candidates(rows, &usable, normal);
+        let chosen = crate::choice::choose(job.report.score, &candidates);
+        if usable.contains(&chosen) {
+            choices.push(ScoreChoice {
+                model: model.clone(),
+                rule: job.report.score.name().into(),
+                chosen: chosen.name().into(),
+                candidates,
+            });
+        }
     }
-    let headline =
-        models.iter().find(|m| m.model == headline_model && m.score == job.report.score.name()).cloned().ok_or_else(
-            || ReportError::Table { what: "scores".into(), message: format!("no model `{headline_model}`") },
-        )?;
+    let chosen_metrics = |model: &str| {
+        let choice = choices.iter().find(|c| c.model == model)?;
+        models.iter().find(|m| m.model == model && m.score == choice.chosen)
+    };
+    let headline = match &named {
+        Some(model) => chosen_metrics(model).cloned(),
+        None => {
+            let mut ranked = Vec::new();
+            for choice in &choices {
+                let (channels, _) = stored_model_channels(&store, &layout::fit::model(&choice.model))?;
+                ranked.extend(chosen_metrics(&choice.model).map(|m| (m, channels)));
+            }
+            crate::choice::best_model(ranked.into_iter()).cloned()
+        }
+    }
+    .ok_or_else(|| ReportError::Table {
+        what: store.url_of(layout::score::DIR),
+        message: match &named {
+            Some(model) => format!("model `{model}` (report.model) has no image score that calibrates"),
+            None => "no model has an image score that calibrates".into(),
+        },
+    })?;
+    let headline_model = headline.model.clone();
     let rows = &by_model[&headline_model];
     let calibration: Vec<&Scored> = rows.iter().filter(|r| r.split == "calibration").collect();
     let display_max = percentile(calibration.iter().map(|r| r.max).collect(), job.report.display_percentile);
@@ -103,7 +141,8 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         job: job.name.clone(),
         config_hash: hash.clone(),
         headline_model: headline_model.clone(),
-        headline_score: job.report.score.name().to_string(),
+        headline_score: headline.score.clone(),
+        choices,
         display_range: [0.0, display_max],
         models,
         unusable,

@@ -38,6 +38,30 @@ pub struct ModelMetrics {
     pub test: SetMetrics,
 }
 
+/// One image score of one model on the calibration split.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Candidate {
+    pub score: String,
+    pub calibration_auroc: f64,
+    /// Its calibration AUROC minus the mean score's.
+    pub difference: f64,
+    /// The 95% bootstrap interval of `difference`; `[0, 0]` for the mean itself.
+    pub interval: [f64; 2],
+}
+
+/// The image score a model classifies with, and why.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ScoreChoice {
+    pub model: String,
+    /// The job's `report.score`.
+    pub rule: String,
+    pub chosen: String,
+    /// Every score that calibrates, the recipe's mean first.
+    pub candidates: Vec<Candidate>,
+}
+
 /// Pixel-level metrics of the headline model on the test images that have masks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -89,6 +113,9 @@ pub struct ReportSummary {
     pub headline_score: String,
     pub display_range: [f64; 2],
     pub models: Vec<ModelMetrics>,
+    /// Per model, the image score it classifies with and the calibration evidence for it.
+    #[serde(default)]
+    pub choices: Vec<ScoreChoice>,
     /// Model and score combinations (other than the headline) that cannot be calibrated, and why.
     pub unusable: Vec<Unusable>,
     pub pixel: Option<PixelMetrics>,
@@ -106,5 +133,15 @@ impl ReportSummary {
     /// The headline model with the headline score.
     pub fn headline(&self) -> Option<&ModelMetrics> {
         self.models.iter().find(|m| m.model == self.headline_model && m.score == self.headline_score)
+    }
+
+    /// Each model's metrics with the image score it classifies with (see `choices`).
+    pub fn chosen(&self) -> impl Iterator<Item = &ModelMetrics> {
+        self.choices.iter().filter_map(|c| self.models.iter().find(|m| m.model == c.model && m.score == c.chosen))
+    }
+
+    /// `model`'s metrics with the image score it classifies with.
+    pub fn chosen_of(&self, model: &str) -> Option<&ModelMetrics> {
+        self.chosen().find(|m| m.model == model)
     }
 }

@@ -8,7 +8,8 @@ use plotters::prelude::*;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
 
-/// One experiment's numbers; metrics are of the job's image score (`report.score`) unless named.
+/// One experiment's numbers; metrics are of its chosen image score (`score`, by `report.score`)
+/// unless named.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Experiment {
@@ -20,11 +21,22 @@ pub struct Experiment {
     /// Channels the model uses.
     pub channels: usize,
     pub seed: Option<u64>,
-    /// `None` where the calibration split cannot calibrate the experiment (see `unusable`).
+    /// The image score it classifies with; `None` where the calibration split cannot calibrate the
+    /// experiment (see `unusable`), like the metrics.
+    #[serde(default)]
+    pub score: Option<String>,
     pub calibration_auroc: Option<f64>,
     pub test_auroc: Option<f64>,
+    #[serde(default)]
+    pub calibration_auroc_mean_score: Option<f64>,
+    #[serde(default)]
+    pub calibration_auroc_max_score: Option<f64>,
+    #[serde(default)]
+    pub calibration_auroc_top_score: Option<f64>,
     pub test_auroc_mean_score: Option<f64>,
     pub test_auroc_max_score: Option<f64>,
+    #[serde(default)]
+    pub test_auroc_top_score: Option<f64>,
     /// At the threshold calibrated on the calibration split.
     pub accuracy: Option<f64>,
     pub f1: Option<f64>,
@@ -68,10 +80,15 @@ pub fn experiments_frame(experiments: &[Experiment]) -> PolarsResult<DataFrame> 
         "count" => experiments.iter().map(|e| e.count.map(|c| c as u32)).collect::<Vec<_>>(),
         "channels" => experiments.iter().map(|e| e.channels as u32).collect::<Vec<_>>(),
         "seed" => experiments.iter().map(|e| e.seed).collect::<Vec<_>>(),
+        "score" => experiments.iter().map(|e| e.score.as_deref()).collect::<Vec<_>>(),
         "calibration_auroc" => experiments.iter().map(|e| e.calibration_auroc).collect::<Vec<_>>(),
         "test_auroc" => experiments.iter().map(|e| e.test_auroc).collect::<Vec<_>>(),
+        "calibration_auroc_mean_score" => experiments.iter().map(|e| e.calibration_auroc_mean_score).collect::<Vec<_>>(),
+        "calibration_auroc_max_score" => experiments.iter().map(|e| e.calibration_auroc_max_score).collect::<Vec<_>>(),
+        "calibration_auroc_top_score" => experiments.iter().map(|e| e.calibration_auroc_top_score).collect::<Vec<_>>(),
         "test_auroc_mean_score" => experiments.iter().map(|e| e.test_auroc_mean_score).collect::<Vec<_>>(),
         "test_auroc_max_score" => experiments.iter().map(|e| e.test_auroc_max_score).collect::<Vec<_>>(),
+        "test_auroc_top_score" => experiments.iter().map(|e| e.test_auroc_top_score).collect::<Vec<_>>(),
         "accuracy" => experiments.iter().map(|e| e.accuracy).collect::<Vec<_>>(),
         "f1" => experiments.iter().map(|e| e.f1).collect::<Vec<_>>(),
         "pixel_auroc" => experiments.iter().map(|e| e.pixel_auroc).collect::<Vec<_>>(),
@@ -209,10 +226,15 @@ mod tests {
             count: Some(channels),
             channels,
             seed: Some(seed),
+            score: Some("mean".into()),
             calibration_auroc: Some(cal),
             test_auroc: Some(test),
+            calibration_auroc_mean_score: Some(cal),
+            calibration_auroc_max_score: None,
+            calibration_auroc_top_score: None,
             test_auroc_mean_score: Some(test),
             test_auroc_max_score: None,
+            test_auroc_top_score: None,
             accuracy: Some(test - 0.1),
             f1: None,
             pixel_auroc: None,

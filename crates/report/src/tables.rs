@@ -38,28 +38,32 @@ pub(crate) fn write_tables(
     summary: &ReportSummary,
     job: &Job,
 ) -> Result<Vec<String>, ReportError> {
-    let kind = job.report.score;
-    // One row per image and calibrated model: (model, row, normalisation, threshold).
-    let rows: Vec<(&str, &Scored, [f64; 2], f64)> = summary
-        .models
-        .iter()
-        .filter(|m| m.score == kind.name())
-        .flat_map(|m| by_model[&m.model].iter().map(move |r| (m.model.as_str(), r, m.normalisation, m.threshold)))
+    // One row per image and calibrated model, with the model's chosen score:
+    // (model, row, normalisation, threshold, score).
+    let kind_of = |m: &ModelMetrics| ScoreKind::from_name(&m.score).unwrap_or(ScoreKind::Mean);
+    let rows: Vec<(&str, &Scored, [f64; 2], f64, ScoreKind)> = summary
+        .chosen()
+        .flat_map(|m| {
+            by_model[&m.model].iter().map(move |r| (m.model.as_str(), r, m.normalisation, m.threshold, kind_of(m)))
+        })
         .collect();
     let normalised = |v: f64, [lo, hi]: [f64; 2]| (v - lo) / (hi - lo);
     let mut scores = df!(
-        "image" => rows.iter().map(|(_, r, _, _)| r.image).collect::<Vec<u32>>(),
-        "path" => rows.iter().map(|(_, r, _, _)| r.path.as_str()).collect::<Vec<&str>>(),
-        "label" => rows.iter().map(|(_, r, _, _)| r.label.as_str()).collect::<Vec<&str>>(),
-        "split" => rows.iter().map(|(_, r, _, _)| r.split.as_str()).collect::<Vec<&str>>(),
-        "model" => rows.iter().map(|(m, _, _, _)| *m).collect::<Vec<&str>>(),
-        "mean" => rows.iter().map(|(_, r, _, _)| r.mean).collect::<Vec<f64>>(),
-        "max" => rows.iter().map(|(_, r, _, _)| r.max).collect::<Vec<f64>>(),
-        "min" => rows.iter().map(|(_, r, _, _)| r.min).collect::<Vec<f64>>(),
-        "mean_normalised" => rows.iter().map(|(_, r, n, _)| normalised(r.mean, *n)).collect::<Vec<f64>>(),
-        "max_normalised" => rows.iter().map(|(_, r, n, _)| normalised(r.max, *n)).collect::<Vec<f64>>(),
+        "image" => rows.iter().map(|(_, r, _, _, _)| r.image).collect::<Vec<u32>>(),
+        "path" => rows.iter().map(|(_, r, _, _, _)| r.path.as_str()).collect::<Vec<&str>>(),
+        "label" => rows.iter().map(|(_, r, _, _, _)| r.label.as_str()).collect::<Vec<&str>>(),
+        "split" => rows.iter().map(|(_, r, _, _, _)| r.split.as_str()).collect::<Vec<&str>>(),
+        "model" => rows.iter().map(|(m, _, _, _, _)| *m).collect::<Vec<&str>>(),
+        "mean" => rows.iter().map(|(_, r, _, _, _)| r.mean).collect::<Vec<f64>>(),
+        "max" => rows.iter().map(|(_, r, _, _, _)| r.max).collect::<Vec<f64>>(),
+        "min" => rows.iter().map(|(_, r, _, _, _)| r.min).collect::<Vec<f64>>(),
+        "top" => rows.iter().map(|(_, r, _, _, _)| r.top).collect::<Vec<f64>>(),
+        "mean_normalised" => rows.iter().map(|(_, r, n, _, _)| normalised(r.mean, *n)).collect::<Vec<f64>>(),
+        "max_normalised" => rows.iter().map(|(_, r, n, _, _)| normalised(r.max, *n)).collect::<Vec<f64>>(),
+        "top_normalised" => rows.iter().map(|(_, r, n, _, _)| normalised(r.top, *n)).collect::<Vec<f64>>(),
+        "score" => rows.iter().map(|(_, _, _, _, k)| k.name()).collect::<Vec<&str>>(),
         "anomalous_predicted" =>
-            rows.iter().map(|(_, r, n, t)| normalised(r.score(kind), *n) >= *t).collect::<Vec<bool>>(),
+            rows.iter().map(|(_, r, n, t, k)| normalised(r.score(*k), *n) >= *t).collect::<Vec<bool>>(),
     )
     .map_err(table_error("report scores"))?;
     let mut keys = put_table(store, "scores", &mut scores)?;
@@ -92,7 +96,7 @@ pub(crate) fn write_tables(
     // Every ROC point of every model, score and set.
     let mut points: Vec<(&str, &str, &str, f64, f64, f64)> = Vec::new();
     for m in &summary.models {
-        let kind = if m.score == "mean" { ScoreKind::Mean } else { ScoreKind::Max };
+        let kind = kind_of(m);
         for set in ["calibration", "test"] {
             let (scores, truth) = split_scores(&by_model[&m.model], set, kind, m.normalisation, &job.dataset.normal);
             let roc =

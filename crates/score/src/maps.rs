@@ -189,21 +189,41 @@ impl MapFilter {
     }
 }
 
-/// Mean, max and min of a map.
+/// Mean, max, min and top-fraction mean of a map.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct MapStats {
     pub mean: f64,
     pub max: f32,
     pub min: f32,
+    /// The mean of the `ceil(fraction x len)` highest values (at least one).
+    pub top: f64,
 }
 
 impl MapStats {
-    pub fn of(map: &[f32]) -> MapStats {
+    /// The statistics of `map`, with `top` over its highest `top_fraction` (in (0, 1]).
+    pub fn of(map: &[f32], top_fraction: f64) -> MapStats {
         let mean = map.iter().map(|&v| v as f64).sum::<f64>() / map.len().max(1) as f64;
         let max = map.iter().copied().fold(f32::NEG_INFINITY, f32::max);
         let min = map.iter().copied().fold(f32::INFINITY, f32::min);
-        MapStats { mean, max, min }
+        MapStats { mean, max, min, top: top_mean(map, top_fraction) }
     }
+}
+
+/// How many values the top fraction of `len` values holds: `ceil(fraction x len)`, at least one.
+pub fn top_count(len: usize, fraction: f64) -> usize {
+    ((fraction * len as f64).ceil() as usize).clamp(1, len.max(1))
+}
+
+/// The mean of the highest `fraction` of `values` (see [`top_count`]); NaN when empty.
+pub fn top_mean(values: &[f32], fraction: f64) -> f64 {
+    if values.is_empty() {
+        return f64::NAN;
+    }
+    let k = top_count(values.len(), fraction);
+    let nth = values.len() - k;
+    let mut scratch = values.to_vec();
+    scratch.select_nth_unstable_by(nth, f32::total_cmp);
+    scratch[nth..].iter().map(|&v| v as f64).sum::<f64>() / k as f64
 }
 
 #[cfg(test)]
@@ -261,6 +281,24 @@ mod tests {
             let out = MapFilter::new(5, 6, 20, 24, 4.0, 33).apply(&values);
             let (lo, hi) = values.iter().fold((f32::MAX, f32::MIN), |(l, h), &v| (l.min(v), h.max(v)));
             prop_assert!(out.iter().all(|&v| v >= lo - 1e-4 && v <= hi + 1e-4));
+        }
+
+        /// The top-fraction mean is the mean of the sorted map's last ceil(q n) values; it lies
+        /// between the mean and the max, is the max for one value and the mean for the whole map.
+        #[test]
+        fn top_mean_is_the_mean_of_the_highest_values(
+            values in proptest::collection::vec(-10f32..10.0, 1..200),
+            fraction in 0.0001f64..1.0,
+        ) {
+            let mut sorted = values.clone();
+            sorted.sort_by(f32::total_cmp);
+            let k = ((fraction * values.len() as f64).ceil() as usize).max(1);
+            let reference = sorted[values.len() - k..].iter().map(|&v| v as f64).sum::<f64>() / k as f64;
+            let stats = MapStats::of(&values, fraction);
+            prop_assert!((stats.top - reference).abs() < 1e-9, "{} vs {}", stats.top, reference);
+            prop_assert!(stats.top <= stats.max as f64 + 1e-9 && stats.top >= stats.mean - 1e-9);
+            prop_assert_eq!(MapStats::of(&values, 1e-9).top, stats.max as f64);
+            prop_assert!((MapStats::of(&values, 1.0).top - stats.mean).abs() < 1e-9);
         }
     }
 }

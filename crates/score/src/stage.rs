@@ -222,7 +222,7 @@ pub fn run_score(
                     .into_par_iter()
                     .map(|map| {
                         let clock = Instant::now();
-                        let stats = MapStats::of(&filter.apply(map));
+                        let stats = MapStats::of(&filter.apply(map), job.score.top_fraction);
                         (stats, clock.elapsed())
                     })
                     .collect();
@@ -242,6 +242,7 @@ pub fn run_score(
                             mean: stats.mean,
                             max: stats.max,
                             min: stats.min,
+                            top: stats.top,
                         });
                         spill_map(&mut spills[at + m], map).map_err(spill_error)?;
                     }

@@ -1,7 +1,8 @@
 //! The score tables: image scores per model, and the raw anomaly maps at grid resolution.
 //!
 //! Scores: `image` (UInt32), `label` (Utf8), `split` (Utf8, nullable), `model` (Utf8), `mean`
-//! (Float64), `max`, `min` (Float32): statistics of the resized, smoothed map.
+//! (Float64), `max`, `min` (Float32), `top` (Float64, the mean of the map's highest
+//! `score.top-fraction`): statistics of the resized, smoothed map.
 //! Maps: `image` (UInt32), `model` (Utf8), `map` (`List<Float32>`, row-major `grid-height x grid-width`
 //! Mahalanobis distances, before resizing and smoothing), with footer metadata `padim.grid` = `HxW`.
 
@@ -24,6 +25,7 @@ pub struct ScoreRow {
     pub mean: f64,
     pub max: f32,
     pub min: f32,
+    pub top: f64,
 }
 
 /// One image's raw map under one model.
@@ -49,6 +51,7 @@ pub fn write_scores(store: &Store, key: &str, rows: &[ScoreRow]) -> Result<(), S
         Field::new("mean", DataType::Float64, false),
         Field::new("max", DataType::Float32, false),
         Field::new("min", DataType::Float32, false),
+        Field::new("top", DataType::Float64, false),
     ]);
     let columns: Vec<ArrayRef> = vec![
         Arc::new(UInt32Array::from_iter_values(rows.iter().map(|r| r.image))),
@@ -58,6 +61,7 @@ pub fn write_scores(store: &Store, key: &str, rows: &[ScoreRow]) -> Result<(), S
         Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.mean))),
         Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.max))),
         Arc::new(Float32Array::from_iter_values(rows.iter().map(|r| r.min))),
+        Arc::new(Float64Array::from_iter_values(rows.iter().map(|r| r.top))),
     ];
     put_table(store, key, &batch(store.url_of(key), schema, columns)?)
 }
@@ -152,6 +156,7 @@ pub fn read_scores(store: &Store, key: &str) -> Result<Vec<ScoreRow>, StoreError
         let mean = column!("mean", Float64Array);
         let max = column!("max", Float32Array);
         let min = column!("min", Float32Array);
+        let top = column!("top", Float64Array);
         for i in 0..batch.num_rows() {
             rows.push(ScoreRow {
                 image: image.value(i),
@@ -161,6 +166,7 @@ pub fn read_scores(store: &Store, key: &str) -> Result<Vec<ScoreRow>, StoreError
                 mean: mean.value(i),
                 max: max.value(i),
                 min: min.value(i),
+                top: top.value(i),
             });
         }
     }
@@ -198,7 +204,16 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().display().to_string()).unwrap();
         let scores = vec![
-            ScoreRow { image: 3, label: "ok".into(), split: None, model: "m".into(), mean: 1.5, max: 2.0, min: 0.5 },
+            ScoreRow {
+                image: 3,
+                label: "ok".into(),
+                split: None,
+                model: "m".into(),
+                mean: 1.5,
+                max: 2.0,
+                min: 0.5,
+                top: 1.9,
+            },
             ScoreRow {
                 image: 4,
                 label: "bad".into(),
@@ -207,6 +222,7 @@ mod tests {
                 mean: 9.0,
                 max: 9.5,
                 min: 8.0,
+                top: 9.25,
             },
         ];
         write_scores(&store, "s.parquet", &scores).unwrap();

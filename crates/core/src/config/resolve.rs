@@ -130,6 +130,9 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
     if score.batch_images == 0 {
         return Err(invalid(path, "score.batch-images", "must be at least 1"));
     }
+    if !(score.top_fraction > 0.0 && score.top_fraction <= 1.0) {
+        return Err(invalid(path, "score.top-fraction", "must be in (0, 1]"));
+    }
     if score.memory_budget_gib.is_nan() || score.memory_budget_gib <= 0.0 {
         return Err(invalid(path, "score.memory-budget-gib", "must be positive"));
     }
@@ -161,9 +164,21 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
         return Err(invalid(path, "report.display-percentile", "must be in (0, 100]"));
     }
     if let Some(model) = &report.model
+        && model != BEST_MODEL
         && !fit.subsets.iter().any(|s| &s.name == model)
     {
-        return Err(invalid(path, "report.model", format!("names no subset of `fit.subsets` (`{model}`)")));
+        return Err(invalid(
+            path,
+            "report.model",
+            format!("names no subset of `fit.subsets` (`{model}`); name one, or \"{BEST_MODEL}\""),
+        ));
+    }
+    if fit.subsets.iter().any(|s| s.name == BEST_MODEL) {
+        return Err(invalid(
+            path,
+            "fit.subsets",
+            format!("the name `{BEST_MODEL}` is kept for report.model's choice; rename that subset"),
+        ));
     }
 
     Ok(Job {

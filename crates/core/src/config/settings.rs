@@ -367,11 +367,14 @@ pub struct ScoreSettings {
     /// The models held in memory at once; a larger set (a sweep's) is scored in several passes over
     /// the embeddings, with the same results. Not part of the score's identity.
     pub memory_budget_gib: f64,
+    /// The `top` image score: the mean of this fraction of the smoothed map's highest values
+    /// (at least one value).
+    pub top_fraction: f64,
 }
 
 impl Default for ScoreSettings {
     fn default() -> Self {
-        ScoreSettings { sigma: 4.0, kernel_size: 33, batch_images: 32, memory_budget_gib: 8.0 }
+        ScoreSettings { sigma: 4.0, kernel_size: 33, batch_images: 32, memory_budget_gib: 8.0, top_fraction: 0.01 }
     }
 }
 
@@ -409,24 +412,71 @@ impl SplitSettings {
     }
 }
 
-/// Which image score classifies.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// An image score: a statistic of the smoothed anomaly map.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ScoreKind {
     /// The mean of the smoothed map (the recipe's choice).
     Mean,
     /// Its maximum.
     Max,
+    /// The mean of its highest `score.top-fraction` of values.
+    Top,
 }
 
 impl ScoreKind {
+    /// Every image score, the recipe's first.
+    pub const ALL: [ScoreKind; 3] = [ScoreKind::Mean, ScoreKind::Max, ScoreKind::Top];
+
     pub fn name(self) -> &'static str {
         match self {
             ScoreKind::Mean => "mean",
             ScoreKind::Max => "max",
+            ScoreKind::Top => "top",
+        }
+    }
+
+    /// The score named `name` (as [`name`](Self::name) spells it).
+    pub fn from_name(name: &str) -> Option<ScoreKind> {
+        ScoreKind::ALL.into_iter().find(|k| k.name() == name)
+    }
+}
+
+/// Which image score classifies: one, or the one the calibration split picks per model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ScoreRule {
+    Mean,
+    Max,
+    Top,
+    /// Per model, the recipe's `mean` unless `max` or `top` has a clearly higher calibration AUROC
+    /// (the bootstrap interval of the difference lies above zero).
+    Auto,
+}
+
+impl ScoreRule {
+    pub fn name(self) -> &'static str {
+        match self {
+            ScoreRule::Auto => "auto",
+            ScoreRule::Mean => "mean",
+            ScoreRule::Max => "max",
+            ScoreRule::Top => "top",
+        }
+    }
+
+    /// The fixed score of this rule; `None` for `auto`.
+    pub fn fixed(self) -> Option<ScoreKind> {
+        match self {
+            ScoreRule::Mean => Some(ScoreKind::Mean),
+            ScoreRule::Max => Some(ScoreKind::Max),
+            ScoreRule::Top => Some(ScoreKind::Top),
+            ScoreRule::Auto => None,
         }
     }
 }
+
+/// The name `report.model` takes for the model with the best calibration AUROC (also its default).
+pub const BEST_MODEL: &str = "best";
 
 /// How the calibration set chooses the threshold.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -447,12 +497,13 @@ pub enum ThresholdRule {
 #[serde(deny_unknown_fields, default, rename_all = "kebab-case")]
 pub struct ReportSettings {
     /// The image score that classifies.
-    pub score: ScoreKind,
+    pub score: ScoreRule,
     /// How the calibration set picks the threshold.
     pub threshold: ThresholdRule,
     /// With `threshold = "fpr"` or `"fnr"`: the rate to stay within.
     pub target_rate: f64,
-    /// The model (subset name) of the pictures and of the headline numbers; default the first.
+    /// The model (subset name) of the pictures and of the headline numbers; default (and
+    /// `"best"`) the one with the highest calibration AUROC.
     pub model: Option<String>,
     /// Heatmaps share one display range: 0 to this percentile of the calibration images' maxima.
     pub display_percentile: f64,
@@ -467,7 +518,7 @@ pub struct ReportSettings {
 impl Default for ReportSettings {
     fn default() -> Self {
         ReportSettings {
-            score: ScoreKind::Mean,
+            score: ScoreRule::Mean,
             threshold: ThresholdRule::Youden,
             target_rate: 0.05,
             model: None,

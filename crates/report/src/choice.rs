@@ -1,0 +1,181 @@
+//! Choices made on the calibration split only: per model the image score (`report.score`, with
+//! `auto` keeping the recipe's mean unless another score is clearly better), and the headline model
+//! (`report.model = "best"`: the highest calibration AUROC).
+//!
+//! "Clearly better" is a stratified bootstrap of the calibration images: normal and anomalous
+//! images are resampled separately (their counts fixed), every score's AUROC is computed on the same
+//! resample, and the 95% percentile interval of the AUROC difference to the mean score must lie
+//! above zero. A calibration split of 100 + 100 images can rank rules by chance; the interval says
+//! how sure each choice is.
+
+use crate::inputs::Scored;
+use crate::summary::{Candidate, ModelMetrics};
+use padim_core::config::{ScoreKind, ScoreRule};
+use rand::{Rng, SeedableRng};
+
+/// Bootstrap resamples of the calibration split per model.
+pub const RESAMPLES: usize = 2000;
+/// The interval's coverage.
+pub const CONFIDENCE: f64 = 0.95;
+/// The bootstrap stream's seed (fixed: the same scores give the same choice).
+const SEED: u64 = 0;
+
+/// AUROC by the Mann-Whitney statistic (ties count a half): the probability that an anomalous
+/// image scores above a normal one.
+pub fn auroc(anomalous: &[f64], normal: &[f64]) -> f64 {
+    let mut all: Vec<(f64, bool)> =
+        anomalous.iter().map(|&s| (s, true)).chain(normal.iter().map(|&s| (s, false))).collect();
+    all.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Sum of the anomalous images' mid-ranks (1-based).
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < all.len() {
+        let mut j = i;
+        while j < all.len() && all[j].0 == all[i].0 {
+            j += 1;
+        }
+        let mid = (i + j + 1) as f64 / 2.0;
+        rank_sum += mid * all[i..j].iter().filter(|(_, a)| *a).count() as f64;
+        i = j;
+    }
+    let (p, n) = (anomalous.len() as f64, normal.len() as f64);
+    (rank_sum - p * (p + 1.0) / 2.0) / (p * n)
+}
+
+/// The `[low, high]` percentile interval of `values` at [`CONFIDENCE`].
+fn interval(values: Vec<f64>) -> [f64; 2] {
+    let tail = (1.0 - CONFIDENCE) / 2.0 * 100.0;
+    [crate::evaluate::percentile(values.clone(), tail), crate::evaluate::percentile(values, 100.0 - tail)]
+}
+
+/// The candidates of one model: every score in `kinds` (those that calibrate; the mean first) with
+/// its calibration AUROC and the bootstrap interval of its difference to the mean's.
+pub(crate) fn candidates(rows: &[Scored], kinds: &[ScoreKind], normal: &[String]) -> Vec<Candidate> {
+    let calibration: Vec<&Scored> = rows.iter().filter(|r| r.split == "calibration").collect();
+    let (bad, good): (Vec<&Scored>, Vec<&Scored>) = calibration.into_iter().partition(|r| !normal.contains(&r.label));
+    let values = |set: &[&Scored], kind: ScoreKind| set.iter().map(|r| r.score(kind)).collect::<Vec<f64>>();
+    let full = |kind: ScoreKind| auroc(&values(&bad, kind), &values(&good, kind));
+    let base = full(ScoreKind::Mean);
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(SEED);
+    let mut differences: Vec<Vec<f64>> = vec![Vec::with_capacity(RESAMPLES); kinds.len()];
+    if !bad.is_empty() && !good.is_empty() {
+        for _ in 0..RESAMPLES {
+            let b: Vec<&Scored> = (0..bad.len()).map(|_| bad[rng.random_range(0..bad.len())]).collect();
+            let g: Vec<&Scored> = (0..good.len()).map(|_| good[rng.random_range(0..good.len())]).collect();
+            let mean = auroc(&values(&b, ScoreKind::Mean), &values(&g, ScoreKind::Mean));
+            for (kind, out) in kinds.iter().zip(&mut differences) {
+                out.push(auroc(&values(&b, *kind), &values(&g, *kind)) - mean);
+            }
+        }
+    }
+    kinds
+        .iter()
+        .zip(differences)
+        .map(|(&kind, differences)| {
+            let auc = full(kind);
+            Candidate {
+                score: kind.name().into(),
+                calibration_auroc: auc,
+                difference: auc - base,
+                interval: if kind == ScoreKind::Mean || differences.is_empty() {
+                    [0.0, 0.0]
+                } else {
+                    interval(differences)
+                },
+            }
+        })
+        .collect()
+}
+
+/// The score a model classifies with under `rule`: the fixed one, or for `auto` the candidate with
+/// the highest calibration AUROC among those clearly better than the mean (interval above zero),
+/// else the mean (else, where the mean cannot calibrate, the candidate with the highest AUROC).
+pub fn choose(rule: ScoreRule, candidates: &[Candidate]) -> ScoreKind {
+    if let Some(kind) = rule.fixed() {
+        return kind;
+    }
+    let highest = |c: &mut dyn Iterator<Item = &Candidate>| {
+        c.max_by(|a, b| a.calibration_auroc.total_cmp(&b.calibration_auroc))
+            .and_then(|c| ScoreKind::from_name(&c.score))
+    };
+    let mean = candidates.iter().any(|c| c.score == ScoreKind::Mean.name());
+    highest(&mut candidates.iter().filter(|c| c.interval[0] > 0.0))
+        .or(mean.then_some(ScoreKind::Mean))
+        .or_else(|| highest(&mut candidates.iter()))
+        .unwrap_or(ScoreKind::Mean)
+}
+
+/// The best model by calibration AUROC (each with its chosen score); ties go to fewer channels,
+/// then to the earlier name.
+pub fn best_model<'a>(chosen: impl Iterator<Item = (&'a ModelMetrics, usize)>) -> Option<&'a ModelMetrics> {
+    chosen
+        .max_by(|(a, ca), (b, cb)| {
+            a.calibration.auroc.total_cmp(&b.calibration.auroc).then(cb.cmp(ca)).then(b.model.cmp(&a.model))
+        })
+        .map(|(m, _)| m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::metrics::Roc;
+
+    fn scored(label: &str, mean: f64, max: f64, top: f64) -> Scored {
+        Scored {
+            image: 0,
+            path: String::new(),
+            label: label.into(),
+            split: "calibration".into(),
+            mean,
+            max,
+            min: 0.0,
+            top,
+        }
+    }
+
+    #[test]
+    fn auroc_equals_the_roc_curve_area_with_ties() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        for _ in 0..50 {
+            let n = rng.random_range(2..60);
+            // Few distinct values: many ties, within and across the classes.
+            let scores: Vec<f64> = (0..n).map(|_| rng.random_range(0..6) as f64).collect();
+            let mut truth: Vec<bool> = (0..n).map(|_| rng.random_bool(0.5)).collect();
+            truth[0] = true;
+            truth[1] = false;
+            let roc = Roc::new(&scores, &truth, "t").unwrap();
+            let of = |class: bool| scores.iter().zip(&truth).filter(|(_, t)| **t == class).map(|(s, _)| *s).collect();
+            let (bad, good): (Vec<f64>, Vec<f64>) = (of(true), of(false));
+            let a = auroc(&bad, &good);
+            assert!((a - roc.auc()).abs() < 1e-12, "{a} vs {}", roc.auc());
+        }
+    }
+
+    #[test]
+    fn auto_keeps_the_mean_unless_another_score_is_clearly_better() {
+        let normal = vec!["ok".to_string()];
+        // max separates perfectly, mean at chance (AUROC 0.5), top ranked apart from the mean and
+        // barely better (0.53).
+        let mut rows = Vec::new();
+        for i in 0..100 {
+            let (rank, other) = (i as f64 / 100.0, (i * 37 % 100) as f64 / 100.0);
+            rows.push(scored("ok", rank, rank, other));
+            rows.push(scored("bad", rank, 1.0 + rank, other + 0.03));
+        }
+        let kinds = ScoreKind::ALL;
+        let c = candidates(&rows, &kinds, &normal);
+        assert_eq!(c.iter().map(|c| c.score.as_str()).collect::<Vec<_>>(), ["mean", "max", "top"]);
+        assert_eq!(c[0].interval, [0.0, 0.0]);
+        assert_eq!(c[1].calibration_auroc, 1.0);
+        assert!(c[1].interval[0] > 0.3, "{:?}", c[1]);
+        assert!(c[1].interval[0] <= c[1].difference && c[1].difference <= c[1].interval[1]);
+        assert_eq!(choose(ScoreRule::Auto, &c), ScoreKind::Max);
+        assert_eq!(choose(ScoreRule::Top, &c), ScoreKind::Top);
+        // Without max, top's small and uncertain gain does not displace the mean.
+        let c = candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal);
+        assert!(c[1].difference > 0.0 && c[1].interval[0] <= 0.0 && c[1].interval[1] > 0.0, "{:?}", c[1]);
+        assert_eq!(choose(ScoreRule::Auto, &c), ScoreKind::Mean);
+        // The same scores give the same intervals.
+        assert_eq!(c, candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal));
+    }
+}
