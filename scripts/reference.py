@@ -21,7 +21,10 @@ NORMALIZATION = {
     "resnet18": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     "wide-resnet50-2": ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
     "efficientnet-lite0": ([127.0 / 255.0] * 3, [128.0 / 255.0] * 3),
+    "efficientnet-lite1": ([127.0 / 255.0] * 3, [128.0 / 255.0] * 3),
+    "efficientnet-lite2": ([127.0 / 255.0] * 3, [128.0 / 255.0] * 3),
 }
+
 
 
 def load_model(backbone, weights):
@@ -31,7 +34,8 @@ def load_model(backbone, weights):
 
 
 def trunk(model, backbone, x, tap):
-    """The three PaDiM feature maps: ResNet layer1..3, EfficientNet-Lite0 blocks 2, 4, 10."""
+    """The three PaDiM feature maps: ResNet layer1..3; for an EfficientNet-Lite, the last block at
+    strides 4, 8 and 16 (the block before each of the 2nd, 3rd and 4th downsampling blocks)."""
     outs = []
 
     def run(module, hooked, x, **kwargs):
@@ -47,9 +51,11 @@ def trunk(model, backbone, x, tap):
         return y
 
     if backbone.startswith("efficientnet"):
+        downsampling = [i for i, block in enumerate(model._blocks) if block._depthwise_conv.stride[0] == 2]
+        taps = [i - 1 for i in downsampling[1:4]]
         x = model._swish(model._bn0(model._conv_stem(x)))
-        for index, block in enumerate(model._blocks[:11]):
-            if index in (2, 4, 10):
+        for index, block in enumerate(model._blocks[: taps[-1] + 1]):
+            if index in taps:
                 x = run(block, block._bn2, x)
             else:
                 x = block(x)

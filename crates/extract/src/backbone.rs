@@ -43,7 +43,13 @@ impl Backbone {
                 Network::ResNet(ResNet::new(&mut file, ResNetSpec::WIDE_RESNET50_2, channels_last))
             }
             BackboneKind::EfficientnetLite0 => {
-                Network::EfficientNetLite(EfficientNetLite::lite0(&mut file, channels_last))
+                Network::EfficientNetLite(EfficientNetLite::new(&mut file, LiteScaling::LITE0, channels_last))
+            }
+            BackboneKind::EfficientnetLite1 => {
+                Network::EfficientNetLite(EfficientNetLite::new(&mut file, LiteScaling::LITE1, channels_last))
+            }
+            BackboneKind::EfficientnetLite2 => {
+                Network::EfficientNetLite(EfficientNetLite::new(&mut file, LiteScaling::LITE2, channels_last))
             }
         };
         file.finish(kind.name())?;
@@ -177,7 +183,8 @@ pub fn feature_channels(kind: BackboneKind) -> [i64; 3] {
     match kind {
         BackboneKind::Resnet18 => [64, 128, 256],
         BackboneKind::WideResnet50_2 => [256, 512, 1024],
-        BackboneKind::EfficientnetLite0 => [24, 40, 112],
+        BackboneKind::EfficientnetLite0 | BackboneKind::EfficientnetLite1 => [24, 40, 112],
+        BackboneKind::EfficientnetLite2 => [24, 48, 120],
     }
 }
 
@@ -186,12 +193,16 @@ pub fn feature_layers(kind: BackboneKind, tap: Tap) -> [String; 3] {
     let names: [&str; 3] = match kind {
         BackboneKind::Resnet18 | BackboneKind::WideResnet50_2 => ["layer1", "layer2", "layer3"],
         BackboneKind::EfficientnetLite0 => ["_blocks.2", "_blocks.4", "_blocks.10"],
+        BackboneKind::EfficientnetLite1 | BackboneKind::EfficientnetLite2 => ["_blocks.3", "_blocks.6", "_blocks.14"],
     };
     let suffix = match (kind, tap) {
         (_, Tap::BlockOutput) => "",
         (BackboneKind::Resnet18, Tap::LastBn) => ".-1.bn2",
         (BackboneKind::WideResnet50_2, Tap::LastBn) => ".-1.bn3",
-        (BackboneKind::EfficientnetLite0, Tap::LastBn) => "._bn2",
+        (
+            BackboneKind::EfficientnetLite0 | BackboneKind::EfficientnetLite1 | BackboneKind::EfficientnetLite2,
+            Tap::LastBn,
+        ) => "._bn2",
     };
     names.map(|n| format!("{n}{suffix}"))
 }
@@ -202,7 +213,9 @@ pub fn normalization(kind: BackboneKind) -> ([f32; 3], [f32; 3]) {
         // torchvision's ImageNet statistics.
         BackboneKind::Resnet18 | BackboneKind::WideResnet50_2 => ([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
         // The EfficientNet-Lite TensorFlow builder feeds (pixel - 127) / 128 for 8-bit pixels.
-        BackboneKind::EfficientnetLite0 => ([127.0 / 255.0; 3], [128.0 / 255.0; 3]),
+        BackboneKind::EfficientnetLite0 | BackboneKind::EfficientnetLite1 | BackboneKind::EfficientnetLite2 => {
+            ([127.0 / 255.0; 3], [128.0 / 255.0; 3])
+        }
     }
 }
 
@@ -455,7 +468,38 @@ fn into_three(taps: Vec<Tensor>) -> [Tensor; 3] {
 // ----------------------------------------------------------------------------------------------
 // EfficientNet-Lite (Tan & Le 2019; the Lite variants drop squeeze-excitation, use ReLU6 and keep the
 // stem and head fixed), as laid out by the `efficientnet-lite-pytorch` package: MBConv blocks with
-// TensorFlow "SAME" padding and BatchNorm epsilon 1e-3.
+// TensorFlow "SAME" padding and BatchNorm epsilon 1e-3. Lite1 and Lite2 scale Lite0's stage widths
+// and repeats (compound scaling); the stem, the head and the repeats of the first and last stages
+// stay fixed.
+
+/// Compound scaling of Lite0: a width (channel) and a depth (repeat) multiplier.
+#[derive(Debug, Clone, Copy)]
+struct LiteScaling {
+    width: f64,
+    depth: f64,
+}
+
+impl LiteScaling {
+    const LITE0: LiteScaling = LiteScaling { width: 1.0, depth: 1.0 };
+    const LITE1: LiteScaling = LiteScaling { width: 1.0, depth: 1.1 };
+    const LITE2: LiteScaling = LiteScaling { width: 1.1, depth: 1.2 };
+
+    /// Channels scaled by the width, rounded to a multiple of 8 (never more than 10% down), as
+    /// the TensorFlow builder's `round_filters`.
+    fn filters(self, channels: i64) -> i64 {
+        let scaled = channels as f64 * self.width;
+        let mut rounded = ((scaled + 4.0) as i64 / 8 * 8).max(8);
+        if (rounded as f64) < 0.9 * scaled {
+            rounded += 8;
+        }
+        rounded
+    }
+
+    /// Repeats scaled by the depth, rounded up (`round_repeats`).
+    fn repeats(self, repeats: usize) -> usize {
+        (self.depth * repeats as f64).ceil() as usize
+    }
+}
 
 struct MbConv {
     expand: Option<ConvBn>,
@@ -491,10 +535,10 @@ struct EfficientNetLite {
 }
 
 impl EfficientNetLite {
-    fn lite0(file: &mut Weights, channels_last: bool) -> EfficientNetLite {
+    fn new(file: &mut Weights, scaling: LiteScaling, channels_last: bool) -> EfficientNetLite {
         let eps = 1e-3;
         // (repeats, kernel, stride, expand ratio, output channels) of the seven stages of Lite0.
-        let stages: [(usize, i64, i64, i64, i64); 7] = [
+        let lite0_stages: [(usize, i64, i64, i64, i64); 7] = [
             (1, 3, 1, 1, 16),
             (2, 3, 2, 6, 24),
             (2, 5, 2, 6, 40),
@@ -503,6 +547,11 @@ impl EfficientNetLite {
             (4, 5, 2, 6, 192),
             (1, 3, 1, 6, 320),
         ];
+        let last = lite0_stages.len() - 1;
+        let stages = lite0_stages.iter().enumerate().map(|(i, &(repeats, kernel, stride, expand, out))| {
+            let repeats = if i == 0 || i == last { repeats } else { scaling.repeats(repeats) };
+            (repeats, kernel, stride, expand, scaling.filters(out))
+        });
         let stem_spec = ConvSpec {
             conv: "_conv_stem",
             bn: "_bn0",
@@ -517,7 +566,9 @@ impl EfficientNetLite {
         let stem = ConvBn::new(file, stem_spec, channels_last);
         let mut in_channels = 32;
         let mut blocks = Vec::new();
-        for (repeats, kernel, first_stride, expand_ratio, out_channels) in stages {
+        // The last block of the stride-4, -8 and -16 stages (the second, third and fifth).
+        let mut taps = [0; 3];
+        for (stage, (repeats, kernel, first_stride, expand_ratio, out_channels)) in stages.enumerate() {
             for repeat in 0..repeats {
                 let stride = if repeat == 0 { first_stride } else { 1 };
                 let index = blocks.len();
@@ -546,6 +597,12 @@ impl EfficientNetLite {
                 blocks.push(MbConv { expand, depthwise, project, skip });
                 in_channels = out_channels;
             }
+            match stage {
+                1 => taps[0] = blocks.len() - 1,
+                2 => taps[1] = blocks.len() - 1,
+                4 => taps[2] = blocks.len() - 1,
+                _ => {}
+            }
         }
         let head_spec = ConvSpec {
             conv: "_conv_head",
@@ -560,8 +617,7 @@ impl EfficientNetLite {
         };
         let head = ConvBn::new(file, head_spec, channels_last);
         let fc = Linear::new(file, "_fc", 1280, 1000);
-        // The last block of the stride-4, -8 and -16 stages.
-        EfficientNetLite { stem, blocks, taps: [2, 4, 10], head, fc }
+        EfficientNetLite { stem, blocks, taps, head, fc }
     }
 
     fn forward(&self, input: &Tensor, tap: Tap, classify: bool) -> ([Tensor; 3], Option<Tensor>) {
@@ -595,5 +651,16 @@ mod tests {
         assert_eq!(tf_same(56, 5, 2), (1, 2));
         assert_eq!(tf_same(28, 5, 1), (2, 2));
         assert_eq!(tf_same(112, 1, 1), (0, 0));
+    }
+
+    #[test]
+    fn lite_scaling_matches_the_tensorflow_builder() {
+        // round_filters / round_repeats of efficientnet_lite_builder.py for Lite0-2.
+        let widths = |s: LiteScaling| [16, 24, 40, 80, 112, 192, 320].map(|c| s.filters(c));
+        assert_eq!(widths(LiteScaling::LITE0), [16, 24, 40, 80, 112, 192, 320]);
+        assert_eq!(widths(LiteScaling::LITE1), [16, 24, 40, 80, 112, 192, 320]);
+        assert_eq!(widths(LiteScaling::LITE2), [16, 24, 48, 88, 120, 208, 352]);
+        assert_eq!([2, 3, 4].map(|r| LiteScaling::LITE1.repeats(r)), [3, 4, 5]);
+        assert_eq!([2, 3, 4].map(|r| LiteScaling::LITE2.repeats(r)), [3, 4, 5]);
     }
 }

@@ -9,6 +9,11 @@ use padim_core::config::{BackboneKind, Tap};
 use padim_extract::Backbone;
 
 fn check(kind: BackboneKind, tap: Tap, seed: u64) {
+    check_at(kind, tap, seed, 224);
+}
+
+/// The backbone against PyTorch on a `size` x `size` input.
+fn check_at(kind: BackboneKind, tap: Tap, seed: u64, size: i64) {
     tch::set_num_threads(2);
     let dir = tempfile::tempdir().unwrap();
     let weights = common::random_weights(dir.path(), kind.name(), seed);
@@ -26,6 +31,10 @@ fn check(kind: BackboneKind, tap: Tap, seed: u64) {
             tap_name,
             "--seed",
             &seed.to_string(),
+            "--height",
+            &size.to_string(),
+            "--width",
+            &size.to_string(),
             "--out",
             reference.to_str().unwrap(),
         ],
@@ -98,6 +107,21 @@ fn efficientnet_lite0_matches_pytorch() {
 #[test]
 fn efficientnet_lite0_last_bn_matches_pytorch() {
     check(BackboneKind::EfficientnetLite0, Tap::LastBn, 5);
+}
+
+/// Lite1 at its native input (240: maps of 60, 30 and 15).
+#[test]
+fn efficientnet_lite1_matches_pytorch() {
+    check_at(BackboneKind::EfficientnetLite1, Tap::BlockOutput, 6, 240);
+}
+
+/// Lite2 at its native input (260: maps of 65, 33 and 17, upsampled by nearest neighbour), with
+/// both taps. (The package pads its convolutions for the model's native size only; padim pads as
+/// TensorFlow's SAME for any input, so the two agree at the native size.)
+#[test]
+fn efficientnet_lite2_matches_pytorch() {
+    check_at(BackboneKind::EfficientnetLite2, Tap::BlockOutput, 7, 260);
+    check_at(BackboneKind::EfficientnetLite2, Tap::LastBn, 8, 260);
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The whole pre-processing + embedding path on real images against a PyTorch pipeline built from
-//! torchvision transforms (PIL decoding and resizing), and the pretrained EfficientNet-Lite0 on real
-//! photographs.
+//! torchvision transforms (PIL decoding and resizing), and the pretrained EfficientNet-Lite0, -Lite1
+//! and -Lite2 on real photographs.
 // Tests may unwrap and print: a failure is the point, and the output is the measurement.
 #![allow(clippy::unwrap_used, clippy::print_stderr)]
 
@@ -104,8 +104,10 @@ fn run_both(
     (rust_inputs(preprocessor, paths), common::read_tensors(&out))
 }
 
+/// Each pretrained EfficientNet-Lite at its native input size (the TensorFlow builder's evaluation
+/// pre-processing: resize to the size + 32, centre crop) names the photographs' subjects in its top 5.
 #[test]
-fn pretrained_lite0_recognises_real_photographs() {
+fn pretrained_lites_recognise_real_photographs() {
     let photos = common::root().join(".cache/photos");
     assert!(
         photos.join("eagle.jpg").is_file(),
@@ -113,20 +115,32 @@ fn pretrained_lite0_recognises_real_photographs() {
         photos.display()
     );
     tch::set_num_threads(2);
-    let net =
-        Backbone::load(BackboneKind::EfficientnetLite0, &lite0_weights(), Tap::BlockOutput, tch::Device::Cpu).unwrap();
-    let (mean, std) = net.normalization();
-    let preprocessor = Preprocessor::new(Preprocess::default(), mean, std);
     // ImageNet-1k class ids. The photographs' subjects that ImageNet has a class for: a dog
     // (ids 151-268 are dog breeds), a bald eagle (22), a beach kite-flying scene (seashore 978 or
     // parachute 701), a person with a dog (a dog breed). ImageNet has no giraffe or generic horse.
     let dogs: Vec<i64> = (151..=268).collect();
     let cases: [(&str, Vec<i64>); 4] =
         [("dog.jpg", dogs.clone()), ("eagle.jpg", vec![22]), ("kite.jpg", vec![978, 701]), ("person.jpg", dogs)];
-    for (name, accepted) in cases {
-        let input = rust_inputs(&preprocessor, &[photos.join(name)]);
-        let top5: Vec<i64> = Vec::try_from(net.logits(&input).topk(5, 1, true, true).1.flatten(0, -1)).unwrap();
-        eprintln!("{name}: top-5 {top5:?}");
-        assert!(top5.iter().any(|c| accepted.contains(c)), "{name}: top-5 {top5:?} has none of {accepted:?}");
+    for (kind, size) in [
+        (BackboneKind::EfficientnetLite0, 224),
+        (BackboneKind::EfficientnetLite1, 240),
+        (BackboneKind::EfficientnetLite2, 260),
+    ] {
+        let weights = common::root().join(format!("weights/{}.safetensors", kind.name()));
+        assert!(weights.is_file(), "{} missing: run `make setup`", weights.display());
+        let net = Backbone::load(kind, &weights, Tap::BlockOutput, tch::Device::Cpu).unwrap();
+        let (mean, std) = net.normalization();
+        let preprocess = Preprocess { resize: [size + 32; 2], crop: [size; 2], ..Preprocess::default() };
+        let preprocessor = Preprocessor::new(preprocess, mean, std);
+        for (name, accepted) in &cases {
+            let input = rust_inputs(&preprocessor, &[photos.join(name)]);
+            let top5: Vec<i64> = Vec::try_from(net.logits(&input).topk(5, 1, true, true).1.flatten(0, -1)).unwrap();
+            eprintln!("{} {name}: top-5 {top5:?}", kind.name());
+            assert!(
+                top5.iter().any(|c| accepted.contains(c)),
+                "{} {name}: top-5 {top5:?} has none of {accepted:?}",
+                kind.name()
+            );
+        }
     }
 }

@@ -50,12 +50,15 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
     if pre.crop[0] > pre.resize[0] || pre.crop[1] > pre.resize[1] {
         return Err(invalid(path, "preprocess.crop", format!("{:?} is larger than resize {:?}", pre.crop, pre.resize)));
     }
-    if !pre.crop[0].is_multiple_of(32) || !pre.crop[1].is_multiple_of(32) {
+    // The embedding grid is a quarter of the input; with multiples of 16 the stride-8 and stride-16
+    // maps divide it exactly, otherwise they are upsampled to it by nearest neighbour (as anomalib).
+    if !pre.crop[0].is_multiple_of(4) || !pre.crop[1].is_multiple_of(4) {
         return Err(invalid(
             path,
             "preprocess.crop",
             format!(
-                "{:?} must be a multiple of 32 in both sides so that the feature grids of all stages align",
+                "{:?} must be a multiple of 4 in both sides (the embedding grid is a quarter of the input; \
+                 multiples of 16 align the three feature maps exactly)",
                 pre.crop
             ),
         ));

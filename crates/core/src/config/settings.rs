@@ -55,6 +55,10 @@ pub enum BackboneKind {
     WideResnet50_2,
     /// EfficientNet-Lite0 (Tan & Le 2019, Lite variant): 24 + 40 + 112 = 176 channels.
     EfficientnetLite0,
+    /// EfficientNet-Lite1: Lite0 1.1x deeper (native input 240): 24 + 40 + 112 = 176 channels.
+    EfficientnetLite1,
+    /// EfficientNet-Lite2: 1.1x wider, 1.2x deeper (native input 260): 24 + 48 + 120 = 192 channels.
+    EfficientnetLite2,
 }
 
 impl BackboneKind {
@@ -63,6 +67,8 @@ impl BackboneKind {
             BackboneKind::Resnet18 => "resnet18",
             BackboneKind::WideResnet50_2 => "wide-resnet50-2",
             BackboneKind::EfficientnetLite0 => "efficientnet-lite0",
+            BackboneKind::EfficientnetLite1 => "efficientnet-lite1",
+            BackboneKind::EfficientnetLite2 => "efficientnet-lite2",
         }
     }
 }
