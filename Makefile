@@ -1,7 +1,7 @@
 # padim: make targets for setup, the stages, tests and benchmarks. `make help` lists them.
 
 SHELL := /bin/bash
-JOB ?= configs/concrete-crack-lite0.toml
+JOB ?= configs/concrete-crack.toml
 SHARD ?= 0/1
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python

@@ -481,6 +481,12 @@ montage-images = 2
         let v = pixel[key].as_f64().unwrap();
         assert!(v > 0.0 && v <= 1.0, "{key}: {pixel}");
     }
+    // The calibration split's pixel metrics too (2 normal + 2 blowholes with masks), for choices
+    // made at pixel level.
+    let calibration = &metrics["pixel-calibration"];
+    assert_eq!(calibration["images"], 4, "{metrics}");
+    let auroc = calibration["auroc"].as_f64().unwrap();
+    assert!(auroc > 0.0 && auroc <= 1.0, "{calibration}");
     support::assert_page_matches_metrics(&dir.path().join("run"));
 }
 

@@ -18,25 +18,44 @@ fn sweep_experiments_equal_each_experiment_alone() {
         dir.path(),
         "sweep",
         "[fit]\nsubsets = []\n[sweep]\ncounts = [20, \"all\"]\nseeds = [0, 1]\nlayers = [\"1+2+3\", \"2+3\"]\n\
-         [report]\nscore = \"auto\"\n",
+         covariances = [\"sample\", \"oas\"]\n[report]\nscore = \"auto\"\n",
     );
     let out = stdout(&padim(&["run", sweep.to_str().unwrap()]));
-    assert!(out.contains("fit done: 10 training images, 6 model(s)"), "{out}");
+    assert!(out.contains("fit done: 10 training images, 12 model(s)"), "{out}");
 
     let metrics: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("sweep/report/metrics.json")).unwrap()).unwrap();
     let table = &metrics["sweep"];
     let ids: Vec<&str> = table["experiments"].as_array().unwrap().iter().map(|e| e["id"].as_str().unwrap()).collect();
-    assert_eq!(ids, ["c020-s0-l123", "c020-s1-l123", "all-l123", "c020-s0-l23", "c020-s1-l23", "all-l23"]);
+    assert_eq!(
+        ids,
+        [
+            "c020-s0-l123",
+            "c020-s1-l123",
+            "c020-s0-l123-oas",
+            "c020-s1-l123-oas",
+            "all-l123",
+            "all-l123-oas",
+            "c020-s0-l23",
+            "c020-s1-l23",
+            "c020-s0-l23-oas",
+            "c020-s1-l23-oas",
+            "all-l23",
+            "all-l23-oas"
+        ]
+    );
     let experiment =
         |id: &str| table["experiments"].as_array().unwrap().iter().find(|e| e["id"] == id).unwrap().clone();
     assert_eq!(experiment("all-l123")["channels"], 176);
     assert_eq!(experiment("all-l23")["channels"], 152, "layers 2 and 3 of Lite0: 40 + 112 channels");
     assert!(experiment("c020-s0-l123")["score-cpu-seconds"].as_f64().unwrap() > 0.0);
-    // Groups: two seeds of 20 channels per layer combination, one experiment of all channels.
+    assert_eq!(experiment("all-l23-oas")["covariance"], "oas");
+    // Groups: two seeds of 20 channels per layer combination and estimator, one experiment of all
+    // channels.
     let groups = table["groups"].as_array().unwrap();
-    assert_eq!(groups.len(), 4);
-    let pair = groups.iter().find(|g| g["layers"] == "2+3" && g["channels"] == 20).unwrap();
+    assert_eq!(groups.len(), 8);
+    let pair =
+        groups.iter().find(|g| g["layers"] == "2+3" && g["channels"] == 20 && g["covariance"] == "sample").unwrap();
     assert_eq!(pair["experiments"], 2);
     let (a, b) = (
         experiment("c020-s0-l23")["test-auroc"].as_f64().unwrap(),
@@ -71,16 +90,19 @@ fn sweep_experiments_equal_each_experiment_alone() {
     assert_eq!(metrics["headline-model"], best);
     assert_eq!(metrics["headline-score"], experiment(best)["score"]);
     let rows = csv_rows(&dir.path().join("sweep/report/sweep.csv"));
-    assert_eq!(rows.len(), 6);
+    assert_eq!(rows.len(), 12);
     assert!(dir.path().join("sweep/report/sweep-auroc.png").is_file());
 
-    // Two experiments alone: a random subset of layers 2+3, and every channel.
+    // Three experiments alone: a random subset of layers 2+3, every channel, and every channel of
+    // layers 2+3 with OAS (a job whose fit.covariance is OAS).
     let sweep_metrics = csv_rows(&dir.path().join("sweep/report/metrics.csv"));
-    for (id, subset) in [
-        ("c020-s1-l23", "{ name = \"c020-s1-l23\", count = 20, seed = 1, layers = [2, 3] }"),
-        ("all-l123", "{ name = \"all-l123\", all = true }"),
+    for (id, subset, covariance) in [
+        ("c020-s1-l23", "{ name = \"c020-s1-l23\", count = 20, seed = 1, layers = [2, 3] }", "sample"),
+        ("all-l123", "{ name = \"all-l123\", all = true }", "sample"),
+        ("all-l23-oas", "{ name = \"all-l23-oas\", all = true, layers = [2, 3] }", "oas"),
     ] {
-        let alone = write_job(dir.path(), &format!("alone-{id}"), &format!("[fit]\nsubsets = [{subset}]\n"));
+        let fit = format!("[fit]\nsubsets = [{subset}]\ncovariance = \"{covariance}\"\n");
+        let alone = write_job(dir.path(), &format!("alone-{id}"), &fit);
         stdout(&padim(&["run", alone.to_str().unwrap()]));
         let metrics = csv_rows(&dir.path().join(format!("alone-{id}/report/metrics.csv")));
         assert_eq!(metrics.len(), 6, "mean, max and top, calibration and test");
@@ -192,4 +214,80 @@ fn sweep_scored_in_model_parts_or_passes_equals_one_task() {
     let message = String::from_utf8_lossy(&refused.stderr);
     assert!(!refused.status.success(), "{message}");
     assert!(message.contains("fit/model-") && message.contains("over score.memory-budget-gib = 0.001"), "{message}");
+}
+
+/// A sweep over backbones: one run per backbone under `<output>/backbones/<name>/` (its own
+/// extraction at its own input size), and the job's report compares them: every experiment of
+/// every backbone, the headline the best by calibration AUROC across them, with its run's bundle.
+/// A rerun reuses every stage of every backbone.
+#[test]
+fn sweep_over_backbones_extracts_each_once_and_compares_them() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_concrete(dir.path(), 16, 8);
+    let weights = |name: &str| crate::support::root().join(format!("weights/{name}.safetensors")).display().to_string();
+    let extra = format!(
+        "[fit]\nsubsets = []\n[sweep]\ncounts = [\"all\"]\nlayers = [\"1+2+3\", \"2+3\"]\nbackbones = [\n\
+         {{ name = \"efficientnet-lite0\", weights = \"{}\" }},\n\
+         {{ name = \"efficientnet-lite1\", weights = \"{}\", resize = [272, 272], crop = [240, 240] }},\n]\n\
+         [report]\nscore = \"auto\"\n",
+        weights("efficientnet-lite0"),
+        weights("efficientnet-lite1")
+    );
+    let job = write_job(dir.path(), "backbones", &extra);
+    let out = stdout(&padim(&["run", job.to_str().unwrap()]));
+    assert!(
+        out.contains("efficientnet-lite0: extract done") && out.contains("efficientnet-lite1: extract done"),
+        "{out}"
+    );
+    let run = dir.path().join("backbones");
+    let read = |path: &Path| -> serde_json::Value { serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap() };
+    let metrics = read(&run.join("report/metrics.json"));
+
+    // Each backbone's run is a run of its own, at its own input size.
+    let header = std::fs::read(run.join("backbones/efficientnet-lite1/fit/model-all-l23.safetensors")).unwrap();
+    let header = String::from_utf8_lossy(&header[8..8 + u64::from_le_bytes(header[..8].try_into().unwrap()) as usize])
+        .into_owned();
+    assert!(header.contains("efficientnet-lite1") && header.contains("input-height\\\":240"), "{header}");
+
+    // Every experiment of every backbone, as its own run's report has it.
+    let experiments = metrics["sweep"]["experiments"].as_array().unwrap();
+    let ids: Vec<&str> = experiments.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    assert_eq!(
+        ids,
+        [
+            "efficientnet-lite0/all-l123",
+            "efficientnet-lite0/all-l23",
+            "efficientnet-lite1/all-l123",
+            "efficientnet-lite1/all-l23"
+        ]
+    );
+    for e in experiments {
+        let (backbone, id) = e["id"].as_str().unwrap().split_once('/').unwrap();
+        assert_eq!(e["backbone"], backbone);
+        let own = read(&run.join(format!("backbones/{backbone}/report/metrics.json")));
+        let theirs = own["sweep"]["experiments"].as_array().unwrap().iter().find(|x| x["id"] == id).unwrap().clone();
+        for key in ["calibration-auroc", "test-auroc", "accuracy", "score", "channels"] {
+            assert_eq!(e[key], theirs[key], "{backbone}/{id} {key}");
+        }
+    }
+    assert_eq!(metrics["sweep"]["groups"].as_array().unwrap().len(), 4);
+    // The headline: the best by calibration AUROC across backbones, with that run's bundle.
+    let best = metrics["sweep"]["best"].as_str().unwrap();
+    let top = experiments.iter().map(|e| e["calibration-auroc"].as_f64().unwrap()).fold(0f64, f64::max);
+    let best_experiment = experiments.iter().find(|e| e["id"] == best).unwrap();
+    assert_eq!(best_experiment["calibration-auroc"].as_f64().unwrap(), top);
+    let (backbone, model) = best.split_once('/').unwrap();
+    assert_eq!((metrics["backbone"].as_str(), metrics["headline-model"].as_str()), (Some(backbone), Some(model)));
+    assert_eq!(metrics["headline-score"], best_experiment["score"]);
+    assert_eq!(
+        std::fs::read(run.join("report/bundle.safetensors")).unwrap(),
+        std::fs::read(run.join(format!("backbones/{backbone}/report/bundle.safetensors"))).unwrap()
+    );
+    crate::support::assert_page_matches_metrics(&run);
+
+    // A rerun reuses every stage of every backbone and the comparison.
+    let again = stdout(&padim(&["run", job.to_str().unwrap()]));
+    assert_eq!(again.matches("extract already done").count(), 2, "{again}");
+    assert_eq!(again.matches("fit already done").count(), 2, "{again}");
+    assert!(again.contains("report already done"), "{again}");
 }

@@ -234,17 +234,19 @@ fn run(cli: Cli) -> Result<()> {
         Command::Split { job, force } => {
             let job = Job::load(&job)?;
             let reporter = progress::Bars::new(cli.quiet);
-            let summary = padim_split::run_split(&job, force, &reporter)
-                .with_context(|| format!("split of job `{}`", job.name))?;
-            let verb = done_verb(summary.already_done);
-            let counts: Vec<String> = summary.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            write_stdout(&format!(
-                "split {verb}: {}; {} unused -> {}/{}",
-                counts.join(", "),
-                summary.unused,
-                job.output,
-                padim_store::layout::split::MANIFEST
-            ));
+            for job in job.variants() {
+                let summary = padim_split::run_split(&job, force, &reporter)
+                    .with_context(|| format!("split of job `{}`", job.name))?;
+                let verb = done_verb(summary.already_done);
+                let counts: Vec<String> = summary.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+                write_stdout(&format!(
+                    "split {verb}: {}; {} unused -> {}/{}",
+                    counts.join(", "),
+                    summary.unused,
+                    job.output,
+                    padim_store::layout::split::MANIFEST
+                ));
+            }
             Ok(())
         }
         Command::Extract { job, sharding, device, threads, skip_bad, force } => {
@@ -253,50 +255,56 @@ fn run(cli: Cli) -> Result<()> {
             job.extract.skip_bad |= skip_bad;
             let reporter = progress::Bars::new(cli.quiet);
             let options = padim_extract::ExtractOptions { force };
-            let summary = padim_extract::run_extract(&job, shard, &options, &reporter)
-                .with_context(|| format!("extract shard {shard} of job `{}`", job.name))?;
-            let verb = done_verb(summary.already_done);
-            write_stdout(&format!(
-                "extract {shard} {verb}: {} images, {} skipped -> {}/{}",
-                summary.images, summary.skipped, job.output, summary.embeddings_key
-            ));
+            for job in job.variants() {
+                let summary = padim_extract::run_extract(&job, shard, &options, &reporter)
+                    .with_context(|| format!("extract shard {shard} of job `{}`", job.name))?;
+                let verb = done_verb(summary.already_done);
+                write_stdout(&format!(
+                    "extract {shard} {verb}: {} images, {} skipped -> {}/{}",
+                    summary.images, summary.skipped, job.output, summary.embeddings_key
+                ));
+            }
             Ok(())
         }
         Command::Fit { job, sharding, force } => {
             let shard = sharding.resolve()?;
             let job = Job::load(&job)?;
             let reporter = progress::Bars::new(cli.quiet);
-            let summary = padim_fit::run_fit(&job, &padim_fit::FitOptions { force, shard }, &reporter)
-                .with_context(|| format!("fit of job `{}`", job.name))?;
-            if let Some(shard) = shard {
+            for job in job.variants() {
+                let summary = padim_fit::run_fit(&job, &padim_fit::FitOptions { force, shard }, &reporter)
+                    .with_context(|| format!("fit of job `{}`", job.name))?;
+                if let Some(shard) = shard {
+                    write_stdout(&format!(
+                        "fit {shard} done: {} training images in {} extract shard(s); run `padim fit JOB` to merge",
+                        summary.n_train, summary.partials
+                    ));
+                    continue;
+                }
+                let verb = done_verb(summary.already_done);
                 write_stdout(&format!(
-                    "fit {shard} done: {} training images in {} extract shard(s); run `padim fit JOB` to merge",
-                    summary.n_train, summary.partials
+                    "fit {verb}: {} training images -> {}",
+                    summary.n_train,
+                    summary.models.iter().map(|m| format!("{}/{m}", job.output)).collect::<Vec<_>>().join(", ")
                 ));
-                return Ok(());
             }
-            let verb = done_verb(summary.already_done);
-            write_stdout(&format!(
-                "fit {verb}: {} training images -> {}",
-                summary.n_train,
-                summary.models.iter().map(|m| format!("{}/{m}", job.output)).collect::<Vec<_>>().join(", ")
-            ));
             Ok(())
         }
         Command::Score { job, sharding, models, force } => {
             let shard = sharding.resolve()?;
             let job = Job::load(&job)?;
             let reporter = progress::Bars::new(cli.quiet);
-            let summary = padim_score::run_score(&job, force, shard, models, &reporter)
-                .with_context(|| format!("score of job `{}`", job.name))?;
-            let passes = match summary.passes {
-                1 => String::new(),
-                n => format!(" ({n} passes per shard within score.memory-budget-gib)"),
-            };
-            write_stdout(&format!(
-                "score done: {} images x {} models{passes} in {} shard(s), {} shard(s) already done -> {}/score",
-                summary.images, summary.models, summary.shards_done, summary.shards_skipped, job.output
-            ));
+            for job in job.variants() {
+                let summary = padim_score::run_score(&job, force, shard, models, &reporter)
+                    .with_context(|| format!("score of job `{}`", job.name))?;
+                let passes = match summary.passes {
+                    1 => String::new(),
+                    n => format!(" ({n} passes per shard within score.memory-budget-gib)"),
+                };
+                write_stdout(&format!(
+                    "score done: {} images x {} models{passes} in {} shard(s), {} shard(s) already done -> {}/score",
+                    summary.images, summary.models, summary.shards_done, summary.shards_skipped, job.output
+                ));
+            }
             Ok(())
         }
         Command::Report { job, force } => {
@@ -306,39 +314,45 @@ fn run(cli: Cli) -> Result<()> {
         Command::Run { job, threads, device } => {
             let job = load_with_overrides(&job, device, threads)?;
             let reporter = progress::Bars::new(cli.quiet);
-            let summary = padim_split::run_split(&job, false, &reporter)
-                .with_context(|| format!("split of job `{}`", job.name))?;
-            write_stdout(&format!(
-                "split {}: {} images, {} unused",
-                done_verb(summary.already_done),
-                summary.counts.values().sum::<u64>(),
-                summary.unused
-            ));
-            let shard = Shard::ALL;
-            let summary = padim_extract::run_extract(&job, shard, &padim_extract::ExtractOptions::default(), &reporter)
-                .with_context(|| format!("extract of job `{}`", job.name))?;
-            write_stdout(&format!(
-                "extract {}: {} images, {} skipped",
-                done_verb(summary.already_done),
-                summary.images,
-                summary.skipped
-            ));
-            let summary = padim_fit::run_fit(&job, &padim_fit::FitOptions::default(), &reporter)
-                .with_context(|| format!("fit of job `{}`", job.name))?;
-            write_stdout(&format!(
-                "fit {}: {} training images, {} model(s)",
-                done_verb(summary.already_done),
-                summary.n_train,
-                summary.models.len()
-            ));
-            let summary = padim_score::run_score(&job, false, None, None, &reporter)
-                .with_context(|| format!("score of job `{}`", job.name))?;
-            write_stdout(&format!(
-                "score {}: {} images x {} model(s)",
-                done_verb(summary.shards_done == 0),
-                summary.images,
-                summary.models
-            ));
+            let variants = job.variants();
+            for job in &variants {
+                // With a sweep over backbones, each line names its backbone's run.
+                let tag = if variants.len() > 1 { format!("{}: ", job.backbone.kind.name()) } else { String::new() };
+                let summary = padim_split::run_split(job, false, &reporter)
+                    .with_context(|| format!("split of job `{}`", job.name))?;
+                write_stdout(&format!(
+                    "{tag}split {}: {} images, {} unused",
+                    done_verb(summary.already_done),
+                    summary.counts.values().sum::<u64>(),
+                    summary.unused
+                ));
+                let shard = Shard::ALL;
+                let summary =
+                    padim_extract::run_extract(job, shard, &padim_extract::ExtractOptions::default(), &reporter)
+                        .with_context(|| format!("extract of job `{}`", job.name))?;
+                write_stdout(&format!(
+                    "{tag}extract {}: {} images, {} skipped",
+                    done_verb(summary.already_done),
+                    summary.images,
+                    summary.skipped
+                ));
+                let summary = padim_fit::run_fit(job, &padim_fit::FitOptions::default(), &reporter)
+                    .with_context(|| format!("fit of job `{}`", job.name))?;
+                write_stdout(&format!(
+                    "{tag}fit {}: {} training images, {} model(s)",
+                    done_verb(summary.already_done),
+                    summary.n_train,
+                    summary.models.len()
+                ));
+                let summary = padim_score::run_score(job, false, None, None, &reporter)
+                    .with_context(|| format!("score of job `{}`", job.name))?;
+                write_stdout(&format!(
+                    "{tag}score {}: {} images x {} model(s)",
+                    done_verb(summary.shards_done == 0),
+                    summary.images,
+                    summary.models
+                ));
+            }
             report(&job, false, cli.quiet)
         }
         Command::Predict { model, inputs, weights, output, overlays, batch_size, device, threads, fail_fast } => {
@@ -399,8 +413,12 @@ fn load_with_overrides(path: &std::path::Path, device: Option<DeviceChoice>, thr
 
 fn report(job: &Job, force: bool, quiet: bool) -> Result<()> {
     let reporter = progress::Bars::new(quiet);
-    let summary =
-        padim_report::run_report(job, force, &reporter).with_context(|| format!("report of job `{}`", job.name))?;
+    let summary = if job.sweep.as_ref().is_some_and(|s| !s.backbones.is_empty()) {
+        padim_report::run_backbones_report(job, force, &reporter)
+    } else {
+        padim_report::run_report(job, force, &reporter)
+    }
+    .with_context(|| format!("report of job `{}`", job.name))?;
     let verb = done_verb(summary.already_done);
     let mut text = format!("report {verb} -> {}/{}", job.output, padim_store::layout::report::HTML);
     if let Some(h) = summary.headline() {

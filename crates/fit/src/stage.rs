@@ -184,6 +184,10 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     }
 
     let clock = std::time::Instant::now();
+    // Each subset's covariance estimator: its own, else the job's.
+    let estimator = |name: &str| {
+        job.fit.subsets.iter().find(|s| s.name == name).and_then(|s| s.covariance).unwrap_or(job.fit.covariance)
+    };
     let info = |name: &str| ModelInfo {
         format_version: ModelInfo::FORMAT_VERSION,
         subset: name.to_string(),
@@ -199,7 +203,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         epsilon: job.fit.epsilon,
         n_train_images: total.count(),
         config_hash: fit_hash.clone(),
-        covariance: job.fit.covariance,
+        covariance: estimator(name),
     };
     let model_key = layout::fit::model;
     // Subsets are inverted in groups of at most GROUP_BYTES of f64 precision matrices (one pass over
@@ -221,7 +225,9 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         'groups: for group in groups {
             let clock = std::time::Instant::now();
             let members: Vec<&ChannelSubset> = group.iter().map(|(_, subset)| subset).collect();
-            let fitted = match total.gaussians_many_by(&members, job.fit.epsilon, job.fit.covariance) {
+            let estimators: Vec<padim_core::config::CovarianceEstimator> =
+                group.iter().map(|(name, _)| estimator(name)).collect();
+            let fitted = match total.gaussians_many_by(&members, job.fit.epsilon, &estimators) {
                 Ok(fitted) => fitted,
                 Err((index, source)) => {
                     fitted_all = Err(FitError::Stats { url: store.url_of(&model_key(&group[index].0)), source });

@@ -260,7 +260,7 @@ impl PatchStats {
         subsets: &[&ChannelSubset],
         epsilon: f64,
     ) -> Result<Vec<Gaussians>, (usize, StatsError)> {
-        self.gaussians_many_by(subsets, epsilon, CovarianceEstimator::Sample)
+        self.gaussians_many_by(subsets, epsilon, &vec![CovarianceEstimator::Sample; subsets.len()])
     }
 
     /// [`PatchStats::gaussians_many`] with the covariances by `estimator` (see
@@ -269,8 +269,9 @@ impl PatchStats {
         &self,
         subsets: &[&ChannelSubset],
         epsilon: f64,
-        estimator: CovarianceEstimator,
+        estimators: &[CovarianceEstimator],
     ) -> Result<Vec<Gaussians>, (usize, StatsError)> {
+        assert_eq!(subsets.len(), estimators.len(), "one covariance estimator per subset");
         let positions: Vec<Vec<usize>> = subsets
             .iter()
             .enumerate()
@@ -299,7 +300,9 @@ impl PatchStats {
         }
         let shrink_per_patch = shrinkages.par_chunks_mut(subsets.len().max(1));
         per_patch.into_par_iter().zip(shrink_per_patch).enumerate().try_for_each(|(patch, (outputs, shrinks))| {
-            for (index, ((out, positions), shrink)) in outputs.into_iter().zip(&positions).zip(shrinks).enumerate() {
+            for (index, (((out, positions), shrink), &estimator)) in
+                outputs.into_iter().zip(&positions).zip(shrinks).zip(estimators).enumerate()
+            {
                 let k = positions.len();
                 // The matrix is symmetric, so its row-major memory is also its column-major self:
                 // handing LAPACK the column-major view spares ndarray-linalg a transposed copy.
@@ -335,7 +338,7 @@ impl PatchStats {
                     epsilon,
                     mean,
                     precision,
-                    shrinkage: (!estimator.is_sample()).then_some(shrinkage),
+                    shrinkage: (!estimators[index].is_sample()).then_some(shrinkage),
                 }
             })
             .collect())
@@ -524,7 +527,7 @@ mod tests {
                 merged.merge(&part).unwrap();
             }
             let positions: Vec<usize> = (0..d).collect();
-            let fitted = merged.gaussians_many_by(&[&channels], 0.01, CovarianceEstimator::Oas).unwrap().remove(0);
+            let fitted = merged.gaussians_many_by(&[&channels], 0.01, &[CovarianceEstimator::Oas]).unwrap().remove(0);
             for patch in 0..n_patches {
                 let (_, comoment) = two_pass(&values, n, d, n_patches, patch);
                 let s: Vec<f64> = comoment.iter().map(|c| c / n as f64).collect();
@@ -549,7 +552,7 @@ mod tests {
                 }
             }
             // The sample estimator records no shrinkage and keeps the unbiased covariance.
-            let sample = merged.gaussians_many_by(&[&channels], 0.01, CovarianceEstimator::Sample).unwrap().remove(0);
+            let sample = merged.gaussians_many_by(&[&channels], 0.01, &[CovarianceEstimator::Sample]).unwrap().remove(0);
             prop_assert!(sample.shrinkage.is_none());
             prop_assert_eq!(sample, merged.gaussians(&channels, 0.01).unwrap());
         }

@@ -4,7 +4,7 @@
 
 use crate::error::{ReportError, table_error};
 use crate::inputs::{ScoreShard, Scored, load_maps, stored_model_channels};
-use crate::pixels::pixel_metrics;
+use crate::pixels::{calibration_pixel_metrics, pixel_metrics};
 use crate::summary::ReportSummary;
 use crate::tables::put_table;
 use padim_core::Progress;
@@ -41,8 +41,12 @@ pub(crate) fn sweep_table(
     let mut maps = match &job.dataset.mask {
         Some(_) => {
             let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
-            let ids: BTreeSet<u32> =
-                by_model.values().flatten().filter(|r| r.split == "test").map(|r| r.image).collect();
+            let ids: BTreeSet<u32> = by_model
+                .values()
+                .flatten()
+                .filter(|r| r.split == "test" || r.split == "calibration")
+                .map(|r| r.image)
+                .collect();
             load_maps(store, shards, &names, &ids)?
         }
         None => HashMap::new(),
@@ -51,19 +55,24 @@ pub(crate) fn sweep_table(
     for spec in &specs {
         let key = layout::fit::model(&spec.name);
         let (channels, model_bytes) = stored_model_channels(store, &key)?;
-        let pixel_auroc = match (&job.dataset.mask, by_model.get(&spec.name)) {
+        let (pixel_auroc, calibration_pixel_auroc) = match (&job.dataset.mask, by_model.get(&spec.name)) {
             (Some(_), Some(rows)) => {
-                let tests: Vec<&Scored> = rows.iter().filter(|r| r.split == "test").collect();
+                let of = |split: &str| rows.iter().filter(|r| r.split == split).collect::<Vec<&Scored>>();
+                let (tests, calibration) = (of("test"), of("calibration"));
                 let maps = maps.remove(&spec.name).unwrap_or_default();
-                Some(pixel_metrics(job, &maps, &spec.name, &tests, false, progress)?.auroc)
+                let test = pixel_metrics(job, &maps, &spec.name, ("test", &tests), false, progress)?.auroc;
+                let calibration = calibration_pixel_metrics(job, &maps, &spec.name, &calibration, false, progress)?;
+                (Some(test), calibration.map(|p| p.auroc))
             }
-            _ => None,
+            _ => (None, None),
         };
         let headline = summary.chosen_of(&spec.name);
         let layers = spec.layers.as_ref().map(|l| l.iter().map(|l| l.to_string()).collect::<Vec<_>>().join("+"));
         experiments.push(Experiment {
             id: spec.name.clone(),
+            backbone: String::new(),
             layers: layers.unwrap_or_else(|| "1+2+3".into()),
+            covariance: spec.covariance.unwrap_or(job.fit.covariance).name().into(),
             count: spec.count,
             channels,
             seed: spec.count.map(|_| spec.seed),
@@ -79,6 +88,7 @@ pub(crate) fn sweep_table(
             accuracy: headline.map(|m| m.test.accuracy),
             f1: headline.map(|m| m.test.f1),
             pixel_auroc,
+            calibration_pixel_auroc,
             model_bytes,
             score_cpu_seconds: micros.get(&spec.name).copied().unwrap_or(0) as f64 / 1e6,
         });

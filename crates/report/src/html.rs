@@ -147,6 +147,14 @@ fn headline(job: &Job, summary: &ReportSummary) -> String {
             number(None, "pixel.auroc", format!("{:.4}", p.auroc)),
             number(None, "pixel.pro", format!("{:.4}", p.pro)),
         ));
+        if let Some(c) = &summary.pixel_calibration {
+            html.push_str(&format!(
+                "<p>On the calibration split ({} images): pixel AUROC {}, PRO {}.</p>",
+                number(None, "pixel-calibration.images", c.images.to_string()),
+                number(None, "pixel-calibration.auroc", format!("{:.4}", c.auroc)),
+                number(None, "pixel-calibration.pro", format!("{:.4}", c.pro)),
+            ));
+        }
     }
     let skipped: u64 = summary.left_out.skipped.values().sum();
     let without_mask = summary.pixel.as_ref().map(|p| p.without_mask).unwrap_or(0);
@@ -213,8 +221,8 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         html.push_str(&format!(
             "<h2>Sweep</h2><p>{} experiments from one extraction, fitted together from one accumulation of their \
              channels. Best by calibration AUROC ({} score): \
-             <b>{}</b>. Per layer combination and channel count, mean &plusmn; standard deviation over seeds:</p>\
-             <div class=\"wide\"><table class=\"sortable\"><thead><tr><th>layers</th><th>channels</th><th>experiments</th>\
+             <b>{}</b>. Per layer combination, covariance and channel count, mean &plusmn; standard deviation over seeds:</p>\
+             <div class=\"wide\"><table class=\"sortable\"><thead><tr><th>backbone</th><th>layers</th><th>covariance</th><th>channels</th><th>experiments</th>\
              <th>calibration AUROC</th><th>test AUROC</th><th>accuracy</th></tr></thead><tbody>",
             sweep.experiments.len(),
             job.report.score.name(),
@@ -227,8 +235,10 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         };
         for g in &sweep.groups {
             html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                escape(if g.backbone.is_empty() { job.backbone.kind.name() } else { &g.backbone }),
                 escape(&g.layers),
+                escape(&g.covariance),
                 g.channels,
                 g.experiments,
                 spread(g.calibration_auroc_mean, g.calibration_auroc_std),
@@ -241,7 +251,7 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
              <table class=\"sortable\"><thead><tr><th>experiment</th><th>layers</th><th>channels</th><th>seed</th>\
              <th>score</th><th>calibration AUROC</th><th>test AUROC</th>\
              <th>calibration AUROC mean / max / top</th><th>test AUROC mean / max / top</th>\
-             <th>accuracy</th><th>F1</th><th>pixel AUROC</th><th>model MB</th><th>score CPU s</th></tr></thead><tbody>",
+             <th>accuracy</th><th>F1</th><th>pixel AUROC (calibration / test)</th><th>model MB</th><th>score CPU s</th></tr></thead><tbody>",
         );
         for e in &sweep.experiments {
             html.push_str(&format!(
@@ -260,7 +270,10 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
                 [e.test_auroc_mean_score, e.test_auroc_max_score, e.test_auroc_top_score].map(cell).join(" / "),
                 cell(e.accuracy),
                 cell(e.f1),
-                cell(e.pixel_auroc),
+                match e.calibration_pixel_auroc {
+                    Some(c) => format!("{} / {}", cell(Some(c)), cell(e.pixel_auroc)),
+                    None => cell(e.pixel_auroc),
+                },
                 e.model_bytes as f64 / 1e6,
                 e.score_cpu_seconds
             ));

@@ -7,9 +7,11 @@
 //! and for a sweep its decision table, [`decision`] with [`sweep`]'s frames and plot), draws the
 //! pictures ([`figures`], on [`pictures`]), renders the page ([`html`]) from the summary
 //! ([`summary`], `metrics.json`), and writes the bundle ([`bundle`]) and the run manifest
-//! ([`manifest`]). Modules depend downwards only: summary and metrics on nothing of the crate, html
+//! ([`manifest`]). A sweep over backbones reports each backbone's run, then compares them
+//! ([`backbones`]). Modules depend downwards only: summary and metrics on nothing of the crate, html
 //! on summary, the stage on all.
 
+pub mod backbones;
 pub mod bundle;
 pub mod choice;
 pub mod decision;
@@ -27,6 +29,7 @@ pub mod summary;
 pub mod sweep;
 pub mod tables;
 
+pub use backbones::run_backbones_report;
 pub use error::ReportError;
 pub use stage::run_report;
 pub use summary::ReportSummary;

@@ -1,4 +1,4 @@
-//! Pixel-level metrics: each test image's map resized and smoothed as in score, its mask in the
+//! Pixel-level metrics: each image's map resized and smoothed as in score, its mask in the
 //! network's geometry, pixel AUROC and PRO; and the image as the network saw it, for the pictures.
 
 use crate::error::ReportError;
@@ -55,18 +55,35 @@ pub(crate) fn network_mask(job: &Job, image: &Path) -> Result<Option<Vec<bool>>,
     Ok(Some(rgb.chunks_exact(3).map(|p| p[0] > 127).collect()))
 }
 
+/// [`pixel_metrics`] of the calibration split; `None` where it has no defect pixels (no anomalous
+/// image with a mask), other errors as they are.
+pub(crate) fn calibration_pixel_metrics(
+    job: &Job,
+    maps: &HashMap<u32, Vec<f32>>,
+    model: &str,
+    rows: &[&Scored],
+    with_pro: bool,
+    progress: &dyn Progress,
+) -> Result<Option<PixelMetrics>, ReportError> {
+    match pixel_metrics(job, maps, model, ("calibration", rows), with_pro, progress) {
+        Ok(metrics) => Ok(Some(metrics)),
+        Err(ReportError::Metric { .. }) => Ok(None),
+        Err(error) => Err(error),
+    }
+}
+
 /// Pixel AUROC and, with `with_pro`, PRO (the costly part; the sweep table needs only the AUROC and
-/// gets NaN for PRO, which it never shows).
+/// gets NaN for PRO, which it never shows) of the images `tests` of the split `split`.
 pub(crate) fn pixel_metrics(
     job: &Job,
     maps: &HashMap<u32, Vec<f32>>,
     model: &str,
-    tests: &[&Scored],
+    (split, tests): (&str, &[&Scored]),
     with_pro: bool,
     progress: &dyn Progress,
 ) -> Result<PixelMetrics, ReportError> {
     let normal = &job.dataset.normal;
-    progress.start("report (pixel metrics)", tests.len() as u64);
+    progress.start(&format!("report (pixel metrics, {split})"), tests.len() as u64);
     type MapAndMask = (Vec<f32>, Vec<bool>);
     let filter = map_filter(job);
     let per_image: Result<Vec<Option<MapAndMask>>, ReportError> = tests
@@ -98,7 +115,7 @@ pub(crate) fn pixel_metrics(
     }
     let truth: Vec<bool> = regions.iter().map(Option::is_some).collect();
     let as_f64: Vec<f64> = scores.iter().map(|&s| s as f64).collect();
-    let what = format!("model {model}, test pixels");
+    let what = format!("model {model}, {split} pixels");
     let roc = Roc::new(&as_f64, &truth, &what).map_err(|source| ReportError::Metric { what: what.clone(), source })?;
     let pro = if with_pro {
         pro_auc(&scores, &regions, n_regions, 0.3).map_err(|source| ReportError::Metric { what, source })?

@@ -9,7 +9,7 @@ use crate::evaluate::{evaluate, percentile};
 use crate::inputs::{
     Scored, group_by_model, image_rows, left_out, load_maps, load_scores, score_shards, stored_model_channels,
 };
-use crate::pixels::pixel_metrics;
+use crate::pixels::{calibration_pixel_metrics, pixel_metrics};
 use crate::summary::{ReportSummary, ScoreChoice, Unusable};
 use padim_core::config::{BEST_MODEL, Job, ScoreKind};
 use padim_core::{Progress, Shard};
@@ -128,18 +128,28 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
 
     // Maps of the headline model for the pictures and pixel metrics (resized and smoothed as in score).
     let tests: Vec<&Scored> = rows.iter().filter(|r| r.split == "test").collect();
-    let test_ids: BTreeSet<u32> = tests.iter().map(|r| r.image).collect();
-    let maps = load_maps(&store, &shards, &[&headline_model], &test_ids)?.remove(&headline_model).unwrap_or_default();
-    let pixel = if job.dataset.mask.is_some() {
-        Some(pixel_metrics(job, &maps, &headline_model, &tests, true, progress)?)
+    // With masks, the calibration images' maps too: pixel metrics of both splits (a pixel-level
+    // setting is chosen on the calibration split's, like everything else).
+    let with_masks = job.dataset.mask.is_some();
+    let ids: BTreeSet<u32> = rows
+        .iter()
+        .filter(|r| r.split == "test" || (with_masks && r.split == "calibration"))
+        .map(|r| r.image)
+        .collect();
+    let maps = load_maps(&store, &shards, &[&headline_model], &ids)?.remove(&headline_model).unwrap_or_default();
+    let (pixel, pixel_calibration) = if with_masks {
+        let test = pixel_metrics(job, &maps, &headline_model, ("test", &tests), true, progress)?;
+        let calibration = calibration_pixel_metrics(job, &maps, &headline_model, &calibration, true, progress)?;
+        (Some(test), calibration)
     } else {
-        None
+        (None, None)
     };
 
     let image_rows = image_rows(&store, &shards)?;
     let mut summary = ReportSummary {
         job: job.name.clone(),
         config_hash: hash.clone(),
+        backbone: None,
         headline_model: headline_model.clone(),
         headline_score: headline.score.clone(),
         choices,
@@ -147,6 +157,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         models,
         unusable,
         pixel,
+        pixel_calibration,
         left_out: left_out(&image_rows),
         sweep: None,
         already_done: false,

@@ -62,7 +62,7 @@ pub struct ScoreChoice {
     pub candidates: Vec<Candidate>,
 }
 
-/// Pixel-level metrics of the headline model on the test images that have masks.
+/// Pixel-level metrics of the headline model on the images of one split that have masks.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct PixelMetrics {
@@ -109,6 +109,9 @@ pub struct Unusable {
 pub struct ReportSummary {
     pub job: String,
     pub config_hash: String,
+    /// In a sweep over backbones: the headline's backbone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backbone: Option<String>,
     pub headline_model: String,
     pub headline_score: String,
     pub display_range: [f64; 2],
@@ -119,6 +122,9 @@ pub struct ReportSummary {
     /// Model and score combinations (other than the headline) that cannot be calibrated, and why.
     pub unusable: Vec<Unusable>,
     pub pixel: Option<PixelMetrics>,
+    /// The same on the calibration split (for choices made at pixel level).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pixel_calibration: Option<PixelMetrics>,
     /// Images the metrics could not count: skipped as unreadable by the extract stage (`skip-bad`).
     #[serde(default)]
     pub left_out: LeftOut,

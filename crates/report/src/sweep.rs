@@ -1,5 +1,5 @@
 //! The decision table of a sweep: one row per experiment (channel subset), aggregated per layer
-//! combination and channel count as mean and standard deviation over seeds (polars), the best
+//! combination, covariance estimator and channel count as mean and standard deviation over seeds (polars), the best
 //! experiment by calibration AUROC (never by a test number), and a plot of AUROC against the channel
 //! count with error bars, one line per layer combination.
 
@@ -14,8 +14,14 @@ use serde::{Deserialize, Serialize};
 #[serde(rename_all = "kebab-case")]
 pub struct Experiment {
     pub id: String,
+    /// The backbone of a sweep over backbones (then `id` is `backbone/experiment`); empty otherwise.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backbone: String,
     /// `1+2+3`, `2+3`, ...
     pub layers: String,
+    /// The covariance estimator (`sample`, `oas`).
+    #[serde(default = "sample")]
+    pub covariance: String,
     /// The requested count; `None` for all channels of the layers.
     pub count: Option<usize>,
     /// Channels the model uses.
@@ -41,17 +47,28 @@ pub struct Experiment {
     pub accuracy: Option<f64>,
     pub f1: Option<f64>,
     pub pixel_auroc: Option<f64>,
+    /// Pixel AUROC on the calibration split (masks of its anomalous images).
+    #[serde(default)]
+    pub calibration_pixel_auroc: Option<f64>,
     pub model_bytes: u64,
     /// CPU time score spent on this model (distances, resizing and smoothing; summed over threads
     /// and shards), in seconds.
     pub score_cpu_seconds: f64,
 }
 
-/// Per layer combination and count: mean and standard deviation over seeds.
+fn sample() -> String {
+    "sample".into()
+}
+
+/// Per layer combination, count and covariance estimator: mean and standard deviation over seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Group {
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub backbone: String,
     pub layers: String,
+    #[serde(default = "sample")]
+    pub covariance: String,
     pub channels: usize,
     pub experiments: usize,
     pub calibration_auroc_mean: Option<f64>,
@@ -76,7 +93,9 @@ pub struct SweepSummary {
 pub fn experiments_frame(experiments: &[Experiment]) -> PolarsResult<DataFrame> {
     df!(
         "id" => experiments.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
+        "backbone" => experiments.iter().map(|e| e.backbone.as_str()).collect::<Vec<_>>(),
         "layers" => experiments.iter().map(|e| e.layers.as_str()).collect::<Vec<_>>(),
+        "covariance" => experiments.iter().map(|e| e.covariance.as_str()).collect::<Vec<_>>(),
         "count" => experiments.iter().map(|e| e.count.map(|c| c as u32)).collect::<Vec<_>>(),
         "channels" => experiments.iter().map(|e| e.channels as u32).collect::<Vec<_>>(),
         "seed" => experiments.iter().map(|e| e.seed).collect::<Vec<_>>(),
@@ -92,18 +111,20 @@ pub fn experiments_frame(experiments: &[Experiment]) -> PolarsResult<DataFrame> 
         "accuracy" => experiments.iter().map(|e| e.accuracy).collect::<Vec<_>>(),
         "f1" => experiments.iter().map(|e| e.f1).collect::<Vec<_>>(),
         "pixel_auroc" => experiments.iter().map(|e| e.pixel_auroc).collect::<Vec<_>>(),
+        "calibration_pixel_auroc" => experiments.iter().map(|e| e.calibration_pixel_auroc).collect::<Vec<_>>(),
         "model_bytes" => experiments.iter().map(|e| e.model_bytes).collect::<Vec<_>>(),
         "score_cpu_seconds" => experiments.iter().map(|e| e.score_cpu_seconds).collect::<Vec<_>>(),
     )
 }
 
-/// Mean and standard deviation (ddof 1) over seeds per layer combination and channel count.
+/// Mean and standard deviation (ddof 1) over seeds per layer combination, channel count and
+/// covariance estimator.
 // polars marks eager group-by aggregations deprecated in favour of its lazy API; the report builds
 // polars without `lazy` (a large part of its compile time) and these few rows need nothing more.
 #[allow(deprecated)]
 pub fn groups_frame(experiments: &DataFrame) -> PolarsResult<DataFrame> {
     let metrics = ["calibration_auroc", "test_auroc", "accuracy"];
-    let keys = ["layers", "channels"];
+    let keys = ["backbone", "layers", "covariance", "channels"];
     let grouped = || experiments.group_by_stable(keys).map(|g| g.select(metrics));
     let mean = grouped()?.mean()?;
     let mut std = grouped()?.std(1)?;
@@ -129,12 +150,15 @@ pub fn groups(frame: &DataFrame) -> PolarsResult<Vec<Group>> {
         Ok(frame.column(name)?.cast(&DataType::UInt64)?.u64()?.iter().map(|v| v.unwrap_or(0) as usize).collect())
     };
     let (layers, channels, n) = (strings("layers")?, counts("channels")?, counts("experiments")?);
+    let (covariance, backbone) = (strings("covariance")?, strings("backbone")?);
     let (cal_mean, cal_std) = (floats("calibration_auroc_mean")?, floats("calibration_auroc_std")?);
     let (test_mean, test_std) = (floats("test_auroc_mean")?, floats("test_auroc_std")?);
     let (acc_mean, acc_std) = (floats("accuracy_mean")?, floats("accuracy_std")?);
     Ok((0..frame.height())
         .map(|i| Group {
+            backbone: backbone[i].clone(),
             layers: layers[i].clone(),
+            covariance: covariance[i].clone(),
             channels: channels[i],
             experiments: n[i],
             calibration_auroc_mean: cal_mean[i],
@@ -168,8 +192,28 @@ pub fn auroc_plot(groups: &[Group]) -> Result<Vec<u8>, PictureError> {
     });
     let low = values.fold(1.0f64, f64::min).clamp(0.0, 0.99);
     let low = (low * 50.0).floor() / 50.0;
-    let colors = [RGBColor(31, 119, 180), RGBColor(214, 39, 40), RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
-    let mut combinations: Vec<&str> = groups.iter().map(|g| g.layers.as_str()).collect();
+    let colors = [
+        RGBColor(31, 119, 180),
+        RGBColor(214, 39, 40),
+        RGBColor(44, 160, 44),
+        RGBColor(148, 103, 189),
+        RGBColor(255, 127, 14),
+        RGBColor(140, 86, 75),
+    ];
+    // One line per backbone, layer combination and estimator (the estimator named unless it is
+    // `sample`).
+    let label = |g: &Group| {
+        let layers = match g.covariance.as_str() {
+            "sample" => g.layers.clone(),
+            other => format!("{} {other}", g.layers),
+        };
+        if g.backbone.is_empty() {
+            layers
+        } else {
+            format!("{} {layers}", g.backbone.trim_start_matches("efficientnet-"))
+        }
+    };
+    let mut combinations: Vec<String> = groups.iter().map(label).collect();
     combinations.dedup();
     render("sweep", (640, 440), |root| {
         let mut chart = ChartBuilder::on(root)
@@ -188,7 +232,7 @@ pub fn auroc_plot(groups: &[Group]) -> Result<Vec<u8>, PictureError> {
             .map_err(|e| e.to_string())?;
         for (combination, color) in combinations.iter().zip(colors.iter().cycle()) {
             let color = *color;
-            let members: Vec<&Group> = groups.iter().filter(|g| g.layers == *combination).collect();
+            let members: Vec<&Group> = groups.iter().filter(|g| label(g) == *combination).collect();
             let test: Vec<(f64, f64, f64)> = members
                 .iter()
                 .filter_map(|g| g.test_auroc_mean.map(|m| (g.channels as f64, m, g.test_auroc_std.unwrap_or(0.0))))
@@ -222,7 +266,9 @@ mod tests {
     fn experiment(id: &str, layers: &str, channels: usize, seed: u64, cal: f64, test: f64) -> Experiment {
         Experiment {
             id: id.into(),
+            backbone: String::new(),
             layers: layers.into(),
+            covariance: "sample".into(),
             count: Some(channels),
             channels,
             seed: Some(seed),
@@ -238,6 +284,7 @@ mod tests {
             accuracy: Some(test - 0.1),
             f1: None,
             pixel_auroc: None,
+            calibration_pixel_auroc: None,
             model_bytes: 1,
             score_cpu_seconds: 0.5,
         }

@@ -80,7 +80,42 @@ impl Job {
     pub fn hash(&self) -> String {
         crate::hash::sha256_hex(self.to_canonical_json().as_bytes())
     }
+
+    /// The runs this job makes: itself, or with `[sweep] backbones` one run per backbone, each this
+    /// job with that backbone (and its input size) under `<output>/backbones/<backbone>`: its own
+    /// split, extraction, fit and score, reused on rerun like any run's. The job's report compares
+    /// them (README "sweeps").
+    pub fn variants(&self) -> Vec<Job> {
+        let Some(sweep) = self.sweep.as_ref().filter(|s| !s.backbones.is_empty()) else {
+            return vec![self.clone()];
+        };
+        sweep
+            .backbones
+            .iter()
+            .map(|b| {
+                let mut job = self.clone();
+                let name = b.name.name();
+                job.name = format!("{}/{name}", self.name);
+                job.output = format!("{}/{}/{name}", self.output.trim_end_matches('/'), BACKBONES_DIR);
+                job.backbone = Backbone {
+                    kind: b.name,
+                    weights: b.weights.clone(),
+                    sha256: b.sha256.clone(),
+                    tap: b.tap.unwrap_or(self.backbone.tap),
+                };
+                job.preprocess.resize = b.resize.unwrap_or(self.preprocess.resize);
+                job.preprocess.crop = b.crop.unwrap_or(self.preprocess.crop);
+                if let Some(sweep) = &mut job.sweep {
+                    sweep.backbones.clear();
+                }
+                job
+            })
+            .collect()
+    }
 }
+
+/// Where a backbone sweep's runs live, under the job's output.
+pub const BACKBONES_DIR: &str = "backbones";
 
 #[cfg(test)]
 mod tests {
@@ -116,6 +151,36 @@ weights = "w.safetensors"
         assert_eq!(job.preprocess, Preprocess::default());
         assert_eq!(job.backbone.tap, Tap::BlockOutput);
         assert_eq!(job.hash().len(), 64);
+    }
+
+    #[test]
+    fn sweep_covariances_multiply_the_experiments() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let sweep = "[fit]\nsubsets = []\n[sweep]\ncounts = [10, \"all\"]\nseeds = [0, 1]\nlayers = [\"2+3\"]\n";
+        let body = format!("{MINIMAL}{sweep}covariances = [\"sample\", \"oas\"]\n");
+        let job = Job::load(&write_job(dir.path(), &body)).unwrap();
+        let names: Vec<(&str, Option<CovarianceEstimator>)> =
+            job.fit.subsets.iter().map(|s| (s.name.as_str(), s.covariance)).collect();
+        let (sample, oas) = (Some(CovarianceEstimator::Sample), Some(CovarianceEstimator::Oas));
+        assert_eq!(
+            names,
+            [
+                ("c010-s0-l23", sample),
+                ("c010-s1-l23", sample),
+                ("c010-s0-l23-oas", oas),
+                ("c010-s1-l23-oas", oas),
+                ("all-l23", sample),
+                ("all-l23-oas", oas),
+            ]
+        );
+        // Without `covariances` the experiments and their identity are as before the key existed.
+        let plain = Job::load(&write_job(dir.path(), &format!("{MINIMAL}{sweep}"))).unwrap();
+        assert!(plain.fit.subsets.iter().all(|s| s.covariance.is_none()));
+        assert!(!serde_json::to_string(&plain.fit.subsets).unwrap().contains("covariance"));
+        let twice = format!("{MINIMAL}{sweep}covariances = [\"oas\", \"oas\"]\n");
+        let message = Job::load(&write_job(dir.path(), &twice)).unwrap_err().to_string();
+        assert!(message.contains("`oas` is listed twice"), "{message}");
     }
 
     #[test]

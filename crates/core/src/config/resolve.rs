@@ -44,34 +44,12 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
     };
 
     let pre = raw.preprocess;
-    if pre.resize.contains(&0) || pre.crop.contains(&0) {
-        return Err(invalid(path, "preprocess", "sizes must be positive"));
-    }
-    if pre.crop[0] > pre.resize[0] || pre.crop[1] > pre.resize[1] {
-        return Err(invalid(path, "preprocess.crop", format!("{:?} is larger than resize {:?}", pre.crop, pre.resize)));
-    }
-    // The embedding grid is a quarter of the input; with multiples of 16 the stride-8 and stride-16
-    // maps divide it exactly, otherwise they are upsampled to it by nearest neighbour (as anomalib).
-    if !pre.crop[0].is_multiple_of(4) || !pre.crop[1].is_multiple_of(4) {
-        return Err(invalid(
-            path,
-            "preprocess.crop",
-            format!(
-                "{:?} must be a multiple of 4 in both sides (the embedding grid is a quarter of the input; \
-                 multiples of 16 align the three feature maps exactly)",
-                pre.crop
-            ),
-        ));
-    }
+    check_sizes(path, "preprocess.crop", pre.resize, pre.crop)?;
     if pre.max_pixels == 0 {
         return Err(invalid(path, "preprocess.max-pixels", "must be positive"));
     }
 
-    if let Some(sha) = &raw.backbone.sha256
-        && (sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()))
-    {
-        return Err(invalid(path, "backbone.sha256", "must be 64 hexadecimal digits"));
-    }
+    check_sha256(path, "backbone.sha256", raw.backbone.sha256.as_deref())?;
     let backbone = Backbone {
         kind: raw.backbone.name,
         weights: resolve_input(&raw.backbone.weights, base),
@@ -79,8 +57,22 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
         tap: raw.backbone.tap,
     };
 
+    let mut sweep = raw.sweep;
+    if let Some(sweep) = &mut sweep {
+        let mut seen = Vec::new();
+        for b in &mut sweep.backbones {
+            check_sha256(path, "sweep.backbones.sha256", b.sha256.as_deref())?;
+            b.sha256 = b.sha256.as_ref().map(|s| s.to_lowercase());
+            check_sizes(path, "sweep.backbones", b.resize.unwrap_or(pre.resize), b.crop.unwrap_or(pre.crop))?;
+            b.weights = resolve_input(&b.weights.to_string_lossy(), base);
+            if seen.contains(&b.name) {
+                return Err(invalid(path, "sweep.backbones", format!("`{}` is listed twice", b.name.name())));
+            }
+            seen.push(b.name);
+        }
+    }
     let mut fit = raw.fit;
-    if let Some(sweep) = &raw.sweep {
+    if let Some(sweep) = &sweep {
         fit.subsets.extend(sweep.experiments().map_err(|message| invalid(path, "sweep", message))?);
     }
     if fit
@@ -195,8 +187,41 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
         score,
         split: raw.split,
         report,
-        sweep: raw.sweep,
+        sweep,
     })
+}
+
+/// Sizes are positive, the crop fits in the resize and is a multiple of 4.
+fn check_sizes(path: &Path, key: &'static str, resize: [u32; 2], crop: [u32; 2]) -> Result<(), ConfigError> {
+    if resize.contains(&0) || crop.contains(&0) {
+        return Err(invalid(path, key, "sizes must be positive"));
+    }
+    if crop[0] > resize[0] || crop[1] > resize[1] {
+        return Err(invalid(path, key, format!("{:?} is larger than resize {:?}", crop, resize)));
+    }
+    // The embedding grid is a quarter of the input; with multiples of 16 the stride-8 and stride-16
+    // maps divide it exactly, otherwise they are upsampled to it by nearest neighbour (as anomalib).
+    if !crop[0].is_multiple_of(4) || !crop[1].is_multiple_of(4) {
+        return Err(invalid(
+            path,
+            key,
+            format!(
+                "{:?} must be a multiple of 4 in both sides (the embedding grid is a quarter of the input; \
+                 multiples of 16 align the three feature maps exactly)",
+                crop
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn check_sha256(path: &Path, key: &'static str, sha: Option<&str>) -> Result<(), ConfigError> {
+    match sha {
+        Some(sha) if sha.len() != 64 || !sha.chars().all(|c| c.is_ascii_hexdigit()) => {
+            Err(invalid(path, key, "must be 64 hexadecimal digits"))
+        }
+        _ => Ok(()),
+    }
 }
 
 pub(super) fn validate_split(split: &SplitSettings, path: &Path) -> Result<(), ConfigError> {

@@ -209,6 +209,9 @@ pub struct SubsetSpec {
     /// embedding order); default every layer.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layers: Option<Vec<usize>>,
+    /// This subset's covariance estimator; default `fit.covariance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covariance: Option<CovarianceEstimator>,
 }
 
 /// A channel count of a sweep: a number, or `"all"`.
@@ -240,6 +243,29 @@ pub struct SweepSettings {
     /// Layer combinations, e.g. `["1+2+3", "2+3"]`.
     #[serde(default = "default_layers")]
     pub layers: Vec<String>,
+    /// Covariance estimators, e.g. `["sample", "oas"]`; default `fit.covariance` alone. Experiments
+    /// of an estimator other than `sample` have its name as a suffix (`all-l23-oas`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub covariances: Vec<CovarianceEstimator>,
+    /// Backbones: each runs every experiment on its own extraction, as a run of its own under
+    /// `<output>/backbones/<name>/` (see [`crate::Job::variants`]); the report compares them all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backbones: Vec<SweepBackbone>,
+}
+
+/// A backbone of a sweep, with the input size it runs at.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+pub struct SweepBackbone {
+    pub name: BackboneKind,
+    /// The weights (relative to the job file, or a URL; absolute once resolved).
+    pub weights: PathBuf,
+    pub sha256: Option<String>,
+    /// Default: the job's `backbone.tap`.
+    pub tap: Option<Tap>,
+    /// Default: the job's `preprocess.resize` and `preprocess.crop`.
+    pub resize: Option<[u32; 2]>,
+    pub crop: Option<[u32; 2]>,
 }
 
 pub(super) fn default_seeds() -> Vec<u64> {
@@ -252,9 +278,17 @@ pub(super) fn default_layers() -> Vec<String> {
 
 impl SweepSettings {
     /// The experiments, as subsets with stable names derived from their parameters:
-    /// `c050-s0-l123` (50 channels, seed 0, layers 1+2+3), `all-l23`.
+    /// `c050-s0-l123` (50 channels, seed 0, layers 1+2+3), `all-l23`, and with a covariance
+    /// estimator other than the sample covariance its name as a suffix (`all-l23-oas`).
     pub fn experiments(&self) -> Result<Vec<SubsetSpec>, String> {
         let mut out = Vec::new();
+        let estimators: Vec<Option<CovarianceEstimator>> =
+            if self.covariances.is_empty() { vec![None] } else { self.covariances.iter().copied().map(Some).collect() };
+        for (i, estimator) in estimators.iter().enumerate() {
+            if estimators[..i].contains(estimator) {
+                return Err(format!("covariances: `{}` is listed twice", estimator.unwrap_or_default().name()));
+            }
+        }
         for combination in &self.layers {
             let mut layers = Vec::new();
             for part in combination.split('+') {
@@ -266,27 +300,31 @@ impl SweepSettings {
             layers.sort_unstable();
             let tag: String = layers.iter().map(|l| l.to_string()).collect();
             for count in &self.counts {
+                let mut base = Vec::new();
                 match count {
-                    SweepCount::All(_) => out.push(SubsetSpec {
-                        name: format!("all-l{tag}"),
-                        count: None,
-                        seed: 0,
-                        channels: None,
-                        all: true,
-                        layers: Some(layers.clone()),
-                    }),
+                    SweepCount::All(_) => base.push((format!("all-l{tag}"), None, 0, true)),
                     SweepCount::Count(0) => return Err("counts must be positive".into()),
                     SweepCount::Count(n) => {
                         for &seed in &self.seeds {
-                            out.push(SubsetSpec {
-                                name: format!("c{n:03}-s{seed}-l{tag}"),
-                                count: Some(*n),
-                                seed,
-                                channels: None,
-                                all: false,
-                                layers: Some(layers.clone()),
-                            });
+                            base.push((format!("c{n:03}-s{seed}-l{tag}"), Some(*n), seed, false));
                         }
+                    }
+                }
+                for &estimator in &estimators {
+                    for (name, count, seed, all) in &base {
+                        let suffix = match estimator {
+                            Some(e) if !e.is_sample() => format!("-{}", e.name()),
+                            _ => String::new(),
+                        };
+                        out.push(SubsetSpec {
+                            name: format!("{name}{suffix}"),
+                            count: *count,
+                            seed: *seed,
+                            channels: None,
+                            all: *all,
+                            layers: Some(layers.clone()),
+                            covariance: estimator,
+                        });
                     }
                 }
             }
@@ -337,6 +375,13 @@ impl CovarianceEstimator {
     pub fn is_sample(&self) -> bool {
         *self == CovarianceEstimator::Sample
     }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CovarianceEstimator::Sample => "sample",
+            CovarianceEstimator::Oas => "oas",
+        }
+    }
 }
 
 impl Default for FitSettings {
@@ -350,6 +395,7 @@ impl Default for FitSettings {
                 channels: None,
                 all: true,
                 layers: None,
+                covariance: None,
             }],
             train_labels: Vec::new(),
             train_split: None,
