@@ -184,6 +184,36 @@ weights = "w.safetensors"
     }
 
     #[test]
+    fn choice_settings_are_checked_naming_the_key() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let error =
+            |extra: &str| Job::load(&write_job(dir.path(), &format!("{MINIMAL}{extra}"))).unwrap_err().to_string();
+        assert!(error("[score]\ntop-fraction = 0\n").contains("score.top-fraction"));
+        let message = error("[report]\nmodel = \"nope\"\n");
+        assert!(message.contains("report.model") && message.contains("\"best\""), "{message}");
+        let message = error("[fit]\nsubsets = [{ name = \"best\", all = true }]\n");
+        assert!(message.contains("fit.subsets") && message.contains("`best` is kept"), "{message}");
+        let twice = "[sweep]\ncounts = [\"all\"]\nbackbones = [{ name = \"resnet18\", weights = \"a\" }, \
+                     { name = \"resnet18\", weights = \"b\" }]\n";
+        assert!(error(twice).contains("`resnet18` is listed twice"));
+        let odd =
+            "[sweep]\ncounts = [\"all\"]\nbackbones = [{ name = \"resnet18\", weights = \"a\", crop = [230, 230] }]\n";
+        assert!(error(odd).contains("sweep.backbones"));
+        // A sweep's backbones resolve their weights against the job file and run under backbones/.
+        let ok = "[sweep]\ncounts = [\"all\"]\nbackbones = [{ name = \"efficientnet-lite1\", weights = \"w1\", \
+                  resize = [272, 272], crop = [240, 240] }]\n";
+        let job = Job::load(&write_job(dir.path(), &format!("{MINIMAL}{ok}"))).unwrap();
+        let variants = job.variants();
+        assert_eq!(variants.len(), 1);
+        let root = std::path::absolute(dir.path()).unwrap();
+        assert_eq!(variants[0].backbone.weights, root.join("w1"));
+        assert_eq!(variants[0].output, format!("{}/backbones/efficientnet-lite1", root.join("out").display()));
+        assert_eq!((variants[0].preprocess.resize, variants[0].preprocess.crop), ([272, 272], [240, 240]));
+        assert!(variants[0].sweep.as_ref().unwrap().backbones.is_empty());
+    }
+
+    #[test]
     fn unknown_key_is_an_error_naming_file_and_key() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();
