@@ -54,8 +54,9 @@ fn number(model: Option<&ModelMetrics>, metric: &str, text: String) -> String {
 /// How the headline model and its image score were chosen, with each score's calibration AUROC and
 /// the bootstrap interval of its difference to the mean's.
 fn choice_line(job: &Job, summary: &ReportSummary, h: &ModelMetrics) -> String {
-    let model = match job.report.model.as_deref() {
-        Some(name) if name != BEST_MODEL => "the job's <code>report.model</code>".to_string(),
+    let model = match (job.report.model.as_deref(), &summary.backbone) {
+        (Some(name), _) if name != BEST_MODEL => "the job's <code>report.model</code>".to_string(),
+        (_, Some(_)) => "the highest calibration AUROC of every backbone's models".to_string(),
         _ => "the highest calibration AUROC of the models".to_string(),
     };
     let Some(choice) = summary.choices.iter().find(|c| c.model == h.model) else {
@@ -106,7 +107,10 @@ fn headline(job: &Job, summary: &ReportSummary) -> String {
              ({} on the calibration split, calibration AUROC {}).</p>\
              <p>Test images: {} normal, {} anomalous. Flagged: {} true positives, {} false positives; \
              passed: {} true negatives, {} false negatives.</p>",
-            escape(&h.model),
+            escape(&match &summary.backbone {
+                Some(backbone) => format!("{backbone}/{}", h.model),
+                None => h.model.clone(),
+            }),
             escape(&h.score),
             n("test.auroc", h.test.auroc),
             n("test.accuracy", h.test.accuracy),
