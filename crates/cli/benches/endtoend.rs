@@ -3,7 +3,7 @@
 //! 1,000 + 1,000 test) run whole, one process each, back to back on this machine's cores:
 //! - `padim run`, ResNet-18 with seeded random weights, 100 channels, embeddings stored as the job
 //!   says (the shipped ResNet-18 job's storage settings);
-//! - `padim run`, EfficientNet-Lite0 (pretrained), the main job's models;
+//! - `padim run`, EfficientNet-Lite0 (pretrained), the Lite0 job's models (configs/concrete-crack-lite0.toml);
 //! - the plain PyTorch recipe (`scripts/bench_recipe.py torch`, same weights and split);
 //! - anomalib 2.7.0's PaDiM model (`scripts/bench_recipe.py anomalib`, ResNet-18, random init, 100
 //!   features), and the same through anomalib's `Folder` datamodule and Lightning `Engine` (fit with
@@ -80,7 +80,7 @@ fn main() {
     rows.push(("padim run, ResNet-18 (random), 100 channels", seconds, peak, headline(&dir.join("resnet18"))));
     let (seconds, peak, out) = measured(padim(&l0));
     eprintln!("{out}");
-    rows.push(("padim run, EfficientNet-Lite0, main job", seconds, peak, headline(&dir.join("lite0"))));
+    rows.push(("padim run, EfficientNet-Lite0 job", seconds, peak, headline(&dir.join("lite0"))));
 
     let manifest = dir.join("resnet18/split/manifest.csv");
     let data = root().join("../shared/data/concrete-crack");
