@@ -178,4 +178,27 @@ mod tests {
         // The same scores give the same intervals.
         assert_eq!(c, candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal));
     }
+
+    #[test]
+    fn the_test_split_plays_no_part_in_the_choice() {
+        let normal = vec!["ok".to_string()];
+        // On calibration the mean separates and max does not; on test the reverse, more strongly
+        // and with ten times the images.
+        let mut rows = Vec::new();
+        for i in 0..100 {
+            let x = i as f64 / 100.0;
+            rows.push(scored("ok", x, 1.0 - x, x));
+            rows.push(scored("bad", x + 0.5, 1.0 - x, x + 0.5));
+        }
+        let calibration_only = candidates(&rows, &ScoreKind::ALL, &normal);
+        for i in 0..1000 {
+            let x = i as f64 / 1000.0;
+            for (label, shift) in [("ok", 0.0), ("bad", 1.0)] {
+                rows.push(Scored { split: "test".into(), ..scored(label, 1.0 - x, x + shift, 1.0 - x) });
+            }
+        }
+        let with_test = candidates(&rows, &ScoreKind::ALL, &normal);
+        assert_eq!(with_test, calibration_only);
+        assert_eq!(choose(ScoreRule::Auto, &with_test), ScoreKind::Mean);
+    }
 }
