@@ -277,6 +277,7 @@ fn sweep_over_backbones_extracts_each_once_and_compares_them() {
     let best_experiment = experiments.iter().find(|e| e["id"] == best).unwrap();
     assert_eq!(best_experiment["calibration-auroc"].as_f64().unwrap(), top);
     let (backbone, model) = best.split_once('/').unwrap();
+    assert!(out.contains(&format!("\n{best} (")), "the headline line names {best}: {out}");
     assert_eq!((metrics["backbone"].as_str(), metrics["headline-model"].as_str()), (Some(backbone), Some(model)));
     assert_eq!(metrics["headline-score"], best_experiment["score"]);
     assert_eq!(
