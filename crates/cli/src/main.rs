@@ -426,7 +426,7 @@ fn report(job: &Job, force: bool, quiet: bool) -> Result<()> {
             "\n{} ({} score, {:?} threshold {:.4}): calibration AUROC {:.4}; test AUROC {:.4}, accuracy {:.4}, \
              F1 {:.4} (TP {} FP {} TN {} FN {})",
             summary.backbone.as_ref().map_or(h.model.clone(), |b| format!("{b}/{}", h.model)),
-            h.score,
+            h.score.name(),
             h.threshold_rule,
             h.threshold,
             h.calibration.auroc,

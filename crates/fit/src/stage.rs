@@ -186,7 +186,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let clock = std::time::Instant::now();
     // Each subset's covariance estimator: its own, else the job's.
     let estimator = |name: &str| {
-        job.fit.subsets.iter().find(|s| s.name == name).and_then(|s| s.covariance).unwrap_or(job.fit.covariance)
+        job.fit.subsets.iter().find(|s| s.name == name).map_or(job.fit.covariance, |s| job.fit.covariance_of(s))
     };
     let info = |name: &str| ModelInfo {
         format_version: ModelInfo::FORMAT_VERSION,

@@ -5,11 +5,12 @@
 //! pictures, page and bundle.
 
 use crate::error::{ReportError, table_error};
+use crate::stage::{finished_summary, publish_done};
 use crate::summary::ReportSummary;
 use crate::sweep::{Experiment, SweepSummary, best, experiments_frame, groups, groups_frame};
 use crate::tables::put_table;
+use padim_core::Progress;
 use padim_core::config::Job;
-use padim_core::{Progress, Shard};
 use padim_store::{DoneMarker, Store, layout};
 use std::collections::BTreeMap;
 
@@ -38,12 +39,9 @@ pub fn run_backbones_report(job: &Job, force: bool, progress: &dyn Progress) -> 
         && !force
         && marker.config_hash == hash
         && marker.made_from == made_from
+        && let Some(summary) = finished_summary(&store)?
     {
-        let bytes = store.get(layout::report::METRICS)?.unwrap_or_default();
-        if let Ok(mut summary) = serde_json::from_slice::<ReportSummary>(&bytes) {
-            summary.already_done = true;
-            return Ok(summary);
-        }
+        return Ok(summary);
     }
     store.delete(layout::report::DONE)?;
 
@@ -68,6 +66,12 @@ pub fn run_backbones_report(job: &Job, force: bool, progress: &dyn Progress) -> 
         .and_then(|(backbone, _)| runs.iter().position(|(v, _, _, _)| v.backbone.kind.name() == backbone))
         .unwrap_or(0);
     let (variant, best_summary, variant_store, variant_marker) = &runs[chosen];
+    let read_chosen = |key: &str| -> Result<Vec<u8>, ReportError> {
+        let bytes = variant_store.get(key)?;
+        bytes
+            .map(|b| b.to_vec())
+            .ok_or_else(|| ReportError::Table { what: variant_store.url_of(key), message: "missing".into() })
+    };
     let mut summary = best_summary.clone();
     summary.job = job.name.clone();
     summary.config_hash = hash.clone();
@@ -86,10 +90,7 @@ pub fn run_backbones_report(job: &Job, force: bool, progress: &dyn Progress) -> 
             let groups = &summary.sweep.as_ref().map(|s| s.groups.clone()).unwrap_or_default();
             crate::sweep::auroc_plot(groups)?
         } else {
-            variant_store
-                .get(key)?
-                .ok_or_else(|| ReportError::Table { what: variant_store.url_of(key), message: "missing".into() })?
-                .to_vec()
+            read_chosen(key)?
         };
         pictures.push((name, bytes));
     }
@@ -101,26 +102,13 @@ pub fn run_backbones_report(job: &Job, force: bool, progress: &dyn Progress) -> 
     let html = crate::html::page(variant, &summary, &pictures);
     store.put(layout::report::HTML, html.into_bytes())?;
     for key in [layout::report::BUNDLE, layout::report::RUN_MANIFEST] {
-        let bytes = variant_store
-            .get(key)?
-            .ok_or_else(|| ReportError::Table { what: variant_store.url_of(key), message: "missing".into() })?;
-        store.put(key, bytes.to_vec())?;
+        store.put(key, read_chosen(key)?)?;
     }
     store.put(layout::report::METRICS, serde_json::to_vec_pretty(&summary).unwrap_or_default())?;
     files.extend(
         [layout::report::HTML, layout::report::BUNDLE, layout::report::RUN_MANIFEST, layout::report::METRICS]
             .map(String::from),
     );
-    DoneMarker {
-        stage: "report".into(),
-        shard: Shard::ALL.to_string(),
-        config_hash: hash,
-        digest: None,
-        files,
-        counts: BTreeMap::from([("backbones".to_string(), runs.len() as u64)]),
-        run_id: DoneMarker::new_run_id(),
-        made_from,
-    }
-    .publish(&store, layout::report::DONE)?;
+    publish_done(&store, hash, files, ("backbones", runs.len()), made_from)?;
     Ok(summary)
 }

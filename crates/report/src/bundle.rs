@@ -3,7 +3,7 @@
 
 use crate::error::ReportError;
 use crate::summary::{ModelMetrics, ReportSummary};
-use padim_core::config::{Job, ScoreKind};
+use padim_core::config::Job;
 use padim_store::{Store, layout};
 
 /// The bundle of the headline model: its matrices as fitted, with the calibration of this report.
@@ -26,7 +26,7 @@ pub(crate) fn bundle(
         weights_location: job.backbone.weights.display().to_string(),
         preprocess: job.preprocess.clone(),
         score_settings: job.score.clone(),
-        score: ScoreKind::from_name(&headline.score).unwrap_or(ScoreKind::Mean),
+        score: headline.score,
         normalisation: headline.normalisation,
         threshold_rule: headline.threshold_rule,
         target_rate: job.report.target_rate,

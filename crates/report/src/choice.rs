@@ -74,7 +74,7 @@ pub(crate) fn candidates(rows: &[Scored], kinds: &[ScoreKind], normal: &[String]
         .map(|(&kind, differences)| {
             let auc = full(kind);
             Candidate {
-                score: kind.name().into(),
+                score: kind,
                 calibration_auroc: auc,
                 difference: auc - base,
                 interval: if kind == ScoreKind::Mean || differences.is_empty() {
@@ -95,10 +95,9 @@ pub fn choose(rule: ScoreRule, candidates: &[Candidate]) -> ScoreKind {
         return kind;
     }
     let highest = |c: &mut dyn Iterator<Item = &Candidate>| {
-        c.max_by(|a, b| a.calibration_auroc.total_cmp(&b.calibration_auroc))
-            .and_then(|c| ScoreKind::from_name(&c.score))
+        c.max_by(|a, b| a.calibration_auroc.total_cmp(&b.calibration_auroc)).map(|c| c.score)
     };
-    let mean = candidates.iter().any(|c| c.score == ScoreKind::Mean.name());
+    let mean = candidates.iter().any(|c| c.score == ScoreKind::Mean);
     highest(&mut candidates.iter().filter(|c| c.interval[0] > 0.0))
         .or(mean.then_some(ScoreKind::Mean))
         .or_else(|| highest(&mut candidates.iter()))
@@ -164,7 +163,7 @@ mod tests {
         }
         let kinds = ScoreKind::ALL;
         let c = candidates(&rows, &kinds, &normal);
-        assert_eq!(c.iter().map(|c| c.score.as_str()).collect::<Vec<_>>(), ["mean", "max", "top"]);
+        assert_eq!(c.iter().map(|c| c.score).collect::<Vec<_>>(), ScoreKind::ALL);
         assert_eq!(c[0].interval, [0.0, 0.0]);
         assert_eq!(c[1].calibration_auroc, 1.0);
         assert!(c[1].interval[0] > 0.3, "{:?}", c[1]);

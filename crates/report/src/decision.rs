@@ -8,7 +8,7 @@ use crate::pixels::{calibration_pixel_metrics, pixel_metrics};
 use crate::summary::ReportSummary;
 use crate::tables::put_table;
 use padim_core::Progress;
-use padim_core::config::Job;
+use padim_core::config::{Job, ScoreKind};
 use padim_store::{Store, layout};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -36,7 +36,8 @@ pub(crate) fn sweep_table(
             }
         }
     }
-    let metrics_of = |model: &str, score: &str| summary.models.iter().find(|m| m.model == model && m.score == score);
+    let metrics_of =
+        |model: &str, score: ScoreKind| summary.models.iter().find(|m| m.model == model && m.score == score);
     // The test maps of every experiment, read in one pass over the maps files (for pixel AUROC).
     let mut maps = match &job.dataset.mask {
         Some(_) => {
@@ -72,19 +73,19 @@ pub(crate) fn sweep_table(
             id: spec.name.clone(),
             backbone: String::new(),
             layers: layers.unwrap_or_else(|| "1+2+3".into()),
-            covariance: spec.covariance.unwrap_or(job.fit.covariance).name().into(),
+            covariance: job.fit.covariance_of(spec).name().into(),
             count: spec.count,
             channels,
             seed: spec.count.map(|_| spec.seed),
-            score: headline.map(|m| m.score.clone()),
+            score: headline.map(|m| m.score.name().to_string()),
             calibration_auroc: headline.map(|m| m.calibration.auroc),
             test_auroc: headline.map(|m| m.test.auroc),
-            calibration_auroc_mean_score: metrics_of(&spec.name, "mean").map(|m| m.calibration.auroc),
-            calibration_auroc_max_score: metrics_of(&spec.name, "max").map(|m| m.calibration.auroc),
-            calibration_auroc_top_score: metrics_of(&spec.name, "top").map(|m| m.calibration.auroc),
-            test_auroc_mean_score: metrics_of(&spec.name, "mean").map(|m| m.test.auroc),
-            test_auroc_max_score: metrics_of(&spec.name, "max").map(|m| m.test.auroc),
-            test_auroc_top_score: metrics_of(&spec.name, "top").map(|m| m.test.auroc),
+            calibration_auroc_mean_score: metrics_of(&spec.name, ScoreKind::Mean).map(|m| m.calibration.auroc),
+            calibration_auroc_max_score: metrics_of(&spec.name, ScoreKind::Max).map(|m| m.calibration.auroc),
+            calibration_auroc_top_score: metrics_of(&spec.name, ScoreKind::Top).map(|m| m.calibration.auroc),
+            test_auroc_mean_score: metrics_of(&spec.name, ScoreKind::Mean).map(|m| m.test.auroc),
+            test_auroc_max_score: metrics_of(&spec.name, ScoreKind::Max).map(|m| m.test.auroc),
+            test_auroc_top_score: metrics_of(&spec.name, ScoreKind::Top).map(|m| m.test.auroc),
             accuracy: headline.map(|m| m.test.accuracy),
             f1: headline.map(|m| m.test.f1),
             pixel_auroc,

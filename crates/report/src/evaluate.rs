@@ -96,7 +96,7 @@ pub(crate) fn evaluate(
         set_metrics(&test_scores, &test_truth, threshold, &format!("model {model}, {} score, test", kind.name()))?;
     Ok(ModelMetrics {
         model: model.to_string(),
-        score: kind.name().to_string(),
+        score: kind,
         normalisation: range,
         threshold_rule: job.report.threshold,
         threshold,

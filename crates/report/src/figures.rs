@@ -10,7 +10,7 @@ use crate::pictures::{self, Tile};
 use crate::pixels::{map_filter, network_view};
 use crate::summary::{ModelMetrics, ReportSummary};
 use padim_core::Progress;
-use padim_core::config::{Job, ScoreKind};
+use padim_core::config::Job;
 use rayon::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -25,7 +25,7 @@ pub(crate) fn pictures(
     summary: &ReportSummary,
     progress: &dyn Progress,
 ) -> Result<Vec<(String, Vec<u8>)>, ReportError> {
-    let kind = ScoreKind::from_name(&headline.score).unwrap_or(ScoreKind::Mean);
+    let kind = headline.score;
     let normal = &job.dataset.normal;
     let (cal, cal_truth) = split_scores(rows, "calibration", kind, headline.normalisation, normal);
     let (test, test_truth) = split_scores(rows, "test", kind, headline.normalisation, normal);

@@ -4,7 +4,7 @@
 
 use crate::summary::{Candidate, ModelMetrics, ReportSummary, SetMetrics};
 use base64::Engine;
-use padim_core::config::{BEST_MODEL, Job, ScoreRule, ThresholdRule};
+use padim_core::config::{BEST_MODEL, Job, ScoreKind, ScoreRule, ThresholdRule};
 
 fn escape(text: &str) -> String {
     text.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
@@ -46,7 +46,7 @@ fn rule_name(rule: ThresholdRule, target_rate: f64) -> String {
 /// the summary itself), `data-metric` its path there, so that a test can hold the page to the file.
 fn number(model: Option<&ModelMetrics>, metric: &str, text: String) -> String {
     let entry = model
-        .map(|m| format!(" data-model=\"{}\" data-score=\"{}\"", escape(&m.model), escape(&m.score)))
+        .map(|m| format!(" data-model=\"{}\" data-score=\"{}\"", escape(&m.model), m.score.name()))
         .unwrap_or_default();
     format!("<b{entry} data-metric=\"{metric}\">{text}</b>")
 }
@@ -71,7 +71,7 @@ fn choice_line(job: &Job, summary: &ReportSummary, h: &ModelMetrics) -> String {
     format!(
         "<p>Chosen on the calibration split: the model by {model}; the {} score by {how}. Calibration AUROC per \
          score: {}.</p>",
-        escape(&choice.chosen),
+        choice.chosen.name(),
         candidates_text(&choice.candidates)
     )
 }
@@ -81,12 +81,16 @@ fn candidates_text(candidates: &[Candidate]) -> String {
     candidates
         .iter()
         .map(|c| {
-            if c.score == "mean" {
-                format!("{} {:.4}", c.score, c.calibration_auroc)
+            if c.score == ScoreKind::Mean {
+                format!("{} {:.4}", c.score.name(), c.calibration_auroc)
             } else {
                 format!(
                     "{} {:.4} ({:+.4}, [{:+.4}, {:+.4}])",
-                    c.score, c.calibration_auroc, c.difference, c.interval[0], c.interval[1]
+                    c.score.name(),
+                    c.calibration_auroc,
+                    c.difference,
+                    c.interval[0],
+                    c.interval[1]
                 )
             }
         })
@@ -111,7 +115,7 @@ fn headline(job: &Job, summary: &ReportSummary) -> String {
                 Some(backbone) => format!("{backbone}/{}", h.model),
                 None => h.model.clone(),
             }),
-            escape(&h.score),
+            h.score.name(),
             n("test.auroc", h.test.auroc),
             n("test.accuracy", h.test.accuracy),
             n("threshold", h.threshold),
@@ -136,7 +140,7 @@ fn headline(job: &Job, summary: &ReportSummary) -> String {
                 "<p>Best by calibration AUROC: <b>{}</b>, {} score (calibration AUROC {}; test AUROC {}, accuracy {}); \
                  the headline is the job's <code>report.model</code>.</p>",
                 escape(&best.model),
-                escape(&best.score),
+                best.score.name(),
                 n("calibration.auroc", best.calibration.auroc),
                 n("test.auroc", best.test.auroc),
                 n("test.accuracy", best.test.accuracy),
@@ -293,8 +297,8 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         summary.models.iter().map(|m| &m.model).collect::<std::collections::BTreeSet<_>>().len()
     ));
     for m in &summary.models {
-        html.push_str(&row(&m.model, &m.score, "calibration", m.threshold, &m.calibration));
-        html.push_str(&row(&m.model, &m.score, "test", m.threshold, &m.test));
+        html.push_str(&row(&m.model, m.score.name(), "calibration", m.threshold, &m.calibration));
+        html.push_str(&row(&m.model, m.score.name(), "test", m.threshold, &m.test));
     }
     html.push_str("</tbody></table></div></details>");
     html.push_str(
@@ -306,7 +310,7 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         html.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
             escape(&c.model),
-            escape(&c.chosen),
+            c.chosen.name(),
             candidates_text(&c.candidates)
         ));
     }

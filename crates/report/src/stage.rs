@@ -34,9 +34,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
                 store.url_of(input)
             );
         } else if marker.config_hash == hash && !force {
-            let bytes = store.get(layout::report::METRICS)?.unwrap_or_default();
-            if let Ok(mut summary) = serde_json::from_slice::<ReportSummary>(&bytes) {
-                summary.already_done = true;
+            if let Some(summary) = finished_summary(&store)? {
                 return Ok(summary);
             }
         } else if marker.config_hash != hash && !force {
@@ -91,12 +89,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         let candidates = crate::choice::candidates(rows, &usable, normal);
         let chosen = crate::choice::choose(job.report.score, &candidates);
         if usable.contains(&chosen) {
-            choices.push(ScoreChoice {
-                model: model.clone(),
-                rule: job.report.score.name().into(),
-                chosen: chosen.name().into(),
-                candidates,
-            });
+            choices.push(ScoreChoice { model: model.clone(), rule: job.report.score, chosen, candidates });
         }
     }
     let chosen_metrics = |model: &str| {
@@ -151,7 +144,7 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
         config_hash: hash.clone(),
         backbone: None,
         headline_model: headline_model.clone(),
-        headline_score: headline.score.clone(),
+        headline_score: headline.score,
         choices,
         display_range: [0.0, display_max],
         models,
@@ -181,16 +174,38 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
     store.put(layout::report::RUN_MANIFEST, crate::manifest::run_manifest(job, &inputs, &image_rows))?;
     store.put(layout::report::BUNDLE, crate::bundle::bundle(&store, job, &headline, &summary)?)?;
     files.extend([layout::report::METRICS, layout::report::RUN_MANIFEST, layout::report::BUNDLE].map(String::from));
+    let made_from = DoneMarker::current_ids(&store, &shards.iter().flat_map(|s| s.keys.clone()).collect::<Vec<_>>())?;
+    publish_done(&store, hash, files, ("images", rows.len()), made_from)?;
+    Ok(summary)
+}
+
+/// The summary of a finished report (its `metrics.json`, marked already done); `None` where it
+/// cannot be read, and the report is then redone.
+pub(crate) fn finished_summary(store: &Store) -> Result<Option<ReportSummary>, ReportError> {
+    let bytes = store.get(layout::report::METRICS)?.unwrap_or_default();
+    Ok(serde_json::from_slice::<ReportSummary>(&bytes)
+        .ok()
+        .map(|summary| ReportSummary { already_done: true, ..summary }))
+}
+
+/// Publishes the report's done marker, listing `files`, with one count and what it was made from.
+pub(crate) fn publish_done(
+    store: &Store,
+    hash: String,
+    files: Vec<String>,
+    (counted, count): (&str, usize),
+    made_from: BTreeMap<String, String>,
+) -> Result<(), ReportError> {
     DoneMarker {
         stage: "report".into(),
         shard: Shard::ALL.to_string(),
         config_hash: hash,
         digest: None,
         files,
-        counts: BTreeMap::from([("images".to_string(), rows.len() as u64)]),
+        counts: BTreeMap::from([(counted.to_string(), count as u64)]),
         run_id: DoneMarker::new_run_id(),
-        made_from: DoneMarker::current_ids(&store, &shards.iter().flat_map(|s| s.keys.clone()).collect::<Vec<_>>())?,
+        made_from,
     }
-    .publish(&store, DONE_KEY)?;
-    Ok(summary)
+    .publish(store, DONE_KEY)?;
+    Ok(())
 }

@@ -3,7 +3,7 @@
 //! sweep's decision table.
 
 use crate::metrics::Confusion;
-use padim_core::config::ThresholdRule;
+use padim_core::config::{ScoreKind, ScoreRule, ThresholdRule};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
@@ -28,7 +28,7 @@ pub struct SetMetrics {
 #[serde(rename_all = "kebab-case")]
 pub struct ModelMetrics {
     pub model: String,
-    pub score: String,
+    pub score: ScoreKind,
     /// The calibration maps' minimum and maximum: scores are normalised as (s - min) / (max - min).
     pub normalisation: [f64; 2],
     pub threshold_rule: ThresholdRule,
@@ -42,7 +42,7 @@ pub struct ModelMetrics {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Candidate {
-    pub score: String,
+    pub score: ScoreKind,
     pub calibration_auroc: f64,
     /// Its calibration AUROC minus the mean score's.
     pub difference: f64,
@@ -56,8 +56,8 @@ pub struct Candidate {
 pub struct ScoreChoice {
     pub model: String,
     /// The job's `report.score`.
-    pub rule: String,
-    pub chosen: String,
+    pub rule: ScoreRule,
+    pub chosen: ScoreKind,
     /// Every score that calibrates, the recipe's mean first.
     pub candidates: Vec<Candidate>,
 }
@@ -113,7 +113,7 @@ pub struct ReportSummary {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backbone: Option<String>,
     pub headline_model: String,
-    pub headline_score: String,
+    pub headline_score: ScoreKind,
     pub display_range: [f64; 2],
     pub models: Vec<ModelMetrics>,
     /// Per model, the image score it classifies with and the calibration evidence for it.

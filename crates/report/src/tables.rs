@@ -40,11 +40,10 @@ pub(crate) fn write_tables(
 ) -> Result<Vec<String>, ReportError> {
     // One row per image and calibrated model, with the model's chosen score:
     // (model, row, normalisation, threshold, score).
-    let kind_of = |m: &ModelMetrics| ScoreKind::from_name(&m.score).unwrap_or(ScoreKind::Mean);
     let rows: Vec<(&str, &Scored, [f64; 2], f64, ScoreKind)> = summary
         .chosen()
         .flat_map(|m| {
-            by_model[&m.model].iter().map(move |r| (m.model.as_str(), r, m.normalisation, m.threshold, kind_of(m)))
+            by_model[&m.model].iter().map(move |r| (m.model.as_str(), r, m.normalisation, m.threshold, m.score))
         })
         .collect();
     let normalised = |v: f64, [lo, hi]: [f64; 2]| (v - lo) / (hi - lo);
@@ -75,7 +74,7 @@ pub(crate) fn write_tables(
         |f: &dyn Fn(&Confusion) -> usize| sets.iter().map(|(_, _, s)| f(&s.confusion) as u64).collect::<Vec<u64>>();
     let mut metrics = df!(
         "model" => sets.iter().map(|(m, _, _)| m.model.as_str()).collect::<Vec<&str>>(),
-        "score" => sets.iter().map(|(m, _, _)| m.score.as_str()).collect::<Vec<&str>>(),
+        "score" => sets.iter().map(|(m, _, _)| m.score.name()).collect::<Vec<&str>>(),
         "set" => sets.iter().map(|(_, set, _)| *set).collect::<Vec<&str>>(),
         "threshold" => sets.iter().map(|(m, _, _)| m.threshold).collect::<Vec<f64>>(),
         "auroc" => numbers(&|s| s.auroc),
@@ -96,13 +95,13 @@ pub(crate) fn write_tables(
     // Every ROC point of every model, score and set.
     let mut points: Vec<(&str, &str, &str, f64, f64, f64)> = Vec::new();
     for m in &summary.models {
-        let kind = kind_of(m);
+        let kind = m.score;
         for set in ["calibration", "test"] {
             let (scores, truth) = split_scores(&by_model[&m.model], set, kind, m.normalisation, &job.dataset.normal);
             let roc =
                 Roc::new(&scores, &truth, set).map_err(|source| ReportError::Metric { what: set.into(), source })?;
             for i in 0..roc.fpr.len() {
-                points.push((m.model.as_str(), m.score.as_str(), set, roc.thresholds[i], roc.fpr[i], roc.tpr[i]));
+                points.push((m.model.as_str(), m.score.name(), set, roc.thresholds[i], roc.fpr[i], roc.tpr[i]));
             }
         }
     }

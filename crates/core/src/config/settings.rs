@@ -384,6 +384,13 @@ impl CovarianceEstimator {
     }
 }
 
+impl FitSettings {
+    /// The covariance estimator of `subset`: its own, else `covariance`.
+    pub fn covariance_of(&self, subset: &SubsetSpec) -> CovarianceEstimator {
+        subset.covariance.unwrap_or(self.covariance)
+    }
+}
+
 impl Default for FitSettings {
     fn default() -> Self {
         FitSettings {
