@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""Replicates of a job's protocol on other images, to compare settings that the job's own calibration
+split cannot tell apart (a crop, an input size) without looking at its test split.
+
+Each arm is the base job with some `[preprocess]`/`[backbone]`/`[score]`/`[fit]` keys replaced; each
+replicate is the job's split drawn with another seed from another data root (for the concrete job:
+../shared/data/concrete-crack-scale, 10,000 images none of which is in the main job's data). Every
+(arm, seed) is an ordinary `padim run` of a generated job file under OUT; the table printed at the end
+gives each arm's headline (the job's own `report.model`/`report.score` choice on that replicate's
+calibration split) and the mean +- sd over seeds, with paired wins against the first arm.
+
+Usage:
+  replicates.py --job configs/concrete-crack.toml --root ../shared/data/concrete-crack-scale \
+      --seeds 1 2 3 --out runs/replicates \
+      --arm crop272='preprocess.resize=[272, 272]' \
+      --arm full240='preprocess.resize=[240, 240]' 'preprocess.crop=[240, 240]'
+Options: --padim PATH (default $PADIM or target/release/padim), --prune (delete each run's embeddings
+and models once its report is done; the reports stay).
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+
+def parse_args():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--job", required=True, type=Path)
+    parser.add_argument("--root", required=True, type=Path, help="the replicates' data root")
+    parser.add_argument("--seeds", required=True, type=int, nargs="+")
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--arm", required=True, nargs="+", action="append", metavar="NAME=SECTION.KEY=VALUE")
+    parser.add_argument("--padim", default=os.environ.get("PADIM", "target/release/padim"))
+    parser.add_argument("--prune", action="store_true")
+    return parser.parse_args()
+
+
+def set_key(text: str, section: str, key: str, value: str, job: Path) -> str:
+    """Replaces `key = ...` in `[section]` of a job file's text (the key must be there)."""
+    lines = text.split("\n")
+    current = None
+    for i, line in enumerate(lines):
+        header = re.match(r"^\[([a-z-]+)\]\s*$", line)
+        if header:
+            current = header.group(1)
+        elif current == section and re.match(rf"^{re.escape(key)}\s*=", line):
+            lines[i] = f"{key} = {value}"
+            return "\n".join(lines)
+    sys.exit(f"{job}: no `{key}` in [{section}] to replace; add it to the job file")
+
+
+def absolute(job: Path, value: str) -> str:
+    return value if "://" in value else str((job.parent / value).resolve())
+
+
+def job_text(base: Path, root: Path, seed: int, output: Path, overrides: list[str]) -> str:
+    text = base.read_text()
+    parsed = tomllib.loads(text)
+    # The generated file lives elsewhere: make the base's relative paths absolute.
+    text = set_key(text, "backbone", "weights", json.dumps(absolute(base, parsed["backbone"]["weights"])), base)
+    text = set_key(text, "dataset", "root", json.dumps([str(root.resolve())]), base)
+    text = set_key(text, "split", "seed", str(seed), base)
+    text = set_key(text, "run", "output", json.dumps(str(output.resolve())), base)
+    for override in overrides:
+        target, _, value = override.partition("=")
+        section, _, key = target.partition(".")
+        if not key or not value:
+            sys.exit(f"--arm: `{override}` is not SECTION.KEY=VALUE")
+        text = set_key(text, section, key, value, base)
+    tomllib.loads(text)  # still valid TOML
+    return text
+
+
+def headline(metrics_path: Path) -> dict:
+    metrics = json.loads(metrics_path.read_text())
+    for model in metrics["models"]:
+        if model["model"] == metrics["headline-model"] and model["score"] == metrics["headline-score"]:
+            return {
+                "model": f"{model['model']} ({model['score']})",
+                "calibration": model["calibration"]["auroc"],
+                "test": model["test"]["auroc"],
+                "accuracy": model["test"]["accuracy"],
+            }
+    sys.exit(f"{metrics_path}: the headline model is not among its models")
+
+
+def spread(values: list[float]) -> str:
+    mean = statistics.fmean(values)
+    return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
+
+
+def main():
+    args = parse_args()
+    arms = []
+    for arm in args.arm:
+        name, _, first = arm[0].partition("=")
+        arms.append((name, [first, *arm[1:]]))
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    for name, overrides in arms:
+        for seed in args.seeds:
+            run = args.out / f"{name}-s{seed}"
+            job = args.out / f"{name}-s{seed}.toml"
+            job.write_text(job_text(args.job, args.root, seed, run, overrides))
+            print(f"== {name}, seed {seed}: {args.padim} run {job}", flush=True)
+            subprocess.run([args.padim, "run", str(job)], check=True)
+            results[name, seed] = headline(run / "report" / "metrics.json")
+            if args.prune:
+                for path in [*run.glob("extract/embeddings-*.parquet"), *run.glob("fit/model-*.safetensors")]:
+                    path.unlink()
+
+    print("\n| arm | seed | headline model | calibration AUROC | test AUROC | test accuracy |")
+    print("|---|---|---|---|---|---|")
+    for (name, seed), r in results.items():
+        print(f"| {name} | {seed} | {r['model']} | {r['calibration']:.4f} | {r['test']:.4f} | {r['accuracy']:.4f} |")
+    first = arms[0][0]
+    print(f"\n| arm | calibration AUROC | test AUROC | test accuracy | accuracy above {first} |")
+    print("|---|---|---|---|---|")
+    for name, _ in arms:
+        rows = [results[name, s] for s in args.seeds]
+        wins = sum(results[name, s]["accuracy"] > results[first, s]["accuracy"] for s in args.seeds)
+        print(
+            f"| {name} | {spread([r['calibration'] for r in rows])} | {spread([r['test'] for r in rows])} "
+            f"| {spread([r['accuracy'] for r in rows])} | {'-' if name == first else f'{wins} of {len(args.seeds)}'} |"
+        )
+
+
+if __name__ == "__main__":
+    main()
