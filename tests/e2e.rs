@@ -426,14 +426,16 @@ fn oas_covariance_matches_scikit_learn() {
     assert!(header.contains("\\\"covariance\\\":\\\"oas\\\"") && header.contains("\"shrinkage\""), "{header}");
 }
 
-/// Magnetic tile: grayscale, non-square images with masks beside them; pixel metrics are reported.
-#[test]
-fn masks_give_pixel_metrics() {
+/// A magnetic-tile job on 12 defect-free tiles and 6 blowholes (masks beside the images) in `dir`,
+/// with `extra` appended (more sections); returns the job file.
+fn tile_job(dir: &Path, report: &str, extra: &str) -> PathBuf {
     let shared = root().join("../shared/data/magnetic-tile");
-    assert!(shared.is_dir(), "{} is absent: the pixel-metric test has no real images to run on", shared.display());
-    let dir = tempfile::tempdir().unwrap();
+    assert!(shared.is_dir(), "{} is absent: the pixel-metric tests have no real images to run on", shared.display());
     for (class, n) in [("MT_Free", 12), ("MT_Blowhole", 6)] {
-        let to = dir.path().join("data").join(class).join("Imgs");
+        let to = dir.join("data").join(class).join("Imgs");
+        if to.is_dir() {
+            continue;
+        }
         for name in copy_first(&shared.join(class).join("Imgs"), &to, n, "jpg") {
             let mask = name.replace(".jpg", ".png");
             std::fs::copy(shared.join(class).join("Imgs").join(&mask), to.join(&mask)).unwrap();
@@ -464,12 +466,22 @@ subsets = [{{ name = "all", all = true }}]
 [report]
 score = "max"
 montage-images = 2
+{report}
+{extra}
 "#,
-        dir.path().display(),
+        dir.display(),
         root().join("weights/efficientnet-lite0.safetensors").display()
     );
-    let job = dir.path().join("job.toml");
+    let job = dir.join("job.toml");
     std::fs::write(&job, text).unwrap();
+    job
+}
+
+/// Magnetic tile: grayscale, non-square images with masks beside them; pixel metrics are reported.
+#[test]
+fn masks_give_pixel_metrics() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = tile_job(dir.path(), "", "");
     let out = stdout(&padim(&["run", job.to_str().unwrap()]));
     assert!(out.contains("pixel AUROC"), "{out}");
     let metrics: serde_json::Value =
@@ -488,6 +500,40 @@ montage-images = 2
     let auroc = calibration["auroc"].as_f64().unwrap();
     assert!(auroc > 0.0 && auroc <= 1.0, "{calibration}");
     support::assert_page_matches_metrics(&dir.path().join("run"));
+}
+
+/// A sweep with masks: every experiment's pixel AUROC (both splits) in the sweep table equals the
+/// pixel metrics the report stage gives that experiment as the headline model (the headline's own
+/// row is taken from those, the others are computed by the table).
+#[test]
+fn sweep_pixel_aurocs_equal_each_experiment_as_headline() {
+    let dir = tempfile::tempdir().unwrap();
+    let sweep = "[sweep]\ncounts = [40, \"all\"]\nseeds = [0]\nlayers = [\"1+2+3\", \"2+3\"]";
+    let job = tile_job(dir.path(), "", sweep);
+    stdout(&padim(&["run", job.to_str().unwrap()]));
+    let read_metrics = || -> serde_json::Value {
+        serde_json::from_slice(&std::fs::read(dir.path().join("run/report/metrics.json")).unwrap()).unwrap()
+    };
+    let metrics = read_metrics();
+    let experiments = metrics["sweep"]["experiments"].as_array().unwrap().clone();
+    assert_eq!(experiments.len(), 4, "{metrics}");
+    let headline = metrics["headline-model"].as_str().unwrap().to_string();
+    assert!(experiments.iter().any(|e| e["id"] == headline.as_str()), "{metrics}");
+    for experiment in &experiments {
+        let id = experiment["id"].as_str().unwrap();
+        let job = tile_job(dir.path(), &format!("model = \"{id}\""), sweep);
+        stdout(&padim(&["report", job.to_str().unwrap(), "--force"]));
+        let alone = read_metrics();
+        assert_eq!(alone["headline-model"], id);
+        assert_eq!(experiment["pixel-auroc"], alone["pixel"]["auroc"], "{id}: {experiment} vs {}", alone["pixel"]);
+        assert_eq!(
+            experiment["calibration-pixel-auroc"], alone["pixel-calibration"]["auroc"],
+            "{id}: {experiment} vs {}",
+            alone["pixel-calibration"]
+        );
+        let auroc = experiment["pixel-auroc"].as_f64().unwrap();
+        assert!(auroc > 0.5 && auroc <= 1.0, "{experiment}");
+    }
 }
 
 /// The Kubernetes and AWS Batch templates validate against the engines' schemas (offline:

@@ -38,10 +38,15 @@ pub(crate) fn sweep_table(
     }
     let metrics_of =
         |model: &str, score: ScoreKind| summary.models.iter().find(|m| m.model == model && m.score == score);
-    // The test maps of every experiment, read in one pass over the maps files (for pixel AUROC).
+    // The headline model's pixel metrics are the summary's (computed with PRO by the stage).
+    let headline_pixels =
+        summary.pixel.as_ref().map(|test| (test.auroc, summary.pixel_calibration.as_ref().map(|c| c.auroc)));
+    let computed_here = |name: &str| name != summary.headline_model || headline_pixels.is_none();
+    // The test and calibration maps of every other experiment, read in one pass over the maps files
+    // (for pixel AUROC).
     let mut maps = match &job.dataset.mask {
         Some(_) => {
-            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).collect();
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).filter(|n| computed_here(n)).collect();
             let ids: BTreeSet<u32> = by_model
                 .values()
                 .flatten()
@@ -57,6 +62,9 @@ pub(crate) fn sweep_table(
         let key = layout::fit::model(&spec.name);
         let (channels, model_bytes) = stored_model_channels(store, &key)?;
         let (pixel_auroc, calibration_pixel_auroc) = match (&job.dataset.mask, by_model.get(&spec.name)) {
+            (Some(_), Some(_)) if !computed_here(&spec.name) => {
+                headline_pixels.map_or((None, None), |(test, calibration)| (Some(test), calibration))
+            }
             (Some(_), Some(rows)) => {
                 let of = |split: &str| rows.iter().filter(|r| r.split == split).collect::<Vec<&Scored>>();
                 let (tests, calibration) = (of("test"), of("calibration"));
