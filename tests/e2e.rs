@@ -426,8 +426,9 @@ fn oas_covariance_matches_scikit_learn() {
     assert!(header.contains("\\\"covariance\\\":\\\"oas\\\"") && header.contains("\"shrinkage\""), "{header}");
 }
 
-/// A magnetic-tile job on 12 defect-free tiles and 6 blowholes (masks beside the images) in `dir`,
-/// with `extra` appended (more sections); returns the job file.
+/// A magnetic-tile job on 12 defect-free tiles and 6 blowholes (masks beside the images) in `dir`
+/// (copied there once), with `report` added to its `[report]` table and `extra` (more sections)
+/// appended; returns the job file.
 fn tile_job(dir: &Path, report: &str, extra: &str) -> PathBuf {
     let shared = root().join("../shared/data/magnetic-tile");
     assert!(shared.is_dir(), "{} is absent: the pixel-metric tests have no real images to run on", shared.display());

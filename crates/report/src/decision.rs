@@ -39,14 +39,15 @@ pub(crate) fn sweep_table(
     let metrics_of =
         |model: &str, score: ScoreKind| summary.models.iter().find(|m| m.model == model && m.score == score);
     // The headline model's pixel metrics are the summary's (computed with PRO by the stage).
-    let headline_pixels =
-        summary.pixel.as_ref().map(|test| (test.auroc, summary.pixel_calibration.as_ref().map(|c| c.auroc)));
-    let computed_here = |name: &str| name != summary.headline_model || headline_pixels.is_none();
+    let reused = |name: &str| {
+        let test = summary.pixel.as_ref().filter(|_| name == summary.headline_model)?;
+        Some((test.auroc, summary.pixel_calibration.as_ref().map(|c| c.auroc)))
+    };
     // The test and calibration maps of every other experiment, read in one pass over the maps files
     // (for pixel AUROC).
     let mut maps = match &job.dataset.mask {
         Some(_) => {
-            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).filter(|n| computed_here(n)).collect();
+            let names: Vec<&str> = specs.iter().map(|s| s.name.as_str()).filter(|n| reused(n).is_none()).collect();
             let ids: BTreeSet<u32> = by_model
                 .values()
                 .flatten()
@@ -61,11 +62,10 @@ pub(crate) fn sweep_table(
     for spec in &specs {
         let key = layout::fit::model(&spec.name);
         let (channels, model_bytes) = stored_model_channels(store, &key)?;
-        let (pixel_auroc, calibration_pixel_auroc) = match (&job.dataset.mask, by_model.get(&spec.name)) {
-            (Some(_), Some(_)) if !computed_here(&spec.name) => {
-                headline_pixels.map_or((None, None), |(test, calibration)| (Some(test), calibration))
-            }
-            (Some(_), Some(rows)) => {
+        let pixels = (&job.dataset.mask, by_model.get(&spec.name), reused(&spec.name));
+        let (pixel_auroc, calibration_pixel_auroc) = match pixels {
+            (Some(_), Some(_), Some((test, calibration))) => (Some(test), calibration),
+            (Some(_), Some(rows), None) => {
                 let of = |split: &str| rows.iter().filter(|r| r.split == split).collect::<Vec<&Scored>>();
                 let (tests, calibration) = (of("test"), of("calibration"));
                 let maps = maps.remove(&spec.name).unwrap_or_default();
