@@ -10,6 +10,7 @@
 
 pub mod bundle;
 pub mod model;
+pub mod nearest;
 pub mod stage;
 pub mod stats;
 

@@ -8,6 +8,7 @@
 
 pub mod mahalanobis;
 pub mod maps;
+pub mod nearest;
 pub mod stage;
 
 pub use mahalanobis::{ScoreError, distances, distances_many};
