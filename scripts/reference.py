@@ -177,7 +177,8 @@ def cmd_fit(args):
 
 def cmd_score(args):
     """The recipe's scoring in plain PyTorch (f64) with padim's model on the same embeddings: Mahalanobis
-    maps, bilinear resize to the input size, Gaussian smoothing (sigma, odd kernel, replicate padding),
+    maps (for a nearest-patch model, distances to the training images' patches, computed from the
+    embeddings of the training images named by --normal and --train-split), bilinear resize to the input size, Gaussian smoothing (sigma, odd kernel, replicate padding),
     mean/max/min and the mean of the top fraction. Prints the largest relative differences against
     padim's maps and scores."""
     import glob
@@ -198,9 +199,25 @@ def cmd_score(args):
     n_patches = info["grid-height"] * info["grid-width"]
     ids = table.column("image").to_numpy()[::n_patches]
     x = torch.from_numpy(np.stack([table.column(c).to_numpy() for c in columns], -1).reshape(len(ids), n_patches, -1)).double()
-    d = x - torch.from_numpy(model["mean"]).double()
-    precision = torch.from_numpy(model["precision"]).double()
-    dist = torch.einsum("npi,pij,npj->np", d, precision, d).clamp(min=0).sqrt()
+    if info.get("covariance") == "nearest":
+        # The nearest training patch, from the raw embeddings (not the model's bank): each image's
+        # grid averaged over 3x3 neighbourhoods (cells inside the grid), then per position the
+        # Euclidean distance to the nearest training image's averaged embedding there.
+        images = pq.read_table(glob.glob(f"{args.run_dir}/extract/images-*.parquet")).to_pydict()
+        train = {
+            i
+            for i, label, status, split in zip(images["image"], images["label"], images["status"], images.get("split", [None] * len(images["image"])))
+            if label in args.normal and status == "ok" and (args.train_split is None or split == args.train_split)
+        }
+        h, w = info["grid-height"], info["grid-width"]
+        grid = x.reshape(len(ids), h, w, -1).permute(0, 3, 1, 2)
+        pooled = F.avg_pool2d(grid, 3, stride=1, padding=1, count_include_pad=False).permute(0, 2, 3, 1).reshape(len(ids), n_patches, -1)
+        bank = pooled[torch.tensor([i in train for i in ids.tolist()])]
+        dist = torch.cdist(pooled.transpose(0, 1), bank.transpose(0, 1)).min(-1).values.transpose(0, 1)
+    else:
+        d = x - torch.from_numpy(model["mean"]).double()
+        precision = torch.from_numpy(model["precision"]).double()
+        dist = torch.einsum("npi,pij,npj->np", d, precision, d).clamp(min=0).sqrt()
     maps = dist.reshape(len(ids), 1, info["grid-height"], info["grid-width"])
     resized = F.interpolate(maps, size=(info["input-height"], info["input-width"]), mode="bilinear", align_corners=False)
     half = args.kernel_size // 2
@@ -217,16 +234,21 @@ def cmd_score(args):
     raw = pq.read_table(glob.glob(f"{args.run_dir}/score/maps-*.parquet")).to_pydict()
     our_maps = {(i, m): v for i, m, v in zip(raw["image"], raw["model"], raw["map"])}
     worst = {"map": 0.0, "mean": 0.0, "max": 0.0, "min": 0.0, "top": 0.0}
+    # Relative to each map and score, or for a nearest-patch model (whose training images' maps are
+    # zero) to the largest over all images.
+    nearest = info.get("covariance") == "nearest"
     for index, image in enumerate(ids.tolist()):
         ref_map = dist[index]
         our_map = torch.tensor(our_maps[(image, args.subset)], dtype=torch.float64)
-        worst["map"] = max(worst["map"], float(((our_map - ref_map).abs().max() / ref_map.abs().max())))
+        scale = dist.abs().max() if nearest else ref_map.abs().max()
+        worst["map"] = max(worst["map"], float(((our_map - ref_map).abs().max() / scale)))
         mean, mx, mn, top = ours[(image, args.subset)]
         s = smooth[index, 0]
         k = max(1, math.ceil(args.top_fraction * s.numel()))
         ref_top = s.flatten().topk(k).values.mean()
         for key, a, b in (("mean", mean, s.mean()), ("max", mx, s.max()), ("min", mn, s.min()), ("top", top, ref_top)):
-            worst[key] = max(worst[key], abs(a - float(b)) / abs(float(b)))
+            scale = float(smooth.abs().max()) if nearest else abs(float(b))
+            worst[key] = max(worst[key], abs(a - float(b)) / scale)
     worst["n"] = len(ids)
     print(_json.dumps(worst))
 
@@ -447,6 +469,8 @@ def main():
     p.add_argument("--sigma", type=float, default=4.0)
     p.add_argument("--kernel-size", type=int, default=33)
     p.add_argument("--top-fraction", type=float, default=0.01)
+    p.add_argument("--normal", nargs="+", default=[], help="training labels (nearest-patch models)")
+    p.add_argument("--train-split", default=None, help="only this split trains (nearest-patch models)")
     p.set_defaults(run=cmd_score)
 
     p = sub.add_parser("bench-fit")

@@ -426,6 +426,55 @@ fn oas_covariance_matches_scikit_learn() {
     assert!(header.contains("\\\"covariance\\\":\\\"oas\\\"") && header.contains("\"shrinkage\""), "{header}");
 }
 
+/// `covariance = "nearest"` beside a Gaussian subset, fitted as two shards' partial states (the
+/// array-job form) and merged: the nearest-patch maps and image scores equal plain PyTorch's (3x3
+/// `avg_pool2d` without padding, then `cdist` to the training images' patches, computed from the
+/// raw embeddings), and the Gaussian model beside it still equals the recipe's.
+#[test]
+fn nearest_patch_scores_match_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    support::copy_concrete(dir.path(), 14, 3);
+    let job = write_job(dir.path(), 8);
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    text.push_str(
+        "[fit]\nbatch-images = 5\n\
+         subsets = [{ name = \"nn\", count = 40, seed = 3, covariance = \"nearest\" }, { name = \"r30\", count = 30, seed = 1 }]\n",
+    );
+    std::fs::write(&job, text).unwrap();
+    let job_arg = job.to_str().unwrap();
+    for shard in ["0/2", "1/2"] {
+        stdout(&padim(&["extract", job_arg, "--shard", shard]));
+    }
+    for shard in ["0/2", "1/2"] {
+        stdout(&padim(&["fit", job_arg, "--shard", shard]));
+    }
+    let run = dir.path().join("run");
+    assert!(run.join("fit/partial-bank-00001-of-00002.safetensors").is_file(), "the bank is kept per shard");
+    let out = stdout(&padim(&["fit", job_arg]));
+    assert!(out.contains("fit done: 14 training images") && out.contains("model-nn.safetensors"), "{out}");
+    let model = std::fs::read(run.join("fit/model-nn.safetensors")).unwrap();
+    let header = String::from_utf8_lossy(&model[8..8 + u64::from_le_bytes(model[..8].try_into().unwrap()) as usize]);
+    assert!(header.contains("\\\"covariance\\\":\\\"nearest\\\"") && header.contains("\"bank\""), "{header}");
+    assert!(header.contains("[3136,14,40]"), "56x56 patches x 14 training images x 40 channels: {header}");
+
+    let out = stdout(&padim(&["score", job_arg]));
+    assert!(out.contains("score done: 17 images x 2 models"), "{out}");
+    for subset in ["nn", "r30"] {
+        let output = Command::new(root().join(".venv/bin/python"))
+            .arg(root().join("scripts/reference.py"))
+            .args(["score", "--run-dir", run.to_str().unwrap(), "--subset", subset, "--normal", "Negative"])
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        eprintln!("score {subset}: {result}");
+        assert_eq!(result["n"], 17);
+        for key in ["map", "mean", "max", "min", "top"] {
+            assert!(result[key].as_f64().unwrap() <= 1e-4, "{subset} {key}: {result}");
+        }
+    }
+}
+
 /// A magnetic-tile job on 12 defect-free tiles and 6 blowholes (masks beside the images) in `dir`
 /// (copied there once), with `report` added to its `[report]` table and `extra` (more sections)
 /// appended; returns the job file.

@@ -4,7 +4,8 @@
 //! `[n_patches, k, k]`, F32), or with f16 matrices `mean` and `precision-factor`: each patch's lower
 //! Cholesky factor `L` of the precision (`P = L Lᵀ`). Rounding a precision matrix to f16 can make it
 //! indefinite (negative squared distances on ill-conditioned patches); rounding its factor cannot,
-//! since `L Lᵀ` is positive semi-definite whatever `L` is. And one metadata entry `padim-bundle` holding the
+//! since `L Lᵀ` is positive semi-definite whatever `L` is. A nearest-patch model stores `channels` and
+//! its `bank` (`[n_patches, n_train, k]`, F32 or F16) instead. And one metadata entry `padim-bundle` holding the
 //! JSON of [`BundleInfo`]: the model's provenance (backbone, weights SHA-256, taps, grid), the
 //! pre-processing, the map smoothing, the image score and its calibration (normalisation, threshold
 //! and the rule that chose it) and the heatmap display range. One file rather than safetensors plus
@@ -129,9 +130,11 @@ pub fn encode_bundle(model: &Model, info: &BundleInfo) -> Result<Vec<u8>, ModelE
 /// [`encode_bundle`] without validating the model first (tests make bad files with it).
 fn encode_unchecked(model: &Model, info: &BundleInfo) -> Result<Vec<u8>, ModelError> {
     let (p, k) = (model.n_patches(), model.channels.len());
-    let (precision_name, stored) = match info.matrices {
-        MatrixType::F32 => ("precision", model.precision.clone()),
-        MatrixType::F16 => (FACTOR, cholesky_factors(&model.precision, k)?),
+    let (precision_name, stored) = match (info.matrices, model.is_nearest()) {
+        // A nearest-patch model's bank, as it is (f16 rounds its values).
+        (_, true) => ("bank", model.bank.clone()),
+        (MatrixType::F32, false) => ("precision", model.precision.clone()),
+        (MatrixType::F16, false) => (FACTOR, cholesky_factors(&model.precision, k)?),
     };
     if info.matrices == MatrixType::F16 {
         // Finite (validated above), so the largest magnitude is a number.
@@ -155,11 +158,17 @@ fn encode_unchecked(model: &Model, info: &BundleInfo) -> Result<Vec<u8>, ModelEr
     let channels: Vec<u8> = model.channels.iter().flat_map(|&c| (c as i64).to_le_bytes()).collect();
     let (mean_type, mean) = floats(&model.mean);
     let (precision_type, precision) = floats(&stored);
-    let tensors = [
-        ("channels", Dtype::I64, vec![k], channels),
-        ("mean", mean_type, vec![p, k], mean),
-        (precision_name, precision_type, vec![p, k, k], precision),
-    ];
+    let tensors = match model.is_nearest() {
+        true => vec![
+            ("channels", Dtype::I64, vec![k], channels),
+            (precision_name, precision_type, vec![p, model.n_bank(), k], precision),
+        ],
+        false => vec![
+            ("channels", Dtype::I64, vec![k], channels),
+            ("mean", mean_type, vec![p, k], mean),
+            (precision_name, precision_type, vec![p, k, k], precision),
+        ],
+    };
     let views: Vec<(&str, TensorView<'_>)> = tensors
         .iter()
         .map(|(name, dtype, shape, data)| {
@@ -213,12 +222,18 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Bundle, ModelError> {
         .chunks_exact(8)
         .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
         .collect();
-    let mean = tensor("mean", &[p, k])?;
-    let precision = match file.tensor(FACTOR) {
-        Ok(_) => from_factors(&tensor(FACTOR, &[p, k, k])?, k),
-        Err(_) => tensor("precision", &[p, k, k])?,
+    let model = if info.model.covariance.is_nearest() {
+        let t = file.tensor("bank").map_err(|e| format(format!("`bank`: {e}")))?.shape().get(1).copied().unwrap_or(0);
+        let bank = tensor("bank", &[p, t, k])?;
+        Model { info: info.model.clone(), channels, mean: Vec::new(), precision: Vec::new(), bank }
+    } else {
+        let mean = tensor("mean", &[p, k])?;
+        let precision = match file.tensor(FACTOR) {
+            Ok(_) => from_factors(&tensor(FACTOR, &[p, k, k])?, k),
+            Err(_) => tensor("precision", &[p, k, k])?,
+        };
+        Model { info: info.model.clone(), channels, mean, precision, bank: Vec::new() }
     };
-    let model = Model { info: info.model.clone(), channels, mean, precision };
     model.validate().map_err(format)?;
     Ok(Bundle { info, model })
 }
@@ -251,6 +266,7 @@ mod tests {
             mean: (0..8).map(|i| i as f32 * 0.37 - 1.0).collect(),
             // Symmetric positive definite 2x2 precisions, one per patch.
             precision: (0..4).flat_map(|q| [1.0 + q as f32 * 0.3, 0.2, 0.2, 0.8 + q as f32 * 0.1]).collect(),
+            bank: Vec::new(),
         };
         let bundle = BundleInfo {
             format_version: BundleInfo::FORMAT_VERSION,
@@ -269,6 +285,25 @@ mod tests {
             embedding_values: padim_core::config::ValueType::F16,
         };
         (model, bundle)
+    }
+
+    #[test]
+    fn a_nearest_patch_bundle_round_trips_its_bank() {
+        let (mut model, mut info) = bundle(MatrixType::F32);
+        info.model.covariance = padim_core::config::CovarianceEstimator::Nearest;
+        model.info = info.model.clone();
+        model.mean.clear();
+        model.precision.clear();
+        // 4 patches x 3 training images x 2 channels.
+        model.bank = (0..24).map(|i| i as f32 * 0.25 - 2.0).collect();
+        let back = decode_bundle(&encode_bundle(&model, &info).unwrap()).unwrap();
+        assert_eq!((back.info, back.model.clone()), (info.clone(), model.clone()));
+        assert_eq!(back.model.n_bank(), 3);
+        info.matrices = MatrixType::F16;
+        let back = decode_bundle(&encode_bundle(&model, &info).unwrap()).unwrap();
+        assert_eq!(back.model.bank, model.bank, "quarters are exact in f16");
+        model.bank.pop();
+        assert!(encode_bundle(&model, &info).is_err(), "a bank of the wrong size is refused");
     }
 
     #[test]

@@ -1,10 +1,12 @@
 //! Safetensors encodings of partial statistics and of fitted models.
 //!
 //! A model file holds `channels` (I64 `[k]`), `mean` (F32 `[n_patches, k]`) and `precision` (F32
-//! `[n_patches, k, k]`, the inverse covariances), and one metadata entry `padim` whose value is the
+//! `[n_patches, k, k]`, the inverse covariances), or for a nearest-patch model `bank` (F32
+//! `[n_patches, n_train, k]`, see [`crate::nearest`]), and one metadata entry `padim` whose value is the
 //! JSON of [`ModelInfo`]. One entry keeps the header's bytes deterministic (safetensors writes a
 //! metadata map in unspecified order). It loads in Python with `safetensors` alone.
 
+use crate::nearest::Bank;
 use crate::stats::{Gaussians, PatchStats};
 use padim_core::channels::ChannelSubset;
 use padim_core::config::CovarianceEstimator;
@@ -55,6 +57,8 @@ impl ModelInfo {
 enum Data<'a> {
     /// f64 values stored as f32.
     F32(&'a [f64]),
+    /// f32 values stored as they are.
+    Single(&'a [f32]),
     F64(&'a [f64]),
     I64(Vec<i64>),
 }
@@ -62,7 +66,7 @@ enum Data<'a> {
 impl Data<'_> {
     fn dtype(&self) -> &'static str {
         match self {
-            Data::F32(_) => "F32",
+            Data::F32(_) | Data::Single(_) => "F32",
             Data::F64(_) => "F64",
             Data::I64(_) => "I64",
         }
@@ -71,6 +75,7 @@ impl Data<'_> {
     fn byte_len(&self) -> usize {
         match self {
             Data::F32(values) => values.len() * 4,
+            Data::Single(values) => values.len() * 4,
             Data::F64(values) => values.len() * 8,
             Data::I64(values) => values.len() * 8,
         }
@@ -84,6 +89,13 @@ impl Data<'_> {
                 out.par_chunks_mut(4 * BLOCK).zip(values.par_chunks(BLOCK)).for_each(|(out, values)| {
                     for (bytes, &v) in out.chunks_exact_mut(4).zip(values) {
                         bytes.copy_from_slice(&(v as f32).to_le_bytes());
+                    }
+                })
+            }
+            Data::Single(values) => {
+                out.par_chunks_mut(4 * BLOCK).zip(values.par_chunks(BLOCK)).for_each(|(out, values)| {
+                    for (bytes, &v) in out.chunks_exact_mut(4).zip(values) {
+                        bytes.copy_from_slice(&v.to_le_bytes());
                     }
                 })
             }
@@ -150,20 +162,49 @@ pub fn encode_model(gaussians: &Gaussians, info: &ModelInfo) -> Result<Vec<u8>, 
     Ok(serialize(&tensors, json))
 }
 
-/// A model read back: f32 means and precisions as stored.
+/// Encodes a nearest-patch model: `bank` is `[n_patches, n_train, k]` (`Bank::patch_major`).
+pub fn encode_nearest(channels: &ChannelSubset, bank: &[f32], info: &ModelInfo) -> Result<Vec<u8>, ModelError> {
+    let (p, k) = (info.grid_height * info.grid_width, channels.len());
+    let t = bank.len() / (p * k).max(1);
+    if !info.covariance.is_nearest() || t == 0 || bank.len() != p * t * k {
+        return Err(ModelError::Format { kind: "model", message: "not a nearest-patch bank".into() });
+    }
+    let json = serde_json::to_string(info).map_err(|e| ModelError::Format { kind: "model", message: e.to_string() })?;
+    Ok(serialize(
+        &[
+            ("channels", vec![k], Data::I64(channels.channels().iter().map(|&c| c as i64).collect())),
+            ("bank", vec![p, t, k], Data::Single(bank)),
+        ],
+        json,
+    ))
+}
+
+/// A model read back: f32 means and precisions as stored, or a nearest-patch model's bank.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Model {
     pub info: ModelInfo,
     pub channels: Vec<usize>,
-    /// `[n_patches, k]`.
+    /// `[n_patches, k]` (empty for a nearest-patch model).
     pub mean: Vec<f32>,
-    /// `[n_patches, k, k]`.
+    /// `[n_patches, k, k]` (empty for a nearest-patch model).
     pub precision: Vec<f32>,
+    /// `[n_patches, n_bank, k]`: a nearest-patch model's training patches (empty for a Gaussian).
+    pub bank: Vec<f32>,
 }
 
 impl Model {
     pub fn n_patches(&self) -> usize {
         self.info.grid_height * self.info.grid_width
+    }
+
+    /// Whether this is a nearest-patch model (a bank, no Gaussians).
+    pub fn is_nearest(&self) -> bool {
+        self.info.covariance.is_nearest()
+    }
+
+    /// Training patches per position of a nearest-patch model.
+    pub fn n_bank(&self) -> usize {
+        self.bank.len() / (self.n_patches() * self.channels.len()).max(1)
     }
 
     /// Checks what a file cannot be trusted to hold: channel indices within the embedding, no
@@ -184,6 +225,17 @@ impl Model {
         }
         if let Some(i) = self.precision.iter().position(|v| !v.is_finite()) {
             return Err(format!("the precision matrix of patch {} holds a value that is not finite", i / (k * k)));
+        }
+        if self.is_nearest() {
+            let n_bank = self.n_bank();
+            if n_bank == 0 || self.bank.len() != self.n_patches() * n_bank * k || !self.mean.is_empty() {
+                return Err(format!("a nearest-patch model needs a bank of {} patches x n x {k}", self.n_patches()));
+            }
+            if let Some(i) = self.bank.iter().position(|v| !v.is_finite()) {
+                return Err(format!("the bank at patch {} holds a value that is not finite", i / (n_bank * k)));
+            }
+        } else if !self.bank.is_empty() {
+            return Err("a Gaussian model holds a bank".into());
         }
         Ok(())
     }
@@ -246,9 +298,15 @@ pub fn decode_model(bytes: &[u8]) -> Result<Model, ModelError> {
     let floats = |data: &[u8]| -> Vec<f32> {
         data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default())).collect()
     };
-    let mean = floats(tensor(&file, "mean", Dtype::F32, &[p, k], kind)?);
-    let precision = floats(tensor(&file, "precision", Dtype::F32, &[p, k, k], kind)?);
-    let model = Model { info, channels, mean, precision };
+    let model = if info.covariance.is_nearest() {
+        let t = file.tensor("bank").map_err(|e| format(format!("`bank`: {e}")))?.shape().get(1).copied().unwrap_or(0);
+        let bank = floats(tensor(&file, "bank", Dtype::F32, &[p, t, k], kind)?);
+        Model { info, channels, mean: Vec::new(), precision: Vec::new(), bank }
+    } else {
+        let mean = floats(tensor(&file, "mean", Dtype::F32, &[p, k], kind)?);
+        let precision = floats(tensor(&file, "precision", Dtype::F32, &[p, k, k], kind)?);
+        Model { info, channels, mean, precision, bank: Vec::new() }
+    };
     model.validate().map_err(format)?;
     Ok(model)
 }
@@ -288,10 +346,66 @@ pub fn decode_partial(bytes: &[u8], n_patches: usize) -> Result<(PatchStats, Str
     if mean.iter().chain(&comoment).any(|v| !v.is_finite()) {
         return Err(format("the statistics hold values that are not finite".into()));
     }
-    let channels = ChannelSubset::explicit(channels, usize::MAX).map_err(format)?;
+    // No channels: the statistics of a fit of nearest-patch models only (the count alone).
+    let channels = if channels.is_empty() {
+        ChannelSubset::union(std::iter::empty())
+    } else {
+        ChannelSubset::explicit(channels, usize::MAX).map_err(format)?
+    };
     let stats =
         PatchStats::from_parts(n_patches, channels, count, mean, comoment).map_err(|e| format(e.to_string()))?;
     Ok((stats, json))
+}
+
+/// Encodes a shard's nearest-patch bank (its images' 3x3 means, exact) with `metadata` JSON.
+pub fn encode_bank_partial(bank: &Bank, metadata: String) -> Vec<u8> {
+    let (t, d, p) = (bank.len(), bank.channels().len(), bank.n_patches());
+    let values: Vec<f32> = bank.images().flat_map(|(_, values)| values.iter().copied()).collect();
+    serialize(
+        &[
+            ("images", vec![t], Data::I64(bank.image_ids().map(i64::from).collect())),
+            ("channels", vec![d], Data::I64(bank.channels().channels().iter().map(|&c| c as i64).collect())),
+            ("grid", vec![2], Data::I64(vec![bank.height() as i64, bank.width() as i64])),
+            ("values", vec![t, d, p], Data::Single(&values)),
+        ],
+        metadata,
+    )
+}
+
+/// Decodes a shard's nearest-patch bank and its metadata JSON.
+pub fn decode_bank_partial(bytes: &[u8]) -> Result<(Bank, String), ModelError> {
+    let kind = "partial bank";
+    let format = |message: String| ModelError::Format { kind, message };
+    let json = metadata(bytes, kind)?;
+    let file = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
+    let shape = |name: &str| -> Result<Vec<usize>, ModelError> {
+        Ok(file.tensor(name).map_err(|e| format(format!("`{name}`: {e}")))?.shape().to_vec())
+    };
+    let ints = |data: &[u8]| -> Vec<i64> {
+        data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default())).collect()
+    };
+    let (t, d) = (shape("images")?.first().copied().unwrap_or(0), shape("channels")?.first().copied().unwrap_or(0));
+    let grid = ints(tensor(&file, "grid", Dtype::I64, &[2], kind)?);
+    let (height, width) = (grid[0].max(0) as usize, grid[1].max(0) as usize);
+    let images = ints(tensor(&file, "images", Dtype::I64, &[t], kind)?);
+    let channels: Vec<usize> =
+        ints(tensor(&file, "channels", Dtype::I64, &[d], kind)?).into_iter().map(|c| c as usize).collect();
+    let values: Vec<f32> = tensor(&file, "values", Dtype::F32, &[t, d, height * width], kind)?
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default()))
+        .collect();
+    if values.iter().any(|v| !v.is_finite()) {
+        return Err(format("the bank holds values that are not finite".into()));
+    }
+    let channels = ChannelSubset::explicit(channels, usize::MAX).map_err(format)?;
+    let ids = images
+        .iter()
+        .map(|&i| u32::try_from(i).map_err(|_| format(format!("image id {i}"))))
+        .collect::<Result<Vec<u32>, _>>()?;
+    let per_image = d * height * width;
+    let images = ids.into_iter().zip(values.chunks_exact(per_image.max(1)).map(<[f32]>::to_vec)).collect();
+    let bank = Bank::from_parts(height, width, channels, images).map_err(|e| format(e.to_string()))?;
+    Ok((bank, json))
 }
 
 #[cfg(test)]
@@ -334,5 +448,42 @@ mod tests {
         assert_eq!(model.channels, vec![2, 7]);
         assert_eq!(model.mean, gaussians.mean.iter().map(|&v| v as f32).collect::<Vec<_>>());
         assert!(decode_model(&bytes).is_err(), "a partial is not a model");
+    }
+
+    #[test]
+    fn nearest_models_and_bank_partials_round_trip() {
+        let channels = ChannelSubset::explicit(vec![1, 3], 4).unwrap();
+        let mut bank = Bank::new(2, 3, channels.clone());
+        let values: Vec<f32> = (0..3 * 2 * 6).map(|i| ((i * 37) % 11) as f32 * 0.3 - 1.0).collect();
+        bank.update(&[9, 2, 5], &values).unwrap();
+        let bytes = encode_bank_partial(&bank, "{\"x\":2}".into());
+        let (back, json) = decode_bank_partial(&bytes).unwrap();
+        assert_eq!((back, json.as_str()), (bank.clone(), "{\"x\":2}"));
+
+        let subset = ChannelSubset::explicit(vec![3], 4).unwrap();
+        let laid = bank.patch_major(&subset).unwrap();
+        let info = ModelInfo {
+            format_version: 1,
+            subset: "n".into(),
+            backbone: "b".into(),
+            weights_sha256: "w".into(),
+            tap: "block-output".into(),
+            layers: vec!["l".into()],
+            input_height: 8,
+            input_width: 12,
+            grid_height: 2,
+            grid_width: 3,
+            embedding_channels: 4,
+            epsilon: 0.01,
+            n_train_images: 3,
+            config_hash: "h".into(),
+            covariance: CovarianceEstimator::Nearest,
+        };
+        let model = decode_model(&encode_nearest(&subset, &laid, &info).unwrap()).unwrap();
+        assert_eq!((model.info.clone(), model.channels.clone(), model.n_bank()), (info.clone(), vec![3], 3));
+        assert_eq!(model.bank, laid);
+        assert!(model.mean.is_empty() && model.precision.is_empty());
+        let gaussian = ModelInfo { covariance: CovarianceEstimator::Sample, ..info };
+        assert!(encode_nearest(&subset, &laid, &gaussian).is_err(), "a bank needs a nearest-patch model's info");
     }
 }

@@ -63,8 +63,44 @@ impl Bank {
         Bank { height, width, channels, images: Vec::new() }
     }
 
+    /// A bank from its images (each `(id, [d][n_patches] 3x3 means)`), as a partial file stored it.
+    pub fn from_parts(
+        height: usize,
+        width: usize,
+        channels: ChannelSubset,
+        mut images: Vec<(u32, Vec<f32>)>,
+    ) -> Result<Bank, BankError> {
+        let expected = channels.len() * height * width;
+        if let Some((_, values)) = images.iter().find(|(_, v)| v.len() != expected) {
+            return Err(BankError::Shape { n_images: 1, expected, got: values.len() });
+        }
+        images.sort_unstable_by_key(|(id, _)| *id);
+        if let Some(pair) = images.windows(2).find(|pair| pair[0].0 == pair[1].0) {
+            return Err(BankError::Duplicate { image: pair[0].0 });
+        }
+        Ok(Bank { height, width, channels, images })
+    }
+
     pub fn n_patches(&self) -> usize {
         self.height * self.width
+    }
+
+    pub fn height(&self) -> usize {
+        self.height
+    }
+
+    pub fn width(&self) -> usize {
+        self.width
+    }
+
+    /// The images, ascending by id, each with its 3x3 means `[d][n_patches]`.
+    pub fn images(&self) -> impl Iterator<Item = (u32, &[f32])> + '_ {
+        self.images.iter().map(|(id, values)| (*id, values.as_slice()))
+    }
+
+    /// Bytes of the bank's values.
+    pub fn bytes(&self) -> u64 {
+        (self.images.len() * self.channels.len() * self.n_patches() * 4) as u64
     }
 
     pub fn channels(&self) -> &ChannelSubset {

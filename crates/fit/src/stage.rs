@@ -1,7 +1,11 @@
 //! The fit stage: accumulate the training images' statistics from every extract shard (one partial
 //! state per shard, kept so that a rerun resumes), merge them, and write one model per subset.
 
-use crate::model::{ModelError, ModelInfo, decode_partial, encode_model, encode_partial};
+use crate::model::{
+    ModelError, ModelInfo, decode_bank_partial, decode_partial, encode_bank_partial, encode_model, encode_nearest,
+    encode_partial,
+};
+use crate::nearest::{Bank, BankError};
 use crate::stats::{Gaussians, PatchStats, StatsError, state_bytes};
 use padim_core::channels::ChannelSubset;
 use padim_core::config::{Job, SubsetSpec};
@@ -18,6 +22,8 @@ pub enum FitError {
     Model(#[from] ModelError),
     #[error("{url}: {source}")]
     Stats { url: String, source: StatsError },
+    #[error("{url}: {source}")]
+    Bank { url: String, source: BankError },
     #[error("{url}: {source}; rerun the fit with --force")]
     Partial { url: String, source: ModelError },
     #[error("no finished extract shards under {url}: run `padim extract` first")]
@@ -39,9 +45,9 @@ pub enum FitError {
     #[error("{count} training image(s) (labels {labels:?}{split}): the covariance needs at least 2")]
     TooFewImages { count: u64, labels: Vec<String>, split: String },
     #[error(
-        "fit would hold {need_gib:.1} GiB (f64 statistics of {channels} channels x {patches} patches, and the \
-         models being inverted and written), over fit.memory-budget-gib = {budget_gib}; fit fewer or smaller \
-         channel subsets, or raise the budget"
+        "fit would hold {need_gib:.1} GiB (f64 statistics of {channels} channels x {patches} patches, the \
+         training patches of nearest-patch models, and the models being inverted and written), over \
+         fit.memory-budget-gib = {budget_gib}; fit fewer or smaller channel subsets, or raise the budget"
     )]
     MemoryBudget { need_gib: f64, budget_gib: f64, channels: usize, patches: usize },
     #[error("{url} was made by another fit configuration; use --force to redo it")]
@@ -116,6 +122,15 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let first_key = layout::extract::embeddings(all_shards[0]);
     let meta = EmbeddingReader::open(&store, &first_key, Some(&[]), 1)?.meta().clone();
     let subsets = resolve_subsets(&job.fit.subsets, &meta)?;
+    // Each subset's covariance estimator: its own, else the job's.
+    let estimator = |name: &str| {
+        job.fit.subsets.iter().find(|s| s.name == name).map_or(job.fit.covariance, |s| job.fit.covariance_of(s))
+    };
+    // Gaussian subsets come from the statistics, nearest-patch subsets from the bank.
+    let (nearest, gaussian): (Vec<_>, Vec<_>) =
+        subsets.iter().cloned().partition(|(name, _)| estimator(name).is_nearest());
+    let stats_union = ChannelSubset::union(gaussian.iter().map(|(_, s)| s));
+    let bank_union = (!nearest.is_empty()).then(|| ChannelSubset::union(nearest.iter().map(|(_, s)| s)));
     let union = ChannelSubset::union(subsets.iter().map(|(_, s)| s));
     // Every shard must store the channels the subsets need (`extract.channels = "subsets"` keeps
     // only the union of the subsets it was extracted for): checked on the footers, before any work.
@@ -129,35 +144,48 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     // The statistics, plus the larger of a batch being accumulated and the models in flight (a
     // group being inverted, one queued for the writer, one being encoded: see `model_groups`).
     let batch = (job.fit.batch_images * union.len() * n_patches * 8) as u64;
-    let largest = subsets.iter().map(|(_, s)| precision_bytes(n_patches, s.len())).max().unwrap_or(0);
-    let groups = model_groups(&subsets, n_patches);
+    let largest = gaussian.iter().map(|(_, s)| precision_bytes(n_patches, s.len())).max().unwrap_or(0);
+    let groups = model_groups(&gaussian, n_patches);
     let group = groups
         .iter()
         .map(|g| g.iter().map(|(_, s)| precision_bytes(n_patches, s.len())).sum::<u64>())
         .max()
         .unwrap_or(0);
-    let need = state_bytes(n_patches, union.len()) + batch.max(group + largest * 5 / 2);
+    // A bank holds every training image's values (f32); writing a nearest-patch model (after the
+    // Gaussians) lays out its channels again and encodes them: twice the largest such model.
+    let per_channel = (train.len() * n_patches * 4) as u64;
+    let bank_bytes = bank_union.as_ref().map_or(0, |u| u.len() as u64 * per_channel);
+    let writing = 2 * nearest.iter().map(|(_, s)| s.len() as u64 * per_channel).max().unwrap_or(0);
+    let need = state_bytes(n_patches, stats_union.len()) + bank_bytes + batch.max(group + largest * 5 / 2).max(writing);
     let budget = job.fit.memory_budget_gib * (1u64 << 30) as f64;
     if need as f64 > budget {
         return Err(FitError::MemoryBudget {
             need_gib: need as f64 / (1u64 << 30) as f64,
             budget_gib: job.fit.memory_budget_gib,
-            channels: union.len(),
+            channels: stats_union.len(),
             patches: n_patches,
         });
     }
 
     // One partial state per extract shard; a finished one is reused.
-    let mut total = PatchStats::new(n_patches, union.clone());
+    let mut total = PatchStats::new(n_patches, stats_union.clone());
+    let mut total_bank = bank_union.as_ref().map(|u| Bank::new(meta.grid_height, meta.grid_width, u.clone()));
     let n_train_listed = train.len() as u64;
     progress.start("fit", n_train_listed);
     // A partial state is kept per extract shard so that a rerun resumes, unless the fit is one
     // shard in one process: then there is nothing to resume between.
     let keep_partials = all_shards.len() > 1 || options.shard.is_some();
     for shard in &shards {
-        let partial = accumulate_shard(
+        let (partial, bank) = accumulate_shard(
             &store,
-            &AccumulateContext { job, fit_hash: &fit_hash, first_meta: &meta, union: &union, train: &train },
+            &AccumulateContext {
+                job,
+                fit_hash: &fit_hash,
+                first_meta: &meta,
+                union: &stats_union,
+                bank_union: bank_union.as_ref(),
+                train: &train,
+            },
             *shard,
             options.force,
             keep_partials,
@@ -167,6 +195,9 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
             total = partial;
         } else {
             total.merge(&partial).map_err(|source| FitError::Stats { url: store.url_of("fit"), source })?;
+        }
+        if let (Some(total_bank), Some(bank)) = (total_bank.as_mut(), bank) {
+            total_bank.merge(bank).map_err(|source| FitError::Bank { url: store.url_of("fit"), source })?;
         }
     }
     progress.finish();
@@ -184,10 +215,6 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     }
 
     let clock = std::time::Instant::now();
-    // Each subset's covariance estimator: its own, else the job's.
-    let estimator = |name: &str| {
-        job.fit.subsets.iter().find(|s| s.name == name).map_or(job.fit.covariance, |s| job.fit.covariance_of(s))
-    };
     let info = |name: &str| ModelInfo {
         format_version: ModelInfo::FORMAT_VERSION,
         subset: name.to_string(),
@@ -214,7 +241,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         let writer = scope.spawn(|| -> Result<Vec<String>, FitError> {
             let mut written = Vec::new();
             for gaussians in receiver {
-                let name = &subsets[written.len()].0;
+                let name = &gaussian[written.len()].0;
                 let key = model_key(name);
                 store.put(&key, encode_model(&gaussians, &info(name))?)?;
                 written.push(key);
@@ -245,6 +272,22 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         let written = writer.join().unwrap_or_else(|panic| std::panic::resume_unwind(panic))?;
         fitted_all.map(|()| written)
     })?;
+    // The nearest-patch models: each subset's channels of the bank, laid out patch-major.
+    let mut nearest_models = Vec::new();
+    if let Some(bank) = &total_bank {
+        for (name, subset) in &nearest {
+            let laid = bank.patch_major(subset).expect("nearest subsets are within the bank's union");
+            let key = model_key(name);
+            store.put(&key, encode_nearest(subset, &laid, &info(name))?)?;
+            nearest_models.push(key);
+        }
+    }
+    // The models in the subsets' order.
+    let models: Vec<String> = subsets
+        .iter()
+        .map(|(name, _)| model_key(name))
+        .filter(|key| models.contains(key) || nearest_models.contains(key))
+        .collect();
     tracing::info!(seconds = clock.elapsed().as_secs_f64(), "fitted and wrote the models");
     let marker = DoneMarker {
         stage: "fit".into(),
@@ -374,12 +417,16 @@ struct AccumulateContext<'a> {
     job: &'a Job,
     fit_hash: &'a str,
     first_meta: &'a EmbeddingMeta,
+    /// The channels of the statistics.
     union: &'a ChannelSubset,
+    /// The channels of the nearest-patch bank, if any subset is one.
+    bank_union: Option<&'a ChannelSubset>,
     train: &'a BTreeSet<u32>,
 }
 
-/// The statistics of one extract shard's training images: a kept partial state of this
-/// configuration, or a pass over the shard's embeddings (kept as a partial state if `keep`).
+/// The statistics (and nearest-patch bank) of one extract shard's training images: a kept partial
+/// state of this configuration, or a pass over the shard's embeddings (kept as a partial state if
+/// `keep`).
 fn accumulate_shard(
     store: &Store,
     context: &AccumulateContext,
@@ -387,9 +434,10 @@ fn accumulate_shard(
     force: bool,
     keep: bool,
     progress: &dyn Progress,
-) -> Result<PatchStats, FitError> {
-    let AccumulateContext { job, fit_hash, first_meta, union, train } = *context;
+) -> Result<(PatchStats, Option<Bank>), FitError> {
+    let AccumulateContext { job, fit_hash, first_meta, union, bank_union, train } = *context;
     let partial_key = layout::fit::partial(shard);
+    let bank_key = layout::fit::partial_bank(shard);
     let done_key = layout::fit::partial_done(shard);
     let n_patches = first_meta.n_patches();
     let made_from = DoneMarker::current_ids(store, &extract_marker_keys(&[shard]))?;
@@ -401,9 +449,22 @@ fn accumulate_shard(
     {
         let (stats, _) = decode_partial(&bytes, n_patches)
             .map_err(|source| FitError::Partial { url: store.url_of(&partial_key), source })?;
-        if stats.channels() == union {
+        let bank = match bank_union {
+            None => Some(None),
+            Some(bank_union) => match store.get(&bank_key)? {
+                Some(bytes) => {
+                    let (bank, _) = decode_bank_partial(&bytes)
+                        .map_err(|source| FitError::Partial { url: store.url_of(&bank_key), source })?;
+                    (bank.channels() == bank_union && bank.len() as u64 == stats.count()).then_some(Some(bank))
+                }
+                None => None,
+            },
+        };
+        if stats.channels() == union
+            && let Some(bank) = bank
+        {
             progress.advance(stats.count());
-            return Ok(stats);
+            return Ok((stats, bank));
         }
     }
     store.delete(&done_key)?;
@@ -412,10 +473,12 @@ fn accumulate_shard(
     // Only the row groups that hold training images are read (with splits, the manifest puts the
     // training images first, so that is a small prefix of the file).
     let wanted = |min: u32, max: u32| train.range(min..=max).next().is_some();
+    // The channels read: the statistics' and the bank's.
+    let read = ChannelSubset::union([union].into_iter().chain(bank_union));
     let mut reader = EmbeddingReader::open_images(
         store,
         &embeddings_key,
-        Some(union.channels()),
+        Some(read.channels()),
         job.fit.batch_images,
         Some(&wanted),
     )?;
@@ -432,7 +495,23 @@ fn accumulate_shard(
         return Err(FitError::Inconsistent { url, what: "backbone, weights, channels or grid".into() });
     }
     let mut stats = PatchStats::new(n_patches, union.clone());
-    let per_image = union.len() * n_patches;
+    let mut bank = bank_union.map(|u| Bank::new(first_meta.grid_height, first_meta.grid_width, u.clone()));
+    let per_image = read.len() * n_patches;
+    // Where each of the statistics' and the bank's channels is among those read.
+    let stats_positions = union.positions_in(&read).expect("within the channels read");
+    let bank_positions = bank_union.map(|u| u.positions_in(&read).expect("within the channels read"));
+    let gather = |values: &[f32], n: usize, positions: &[usize]| -> Vec<f32> {
+        if positions.len() == read.len() {
+            return values.to_vec();
+        }
+        let mut out = Vec::with_capacity(n * positions.len() * n_patches);
+        for image in values.chunks_exact(per_image) {
+            for &p in positions {
+                out.extend_from_slice(&image[p * n_patches..(p + 1) * n_patches]);
+            }
+        }
+        out
+    };
     let (mut read_s, mut update_s) = (0f64, 0f64);
     loop {
         let clock = std::time::Instant::now();
@@ -447,28 +526,38 @@ fn accumulate_shard(
                 values.extend_from_slice(&batch.values[i * per_image..(i + 1) * per_image]);
             }
         }
-        stats.update(&ids, &values).map_err(|source| FitError::Stats { url: url.clone(), source })?;
+        let for_stats = gather(&values, ids.len(), &stats_positions);
+        stats.update(&ids, &for_stats).map_err(|source| FitError::Stats { url: url.clone(), source })?;
+        if let (Some(bank), Some(positions)) = (bank.as_mut(), &bank_positions) {
+            let for_bank = gather(&values, ids.len(), positions);
+            bank.update(&ids, &for_bank).map_err(|source| FitError::Bank { url: url.clone(), source })?;
+        }
         update_s += clock.elapsed().as_secs_f64();
         progress.advance(ids.len() as u64);
     }
     tracing::info!(read_s, update_s, images = stats.count(), "accumulated shard {shard}");
     if !keep {
-        return Ok(stats);
+        return Ok((stats, bank));
     }
     let metadata = serde_json::json!({ "config-hash": fit_hash, "shard": shard.to_string() }).to_string();
-    store.put(&partial_key, encode_partial(&stats, metadata)?)?;
+    store.put(&partial_key, encode_partial(&stats, metadata.clone())?)?;
+    let mut files = vec![partial_key];
+    if let Some(bank) = &bank {
+        store.put(&bank_key, encode_bank_partial(bank, metadata))?;
+        files.push(bank_key);
+    }
     DoneMarker {
         stage: "fit-partial".into(),
         shard: shard.to_string(),
         config_hash: fit_hash.to_string(),
         digest: None,
-        files: vec![partial_key],
+        files,
         counts: BTreeMap::from([("train-images".to_string(), stats.count())]),
         run_id: DoneMarker::new_run_id(),
         made_from,
     }
     .publish(store, &done_key)?;
-    Ok(stats)
+    Ok((stats, bank))
 }
 
 #[cfg(test)]

@@ -35,6 +35,8 @@ pub enum StatsError {
     Singular { patch: usize, epsilon: f64 },
     #[error("channel subset is not within the accumulated channels")]
     Subset,
+    #[error("a nearest-patch model has no covariance")]
+    NotGaussian,
 }
 
 /// Streaming statistics of every patch over the tracked channels.
@@ -124,6 +126,11 @@ impl PatchStats {
         if n == 0 {
             return Ok(());
         }
+        if d == 0 {
+            // No channels (a fit of nearest-patch models only): only the count.
+            self.count += n as u64;
+            return Ok(());
+        }
         let (n_a, n_b) = (self.count as f64, n as f64);
         // One spare row per patch for the correction term below.
         let mut patch_major = patch_major(values, n, d, n_patches, 1);
@@ -161,10 +168,11 @@ impl PatchStats {
                 other.channels.len()
             )));
         }
-        if other.count == 0 {
+        let d = self.channels.len();
+        if other.count == 0 || d == 0 {
+            self.count += other.count;
             return Ok(());
         }
-        let d = self.channels.len();
         let (n_a, n_b) = (self.count as f64, other.count as f64);
         self.mean
             .par_chunks_mut(d)
@@ -221,6 +229,7 @@ impl PatchStats {
     ) -> Result<(Array2<f64>, f64), StatsError> {
         match estimator {
             CovarianceEstimator::Sample => Ok((self.covariance(patch, positions, epsilon)?, 0.0)),
+            CovarianceEstimator::Nearest => Err(StatsError::NotGaussian),
             CovarianceEstimator::Oas => {
                 // The unbiased covariance without epsilon, rescaled to the maximum likelihood one.
                 let mut cov = self.covariance(patch, positions, 0.0)?;

@@ -27,9 +27,14 @@ pub enum ScoreError {
 const NEGATIVE_TOLERANCE: f64 = 1e-9;
 
 /// Distances `[n_images, n_patches]` for `values` `[n_images, k, n_patches]` holding the model's
-/// channels in the model's order. Computed in f64.
+/// channels in the model's order: Mahalanobis, or for a nearest-patch model the distance to the
+/// nearest training patch (`crate::nearest`). Computed in f64.
 pub fn distances(model: &Model, image_ids: &[u32], values: &[f32]) -> Result<Vec<f32>, ScoreError> {
     let positions: Vec<usize> = (0..model.channels.len()).collect();
+    if model.is_nearest() {
+        let nearest = crate::nearest::model_nearest_distances(model, &positions, &model.channels, image_ids, values);
+        return nearest.map(|(map, _)| map);
+    }
     let mut maps = distances_many(&[(model, positions.as_slice())], &model.channels, image_ids, values)?;
     Ok(maps.pop().map(|(map, _)| map).unwrap_or_default())
 }
@@ -60,6 +65,7 @@ pub fn distances_many(
         });
     }
     for (model, positions) in models {
+        assert!(!model.is_nearest(), "a Gaussian model");
         assert!(model.n_patches() == n_patches && positions.len() == model.channels.len(), "model shape");
         assert!(positions.iter().all(|&p| p < u), "positions within the channels");
     }
@@ -188,6 +194,7 @@ mod tests {
             channels: (0..k).collect(),
             mean,
             precision,
+            bank: Vec::new(),
         }
     }
 

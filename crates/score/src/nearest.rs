@@ -1,18 +1,38 @@
 //! Distances of a batch of images to a nearest-training-patch bank (`padim_fit::nearest`): each
 //! image's embedding is averaged over 3x3 grid neighbourhoods as the bank's was, and a patch's
 //! distance is the Euclidean distance to the nearest of the bank's training patches at its position.
-//! Per patch, `|q|^2 - 2 q.b + |b|^2` over all (image, training image) pairs is one GEMM. Not yet
-//! wired into the score stage.
+//! Per patch, `|q|^2 - 2 q.b + |b|^2` over all (image, training image) pairs is one GEMM.
 
 use crate::ScoreError;
 use ndarray::linalg::general_mat_mul;
 use ndarray::{ArrayView2, ArrayViewMut2};
+use padim_fit::model::Model;
 use padim_fit::nearest::mean_3x3;
 use rayon::prelude::*;
+use std::time::{Duration, Instant};
+
+/// [`nearest_distances`] for a nearest-patch model, with the CPU time spent (summed over threads).
+pub fn model_nearest_distances(
+    model: &Model,
+    positions: &[usize],
+    channels: &[usize],
+    image_ids: &[u32],
+    values: &[f32],
+) -> Result<(Vec<f32>, Duration), ScoreError> {
+    assert!(model.is_nearest(), "a nearest-patch model");
+    let grid = (model.info.grid_height, model.info.grid_width);
+    nearest_distances(&model.bank, model.n_bank(), positions, grid, image_ids, values).map_err(|e| match e {
+        ScoreError::NonFinite { image, channel, patch } => {
+            ScoreError::NonFinite { image, channel: channels.get(channel).copied().unwrap_or(channel), patch }
+        }
+        other => other,
+    })
+}
 
 /// Distances `[n_images, n_patches]` for `values` `[n_images, u, n_patches]` (C order, patch = y *
 /// width + x) to `bank` (`[n_patches][t][k]`, as `Bank::patch_major` lays it out), whose `k` channels
-/// are at `positions` within the `u` channels of `values`. Computed in f64.
+/// are at `positions` within the `u` channels of `values` (an error's channel is such a position),
+/// with the CPU time spent (summed over threads). Computed in f64.
 pub fn nearest_distances(
     bank: &[f32],
     t: usize,
@@ -20,7 +40,7 @@ pub fn nearest_distances(
     (height, width): (usize, usize),
     image_ids: &[u32],
     values: &[f32],
-) -> Result<Vec<f32>, ScoreError> {
+) -> Result<(Vec<f32>, Duration), ScoreError> {
     let (n, k, n_patches) = (image_ids.len(), positions.len(), height * width);
     let u = values.len().checked_div(n * n_patches).unwrap_or(0);
     let expected = n * u * n_patches;
@@ -36,12 +56,15 @@ pub fn nearest_distances(
     }
     assert!(t > 0 && bank.len() == n_patches * t * k, "bank shape");
     assert!(positions.iter().all(|&p| p < u), "positions within the channels");
+    let clock = Instant::now();
     let averaged = mean_3x3(values, height, width);
-    let per_patch: Vec<Vec<f32>> = (0..n_patches)
+    let mut spent = clock.elapsed();
+    let per_patch: Vec<(Vec<f32>, Duration)> = (0..n_patches)
         .into_par_iter()
         .map_init(
             || (vec![0f64; n * k], vec![0f64; t * k], vec![0f64; n * t]),
             |(query, train, dot), patch| {
+                let clock = Instant::now();
                 for image in 0..n {
                     for (c, &p) in positions.iter().enumerate() {
                         query[image * k + c] = averaged[(image * u + p) * n_patches + patch] as f64;
@@ -58,7 +81,7 @@ pub fn nearest_distances(
                     rows.chunks_exact(k.max(1)).map(|r| r.iter().map(|v| v * v).sum()).collect()
                 };
                 let (q_norms, b_norms) = (norms(query), norms(train));
-                (0..n)
+                let distances = (0..n)
                     .map(|image| {
                         let nearest = dot[image * t..(image + 1) * t]
                             .iter()
@@ -68,17 +91,19 @@ pub fn nearest_distances(
                         // Rounding can take an exact zero slightly below it.
                         nearest.max(0.0).sqrt() as f32
                     })
-                    .collect()
+                    .collect();
+                (distances, clock.elapsed())
             },
         )
         .collect();
     let mut maps = vec![0f32; n * n_patches];
-    for (patch, distances) in per_patch.into_iter().enumerate() {
+    for (patch, (distances, time)) in per_patch.into_iter().enumerate() {
+        spent += time;
         for (image, distance) in distances.into_iter().enumerate() {
             maps[image * n_patches + patch] = distance;
         }
     }
-    Ok(maps)
+    Ok((maps, spent))
 }
 
 #[cfg(test)]
@@ -113,7 +138,7 @@ mod tests {
             bank.update(&(0..t as u32).collect::<Vec<_>>(), &kept).unwrap();
             let laid = bank.patch_major(&channels).unwrap();
             let ids: Vec<u32> = (100..100 + n as u32).collect();
-            let maps = nearest_distances(&laid, t, &[0, 2, 3], (height, width), &ids, &values).unwrap();
+            let (maps, _) = nearest_distances(&laid, t, &[0, 2, 3], (height, width), &ids, &values).unwrap();
 
             let query = mean_3x3(&values, height, width);
             let reference = mean_3x3(&train, height, width);
@@ -149,6 +174,6 @@ mod tests {
         ));
         // Closed form: a 1x2 grid averages both cells, (1 + 2) / 2 = 1.5 in the bank; the image's
         // cells (3, 5) average 4: distance 2.5 at both patches.
-        assert_eq!(nearest_distances(&laid, 1, &[0], (1, 2), &[7], &[3.0, 5.0]).unwrap(), vec![2.5, 2.5]);
+        assert_eq!(nearest_distances(&laid, 1, &[0], (1, 2), &[7], &[3.0, 5.0]).unwrap().0, vec![2.5, 2.5]);
     }
 }

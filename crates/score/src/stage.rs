@@ -3,6 +3,7 @@
 
 use crate::mahalanobis::{ScoreError, distances_many};
 use crate::maps::{MapFilter, MapStats};
+use crate::nearest::model_nearest_distances;
 use padim_core::config::Job;
 use padim_core::{Progress, Shard};
 use padim_fit::model::{Model, ModelError, decode_model};
@@ -204,16 +205,34 @@ pub fn run_score(
                 job.score.sigma,
                 job.score.kernel_size,
             );
-            let with_positions: Vec<(&Model, &[usize])> =
-                pass.models.iter().zip(&pass.positions).map(|((_, model), p)| (model, p.as_slice())).collect();
+            // Gaussian models in one pass over each batch; nearest-patch models one by one.
+            let with_positions: Vec<(&Model, &[usize])> = pass
+                .models
+                .iter()
+                .zip(&pass.positions)
+                .filter(|((_, model), _)| !model.is_nearest())
+                .map(|((_, model), p)| (model, p.as_slice()))
+                .collect();
             let at = range.start;
             for (m, (name, _)) in pass.models.iter().enumerate() {
                 names[at + m] = name.clone();
             }
             while let Some(batch) = reader.next_batch()? {
                 let n = batch.image_ids.len();
-                let maps = distances_many(&with_positions, &pass.union, &batch.image_ids, &batch.values)
-                    .map_err(|source| ScoreStageError::Score { url: url.clone(), source })?;
+                let score_error = |source| ScoreStageError::Score { url: url.clone(), source };
+                let mut gaussian_maps = distances_many(&with_positions, &pass.union, &batch.image_ids, &batch.values)
+                    .map_err(score_error)?
+                    .into_iter();
+                let maps = pass
+                    .models
+                    .iter()
+                    .zip(&pass.positions)
+                    .map(|((_, model), positions)| match model.is_nearest() {
+                        true => model_nearest_distances(model, positions, &pass.union, &batch.image_ids, &batch.values)
+                            .map_err(score_error),
+                        false => Ok(gaussian_maps.next().expect("one map set per Gaussian model")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
                 // Resizing and smoothing are independent per map: one map per task.
                 let stats: Vec<(MapStats, Duration)> = maps
                     .iter()

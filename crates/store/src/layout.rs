@@ -87,6 +87,12 @@ pub mod fit {
         format!("fit/partial-{}.safetensors", shard.tag())
     }
 
+    /// The nearest-patch bank of the extract shard `shard`'s training images (with nearest-patch
+    /// models only), beside [`partial`] and under the same done marker.
+    pub fn partial_bank(shard: Shard) -> String {
+        format!("fit/partial-bank-{}.safetensors", shard.tag())
+    }
+
     /// The done marker of [`partial`].
     pub fn partial_done(shard: Shard) -> String {
         format!("fit/partial-done-{}.json", shard.tag())

@@ -243,7 +243,7 @@ pub struct SweepSettings {
     /// Layer combinations, e.g. `["1+2+3", "2+3"]`.
     #[serde(default = "default_layers")]
     pub layers: Vec<String>,
-    /// Covariance estimators, e.g. `["sample", "oas"]`; default `fit.covariance` alone. Experiments
+    /// Covariance estimators, e.g. `["sample", "oas", "nearest"]`; default `fit.covariance` alone. Experiments
     /// of an estimator other than `sample` have its name as a suffix (`all-l23-oas`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub covariances: Vec<CovarianceEstimator>,
@@ -352,7 +352,8 @@ pub struct FitSettings {
     pub batch_images: usize,
     /// Refuse to start when the accumulated statistics would need more memory than this.
     pub memory_budget_gib: f64,
-    /// How each patch's covariance is estimated from the streamed statistics (`sample`, the
+    /// How each patch's covariance is estimated from the streamed statistics (or `nearest`: no
+    /// Gaussian, the nearest training patch; see [`CovarianceEstimator`]) (`sample`, the
     /// recipe's, is left out of the identity so that runs made before the choice keep theirs).
     #[serde(skip_serializing_if = "CovarianceEstimator::is_sample")]
     pub covariance: CovarianceEstimator,
@@ -369,6 +370,11 @@ pub enum CovarianceEstimator {
     /// likelihood covariance S (divided by N) shrunk toward a scaled identity, `(1 - rho) S + rho mu I`
     /// with `mu = tr(S) / p`, `rho` from S alone (so it merges across shards exactly), per patch.
     Oas,
+    /// No Gaussian: the model keeps every training image's embedding at every position (each the
+    /// mean of its 3x3 grid neighbourhood), and a patch scores its Euclidean distance to the nearest
+    /// of them at its position. For textures that look several ways at one position (README,
+    /// magnetic tile); the model grows with the training images (`n_patches x n_train x k` f32).
+    Nearest,
 }
 
 impl CovarianceEstimator {
@@ -376,10 +382,16 @@ impl CovarianceEstimator {
         *self == CovarianceEstimator::Sample
     }
 
+    /// Whether the model is the nearest training patch rather than a Gaussian.
+    pub fn is_nearest(&self) -> bool {
+        *self == CovarianceEstimator::Nearest
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             CovarianceEstimator::Sample => "sample",
             CovarianceEstimator::Oas => "oas",
+            CovarianceEstimator::Nearest => "nearest",
         }
     }
 }
