@@ -161,3 +161,60 @@ fn racing_tasks_of_one_shard_leave_one_winner_intact() {
 }
 
 const SPLIT_SMALL: Split = Split { seed: 0, train: 3, calibration: 1 };
+
+#[test]
+fn split_groups_keep_parts_together_and_name_missing_images() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_concrete(dir.path(), 16, 8);
+    let names = |label: &str| {
+        let mut files: Vec<String> = std::fs::read_dir(dir.path().join("data").join(label))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        files.sort();
+        files
+    };
+    // Normal parts of 4 views, defective parts of 2, interleaved so that path order divides them.
+    let mut groups = String::from("path,group\n");
+    for (i, name) in names("Negative").iter().enumerate() {
+        groups += &format!("Negative/{name},normal-{}\n", i % 4);
+    }
+    for (i, name) in names("Positive").iter().enumerate() {
+        groups += &format!("Positive/{name},defect-{}\n", i % 4);
+    }
+    std::fs::write(dir.path().join("groups.csv"), &groups).unwrap();
+    let split = Split { seed: 0, train: 8, calibration: 4 };
+    let job = small_job(dir.path(), "job", "groups", "run", split, "");
+    let text = std::fs::read_to_string(&job).unwrap().replace("test = {", "groups = \"groups.csv\"\ntest = {");
+    std::fs::write(&job, text).unwrap();
+    let job = job.to_str().unwrap();
+
+    let done = stdout(&padim(&["split", job]));
+    assert!(done.contains("train/Negative 8") && done.contains("0 unused"), "{done}");
+    let group_of: std::collections::HashMap<String, String> =
+        groups.lines().skip(1).map(|l| l.split_once(',').unwrap()).map(|(p, g)| (p.into(), g.into())).collect();
+    let mut split_of: std::collections::HashMap<String, String> = Default::default();
+    let rows = crate::support::csv_rows(&dir.path().join("run/split/manifest.csv"));
+    assert_eq!(rows.len(), 24);
+    for row in &rows {
+        let group = &group_of[&row["path"]];
+        let previous = split_of.insert(group.clone(), row["split"].clone());
+        assert!(previous.is_none_or(|p| p == row["split"]), "group {group} is in two splits");
+    }
+    let count = |split: &str| rows.iter().filter(|r| r["split"] == split).count();
+    assert_eq!((count("train"), count("calibration"), count("test")), (8, 8, 8));
+
+    // The groups are part of the split's identity by content: other groups are another split.
+    std::fs::write(dir.path().join("groups.csv"), groups.replace(",normal-3", ",normal-2")).unwrap();
+    let refused = padim(&["split", job]);
+    assert!(stderr(&refused).contains("another dataset selection or split configuration"), "{}", stderr(&refused));
+    // An image without a group is named, and nothing is published.
+    let missing = groups.lines().filter(|l| !l.starts_with("Positive/")).collect::<Vec<_>>().join("\n");
+    std::fs::write(dir.path().join("groups.csv"), missing + "\n").unwrap();
+    let refused = padim(&["split", job, "--force"]);
+    let message = stderr(&refused);
+    assert_eq!(refused.status.code(), Some(2), "{message}");
+    assert!(message.contains("groups.csv gives no group for 8 image(s)"), "{message}");
+    assert!(message.contains(&format!("Positive/{}", names("Positive")[0])), "{message}");
+    assert!(!dir.path().join("run/split/done.json").exists(), "a refused split publishes nothing");
+}

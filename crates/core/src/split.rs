@@ -1,7 +1,9 @@
 //! Seeded, disjoint train / calibration / test splits per label, that never separate identical files.
 //!
-//! Files with the same SHA-256 form one group; groups, not files, are assigned, so an exact
-//! duplicate can never be in two splits (it would leak training or calibration data into the test).
+//! Files with the same SHA-256 form one group, and so do the files that `split.groups` puts in one
+//! group (the views of one part); groups, not files, are assigned, so an exact duplicate or another
+//! view of a training part can never be in another split (it would leak training or calibration
+//! data into the test).
 //! Each label's groups are shuffled with a ChaCha8 stream seeded from the job's seed and the label
 //! name (so adding a label does not reshuffle the others), then the splits take groups in the order
 //! train, calibration, test until each has exactly its count. The result is sorted by split, label
@@ -13,12 +15,13 @@ use rand::seq::SliceRandom;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-/// A file to assign: its path, label and content hash.
+/// A file to assign: its path, label, content hash and, with `split.groups`, its group.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SplitInput {
     pub path: PathBuf,
     pub label: String,
     pub sha256: String,
+    pub group: Option<String>,
 }
 
 /// A file with its split.
@@ -44,31 +47,77 @@ pub enum SplitError {
     )]
     ConflictingDuplicate { first: PathBuf, first_label: String, second: PathBuf, second_label: String, sha256: String },
     #[error(
-        "label `{label}`: split `{split}` cannot take exactly {count} images without separating identical \
-         files (groups of duplicates left: sizes {sizes}); ask for {nearest} instead"
+        "group `{group}` (split.groups) holds {first} (label {first_label}) and {second} (label {second_label}); \
+         a group must have one label: give them different groups"
+    )]
+    GroupSpansLabels { group: String, first: PathBuf, first_label: String, second: PathBuf, second_label: String },
+    #[error(
+        "label `{label}`: split `{split}` cannot take exactly {count} images without separating a group \
+         (identical files, or a group of split.groups; sizes of the groups left: {sizes}); ask for {nearest} instead"
     )]
     Inexact { label: String, split: &'static str, count: usize, sizes: String, nearest: usize },
 }
 
 /// Assigns `images` to splits. Images that no split takes are left out.
 pub fn assign(images: &[SplitInput], settings: &SplitSettings) -> Result<Vec<Assigned>, SplitError> {
-    // Groups of identical files, each in path order; a group's label must be unique.
-    let mut by_hash: BTreeMap<&str, Vec<&SplitInput>> = BTreeMap::new();
-    for image in images {
-        by_hash.entry(image.sha256.as_str()).or_default().push(image);
+    // Identical files, and the files of one named group, each with one label.
+    let mut by_hash: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    let mut by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (index, image) in images.iter().enumerate() {
+        by_hash.entry(image.sha256.as_str()).or_default().push(index);
+        if let Some(group) = &image.group {
+            by_group.entry(group.as_str()).or_default().push(index);
+        }
     }
-    let mut groups: BTreeMap<&str, Vec<Vec<&SplitInput>>> = BTreeMap::new();
-    for (sha256, mut members) in by_hash {
-        members.sort_by(|a, b| a.path.cmp(&b.path));
-        if let Some(other) = members.iter().find(|m| m.label != members[0].label) {
+    let first_other_label = |members: &[usize]| {
+        let first = members.iter().copied().min_by(|&a, &b| images[a].path.cmp(&images[b].path))?;
+        let other = members.iter().copied().find(|&m| images[m].label != images[first].label)?;
+        Some((&images[first], &images[other]))
+    };
+    for (sha256, members) in &by_hash {
+        if let Some((first, other)) = first_other_label(members) {
             return Err(SplitError::ConflictingDuplicate {
-                first: members[0].path.clone(),
-                first_label: members[0].label.clone(),
+                first: first.path.clone(),
+                first_label: first.label.clone(),
                 second: other.path.clone(),
                 second_label: other.label.clone(),
                 sha256: sha256.to_string(),
             });
         }
+    }
+    for (group, members) in &by_group {
+        if let Some((first, other)) = first_other_label(members) {
+            return Err(SplitError::GroupSpansLabels {
+                group: group.to_string(),
+                first: first.path.clone(),
+                first_label: first.label.clone(),
+                second: other.path.clone(),
+                second_label: other.label.clone(),
+            });
+        }
+    }
+    // The groups assigned whole: the connected sets of both relations (union-find).
+    let mut parent: Vec<usize> = (0..images.len()).collect();
+    fn root(parent: &mut [usize], mut i: usize) -> usize {
+        while parent[i] != i {
+            parent[i] = parent[parent[i]];
+            i = parent[i];
+        }
+        i
+    }
+    for members in by_hash.values().chain(by_group.values()) {
+        for &m in &members[1..] {
+            let (a, b) = (root(&mut parent, members[0]), root(&mut parent, m));
+            parent[a.max(b)] = a.min(b);
+        }
+    }
+    let mut sets: BTreeMap<usize, Vec<&SplitInput>> = BTreeMap::new();
+    for (index, image) in images.iter().enumerate() {
+        sets.entry(root(&mut parent, index)).or_default().push(image);
+    }
+    let mut groups: BTreeMap<&str, Vec<Vec<&SplitInput>>> = BTreeMap::new();
+    for (_, mut members) in sets {
+        members.sort_by(|a, b| a.path.cmp(&b.path));
         groups.entry(members[0].label.as_str()).or_default().push(members);
     }
     for (_, amounts) in settings.parts() {
@@ -226,6 +275,7 @@ mod tests {
                     path: PathBuf::from(format!("{label}/{i:04}.jpg")),
                     label: label.to_string(),
                     sha256: format!("{label}-{i}"),
+                    group: None,
                 });
             }
         }
@@ -309,6 +359,51 @@ mod tests {
             assert!(previous.is_none_or(|p| p == a.split), "{} is in two splits", a.sha256);
         }
         assert_eq!(out.iter().filter(|a| a.split == "train").count(), 15);
+    }
+
+    #[test]
+    fn groups_never_straddle_splits() {
+        // 60 views of 10 parts (6 each) and 12 views of 3 defective parts; two views of different
+        // parts are also identical files, which joins their parts.
+        let mut images = inputs(&[("good", 60), ("bad", 12)]);
+        for (i, image) in images.iter_mut().enumerate() {
+            let part = if i < 60 { i / 6 } else { 100 + (i - 60) / 4 };
+            image.group = Some(format!("part-{part}"));
+        }
+        images[5].sha256 = images[6].sha256.clone();
+        let config = settings(
+            "seed = 7\ntrain = { good = 30 }\ncalibration = { good = 12, bad = 4 }\ntest = { good = \"rest\", bad = \"rest\" }\n",
+        );
+        let out = assign(&images, &config).unwrap();
+        assert_eq!(out.len(), 72);
+        let group_of: BTreeMap<&PathBuf, &str> =
+            images.iter().map(|i| (&i.path, i.group.as_deref().unwrap_or(""))).collect();
+        let mut split_of: BTreeMap<&str, &str> = BTreeMap::new();
+        for a in &out {
+            let group = if ["part-0", "part-1"].contains(&group_of[&a.path]) { "part-0+1" } else { group_of[&a.path] };
+            let previous = split_of.insert(group, a.split);
+            assert!(previous.is_none_or(|p| p == a.split), "{group} is in two splits");
+        }
+        let count = |split: &str| out.iter().filter(|a| a.split == split).count();
+        assert_eq!((count("train"), count("calibration"), count("test")), (30, 16, 26));
+        // Without groups the same counts divide parts (the check above would fail).
+        let ungrouped: Vec<SplitInput> = images.iter().map(|i| SplitInput { group: None, ..i.clone() }).collect();
+        let out = assign(&ungrouped, &config).unwrap();
+        let divided = (0..10).any(|part| {
+            let splits: Vec<&str> =
+                out.iter().filter(|a| group_of[&a.path] == format!("part-{part}")).map(|a| a.split).collect();
+            splits.iter().any(|s| *s != splits[0])
+        });
+        assert!(divided, "this seed's ungrouped split happens to keep every part together");
+        // A count that only divides a group is refused with the nearest that does not.
+        let odd = settings("train = { good = 31 }\ntest = { good = \"rest\" }\n");
+        let message = assign(&images, &odd).unwrap_err().to_string();
+        assert!(message.contains("cannot take exactly 31") && message.contains("ask for"), "{message}");
+        // A group has one label.
+        let mut mixed = images.clone();
+        mixed[60].group = Some("part-3".into());
+        let message = assign(&mixed, &config).unwrap_err().to_string();
+        assert!(message.contains("group `part-3`") && message.contains("bad/0000.jpg"), "{message}");
     }
 
     #[test]

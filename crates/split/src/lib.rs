@@ -18,7 +18,7 @@ use padim_store::{DoneMarker, InputFiles, Published, Store, StoreError};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
-/// How many changed files an error lists by name.
+/// How many files (changed, or without a group) an error lists by name.
 const LISTED_CHANGES: usize = 10;
 
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +39,11 @@ pub enum SplitStageError {
          identities cover the manifest"
     )]
     DatasetChanged { url: String, added: usize, added_list: String, removed: usize, removed_list: String },
+    #[error(
+        "{file} gives no group for {missing} image(s) of the dataset ({list}); split.groups must name every \
+         image: add a line `path,group` for each (paths relative to the dataset's base, as split/listing.csv has them)"
+    )]
+    Ungrouped { file: String, missing: usize, list: String },
     #[error("{0}")]
     Manifest(String),
 }
@@ -89,7 +94,7 @@ pub fn run_split(job: &Job, force: bool, progress: &dyn Progress) -> Result<Spli
             .zip(contents)
             .map(|(record, bytes)| {
                 let sha256 = padim_core::hash::sha256_hex(&bytes?);
-                Ok(SplitInput { path: record.path.clone(), label: record.label.clone(), sha256 })
+                Ok(SplitInput { path: record.path.clone(), label: record.label.clone(), sha256, group: None })
             })
             .collect();
         inputs.extend(hashed?);
@@ -107,6 +112,24 @@ pub fn run_split(job: &Job, force: bool, progress: &dyn Progress) -> Result<Spli
             sha256: input.sha256.clone(),
         })
         .collect();
+    if let Some(groups) = job.split.as_ref().and_then(|s| s.groups.as_ref()) {
+        let mut missing = Vec::new();
+        for (input, row) in inputs.iter_mut().zip(&listing) {
+            input.group = groups.of.get(&row.path).cloned();
+            if input.group.is_none() {
+                missing.push(row.path.as_str());
+            }
+        }
+        if !missing.is_empty() {
+            let more = if missing.len() > LISTED_CHANGES { ", ..." } else { "" };
+            let list = missing.iter().take(LISTED_CHANGES).copied().collect::<Vec<_>>().join(", ");
+            return Err(SplitStageError::Ungrouped {
+                file: groups.path.display().to_string(),
+                missing: missing.len(),
+                list: format!("{list}{more}"),
+            });
+        }
+    }
     let manifest: Vec<ManifestRow> = match &job.split {
         Some(settings) => assign(&inputs, settings)
             .map_err(|source| SplitStageError::Split { job: job.name.clone(), source: Box::new(source) })?

@@ -320,4 +320,47 @@ weights = "w.safetensors"
         let labelled = write_job(one.path(), &MINIMAL.replace("normal =", "labels = [\"good\"]\nnormal ="));
         assert_ne!(a.split_hash(), Job::load(&labelled).unwrap().split_hash());
     }
+
+    #[test]
+    fn split_groups_are_read_with_the_job_and_identified_by_content() {
+        let (one, two) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let split = "\n[split]\ntrain = { good = 2 }\ngroups = \"groups.csv\"\n";
+        let groups = "path,group\ngood/a.png,p1\ngood/b.png,p1\n\"good/c,1.png\",p2\n";
+        for dir in [one.path(), two.path()] {
+            std::fs::create_dir(dir.join("data")).unwrap();
+            std::fs::write(dir.join("groups.csv"), groups).unwrap();
+        }
+        let a = Job::load(&write_job(one.path(), &format!("{MINIMAL}{split}"))).unwrap();
+        let read = a.split.as_ref().and_then(|s| s.groups.as_ref()).unwrap();
+        assert_eq!(read.path, one.path().join("groups.csv"));
+        assert_eq!(read.of.get("good/c,1.png").map(String::as_str), Some("p2"));
+        assert_eq!(read.of.len(), 3);
+        // The same content elsewhere is the same split; other content another one; no groups another.
+        let b = Job::load(&write_job(two.path(), &format!("{MINIMAL}{split}"))).unwrap();
+        assert_eq!(a.split_hash(), b.split_hash());
+        std::fs::write(two.path().join("groups.csv"), groups.replace(",p2", ",p1")).unwrap();
+        let edited = Job::load(&write_job(two.path(), &format!("{MINIMAL}{split}"))).unwrap();
+        assert_ne!(a.split_hash(), edited.split_hash());
+        let plain =
+            Job::load(&write_job(two.path(), &format!("{MINIMAL}{}", split.replace("groups =", "# ")))).unwrap();
+        assert_ne!(a.split_hash(), plain.split_hash());
+        // Errors name the key, the file and the line.
+        let cases = [
+            ("path,part\ngood/a.png,p1\n", "header must be `path,group`"),
+            ("path,group\ngood/a.png,p1\ngood/a.png,p2\n", "line 3: good/a.png is named twice"),
+            ("path,group\ngood/a.png,\n", "line 2: give an image path and a group name"),
+            ("path,group\n", "names no image"),
+        ];
+        for (text, expected) in cases {
+            std::fs::write(two.path().join("groups.csv"), text).unwrap();
+            let message = Job::load(&write_job(two.path(), &format!("{MINIMAL}{split}"))).unwrap_err().to_string();
+            assert!(
+                message.contains("split.groups") && message.contains("groups.csv") && message.contains(expected),
+                "{message}"
+            );
+        }
+        std::fs::remove_file(two.path().join("groups.csv")).unwrap();
+        let message = Job::load(&write_job(two.path(), &format!("{MINIMAL}{split}"))).unwrap_err().to_string();
+        assert!(message.contains("split.groups") && message.contains("cannot read"), "{message}");
+    }
 }

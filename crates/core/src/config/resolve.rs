@@ -139,8 +139,12 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
         return Err(invalid(path, "extract.row-group-mib", "must be at least 1"));
     }
 
-    if let Some(split) = &raw.split {
+    let mut split = raw.split;
+    if let Some(split) = &mut split {
         validate_split(split, path)?;
+        if let Some(groups) = &mut split.groups {
+            *groups = read_groups(&groups.path, base, path)?;
+        }
         // With splits, only the training split trains unless the job says otherwise.
         if fit.train_split.is_none() {
             fit.train_split = Some("train".into());
@@ -185,7 +189,7 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
         extract,
         fit,
         score,
-        split: raw.split,
+        split,
         report,
         sweep,
     })
@@ -247,6 +251,17 @@ pub(super) fn validate_split(split: &SplitSettings, path: &Path) -> Result<(), C
         return Err(invalid(path, "split", "names no images: give counts per label, e.g. train = { good = 250 }"));
     }
     Ok(())
+}
+
+/// Reads `split.groups`, a local file named relative to the job file.
+fn read_groups(named: &Path, base: &Path, path: &Path) -> Result<SplitGroups, ConfigError> {
+    let key = "split.groups";
+    if named.to_string_lossy().contains("://") {
+        return Err(invalid(path, key, "must be a local file (keep it beside the job file)"));
+    }
+    let file = normalize(&base.join(named));
+    let bytes = std::fs::read(&file).map_err(|e| invalid(path, key, format!("cannot read {}: {e}", file.display())))?;
+    SplitGroups::read(file, &bytes).map_err(|problem| invalid(path, key, problem))
 }
 
 /// A location is kept as a URL when it has a scheme, else made an absolute local path.

@@ -474,6 +474,69 @@ pub struct SplitSettings {
     pub calibration: BTreeMap<String, SplitAmount>,
     #[serde(default)]
     pub test: BTreeMap<String, SplitAmount>,
+    /// Images that must stay in one split (the views of one part, the crops of one photograph).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<SplitGroups>,
+}
+
+/// `split.groups`: a CSV file with the header `path,group` that gives every image of the dataset
+/// (by its path relative to the dataset's base, as `split/manifest.csv` writes it) the group it
+/// belongs to; the split never divides a group. The job names the file (relative to the job file);
+/// loading the job reads it. Its identity is its content: it serialises as its SHA-256 alone, so
+/// that a moved file changes nothing and an edited one changes the split.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct SplitGroups {
+    /// The file, resolved against the job file.
+    pub path: PathBuf,
+    /// SHA-256 of its bytes (empty until the job is resolved).
+    pub sha256: String,
+    /// The group of each image, by relative path.
+    pub of: BTreeMap<String, String>,
+}
+
+impl Serialize for SplitGroups {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(1))?;
+        map.serialize_entry("sha256", &self.sha256)?;
+        map.end()
+    }
+}
+
+impl<'de> Deserialize<'de> for SplitGroups {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let path = PathBuf::deserialize(deserializer)?;
+        Ok(SplitGroups { path, ..SplitGroups::default() })
+    }
+}
+
+impl SplitGroups {
+    /// Reads `path` (a local file): one line `path,group` per image after the header; `name` names
+    /// the file in errors (which say the line).
+    pub fn read(path: PathBuf, bytes: &[u8]) -> Result<SplitGroups, String> {
+        let name = path.display();
+        let mut reader = csv::Reader::from_reader(bytes);
+        let header = reader.headers().map_err(|e| format!("{name}: {e}"))?;
+        if header.iter().collect::<Vec<_>>() != ["path", "group"] {
+            return Err(format!("{name}: the header must be `path,group` (one line per image after it)"));
+        }
+        let mut of = BTreeMap::new();
+        for (index, record) in reader.records().enumerate() {
+            let line = index + 2;
+            let record = record.map_err(|e| format!("{name}, line {line}: {e}"))?;
+            let (image, group) = (record.get(0).unwrap_or(""), record.get(1).unwrap_or(""));
+            if image.is_empty() || group.is_empty() {
+                return Err(format!("{name}, line {line}: give an image path and a group name"));
+            }
+            if of.insert(image.to_string(), group.to_string()).is_some() {
+                return Err(format!("{name}, line {line}: {image} is named twice; an image has one group"));
+            }
+        }
+        if of.is_empty() {
+            return Err(format!("{name}: names no image"));
+        }
+        Ok(SplitGroups { path, sha256: crate::hash::sha256_hex(bytes), of })
+    }
 }
 
 impl SplitSettings {
