@@ -27,8 +27,9 @@ pub enum SplitStageError {
     Dataset(#[from] DatasetError),
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("{job}: {source}")]
-    Split { job: String, source: Box<SplitError> },
+    /// (Not a `source`: the message holds it, and an error chain would print it twice.)
+    #[error("{job}: {error}")]
+    Split { job: String, error: Box<SplitError> },
     #[error("{url} was made by another dataset selection or split configuration; use --force to redo it")]
     ConfigMismatch { url: String },
     #[error("{url} is missing or from another configuration: run `padim split JOB` (or `padim run JOB`) first")]
@@ -132,7 +133,7 @@ pub fn run_split(job: &Job, force: bool, progress: &dyn Progress) -> Result<Spli
     }
     let manifest: Vec<ManifestRow> = match &job.split {
         Some(settings) => assign(&inputs, settings)
-            .map_err(|source| SplitStageError::Split { job: job.name.clone(), source: Box::new(source) })?
+            .map_err(|error| SplitStageError::Split { job: job.name.clone(), error: Box::new(error) })?
             .into_iter()
             .map(|a| ManifestRow {
                 path: relative(&a.path),
