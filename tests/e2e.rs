@@ -213,18 +213,7 @@ fn fit_matches_pytorch_on_real_embeddings() {
     assert!(out.contains("score done: 28 images x 2 models in 2 shard(s)"), "{out}");
     assert!(stdout(&padim(&["score", job_arg])).contains("2 shard(s) already done"));
     for subset in ["r40", "all"] {
-        let output = Command::new(root().join(".venv/bin/python"))
-            .arg(root().join("scripts/reference.py"))
-            .args(["score", "--run-dir", run.to_str().unwrap(), "--subset", subset])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        eprintln!("score {subset}: {result}");
-        assert_eq!(result["n"], 28);
-        for key in ["map", "mean", "max", "min", "top"] {
-            assert!(result[key].as_f64().unwrap() <= 1e-4, "{subset} {key}: {result}");
-        }
+        assert_scores_match_reference(&run, subset, &[], 28);
     }
 
     // A model fitted on another backbone is refused by score, naming both sides.
@@ -378,17 +367,25 @@ fn run_all_stages_and_report() {
 
 /// `scripts/reference.py fit` on the run's model `subset` (training label Negative): the plain
 /// PyTorch / scikit-learn fit's largest differences from padim's model, as JSON.
-fn reference_fit(run: &std::path::Path, subset: &str, extra: &[&str]) -> serde_json::Value {
-    let output = Command::new(root().join(".venv/bin/python"))
-        .arg(root().join("scripts/reference.py"))
-        .args(["fit", "--run-dir", run.to_str().unwrap(), "--subset", subset, "--normal", "Negative"])
-        .args(extra)
-        .output()
-        .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+fn reference_fit(run: &Path, subset: &str, extra: &[&str]) -> serde_json::Value {
+    let args = ["fit", "--run-dir", run.to_str().unwrap(), "--subset", subset, "--normal", "Negative"];
+    let result: serde_json::Value =
+        serde_json::from_str(&support::python::reference(&[&args[..], extra].concat())).unwrap();
     eprintln!("{subset}: {result}");
     result
+}
+
+/// `scripts/reference.py score` on the run's model `subset`: plain PyTorch's maps and image scores of
+/// the run's `n` scored images equal padim's, each largest difference within 1e-4.
+fn assert_scores_match_reference(run: &Path, subset: &str, extra: &[&str], n: u64) {
+    let args = ["score", "--run-dir", run.to_str().unwrap(), "--subset", subset];
+    let result: serde_json::Value =
+        serde_json::from_str(&support::python::reference(&[&args[..], extra].concat())).unwrap();
+    eprintln!("score {subset}: {result}");
+    assert_eq!(result["n"], n);
+    for key in ["map", "mean", "max", "min", "top"] {
+        assert!(result[key].as_f64().unwrap() <= 1e-4, "{subset} {key}: {result}");
+    }
 }
 
 /// `fit.covariance = "oas"`: per patch, scikit-learn's OAS on the raw training embeddings gives the
@@ -460,18 +457,7 @@ fn nearest_patch_scores_match_pytorch() {
     let out = stdout(&padim(&["score", job_arg]));
     assert!(out.contains("score done: 17 images x 2 models"), "{out}");
     for subset in ["nn", "r30"] {
-        let output = Command::new(root().join(".venv/bin/python"))
-            .arg(root().join("scripts/reference.py"))
-            .args(["score", "--run-dir", run.to_str().unwrap(), "--subset", subset, "--normal", "Negative"])
-            .output()
-            .unwrap();
-        assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-        let result: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
-        eprintln!("score {subset}: {result}");
-        assert_eq!(result["n"], 17);
-        for key in ["map", "mean", "max", "min", "top"] {
-            assert!(result[key].as_f64().unwrap() <= 1e-4, "{subset} {key}: {result}");
-        }
+        assert_scores_match_reference(&run, subset, &["--normal", "Negative"], 17);
     }
 }
 
