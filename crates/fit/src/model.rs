@@ -291,24 +291,29 @@ pub fn decode_model(bytes: &[u8]) -> Result<Model, ModelError> {
     let file = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
     let k = file.tensor("channels").map_err(|e| format(e.to_string()))?.shape().first().copied().unwrap_or(0);
     let p = info.grid_height * info.grid_width;
-    let channels = tensor(&file, "channels", Dtype::I64, &[k], kind)?
-        .chunks_exact(8)
-        .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()) as usize)
-        .collect();
-    let floats = |data: &[u8]| -> Vec<f32> {
-        data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default())).collect()
-    };
+    let channels =
+        le_i64s(tensor(&file, "channels", Dtype::I64, &[k], kind)?).into_iter().map(|c| c as usize).collect();
     let model = if info.covariance.is_nearest() {
         let t = file.tensor("bank").map_err(|e| format(format!("`bank`: {e}")))?.shape().get(1).copied().unwrap_or(0);
-        let bank = floats(tensor(&file, "bank", Dtype::F32, &[p, t, k], kind)?);
+        let bank = le_f32s(tensor(&file, "bank", Dtype::F32, &[p, t, k], kind)?);
         Model { info, channels, mean: Vec::new(), precision: Vec::new(), bank }
     } else {
-        let mean = floats(tensor(&file, "mean", Dtype::F32, &[p, k], kind)?);
-        let precision = floats(tensor(&file, "precision", Dtype::F32, &[p, k, k], kind)?);
+        let mean = le_f32s(tensor(&file, "mean", Dtype::F32, &[p, k], kind)?);
+        let precision = le_f32s(tensor(&file, "precision", Dtype::F32, &[p, k, k], kind)?);
         Model { info, channels, mean, precision, bank: Vec::new() }
     };
     model.validate().map_err(format)?;
     Ok(model)
+}
+
+/// A tensor's little-endian I64 bytes (checked by [`tensor`]) as values.
+fn le_i64s(data: &[u8]) -> Vec<i64> {
+    data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default())).collect()
+}
+
+/// A tensor's little-endian F32 bytes (checked by [`tensor`]) as values.
+fn le_f32s(data: &[u8]) -> Vec<f32> {
+    data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default())).collect()
 }
 
 /// Encodes partial statistics (f64, exact) with `metadata` JSON.
@@ -332,15 +337,12 @@ pub fn decode_partial(bytes: &[u8], n_patches: usize) -> Result<(PatchStats, Str
     let json = metadata(bytes, kind)?;
     let file = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
     let d = file.tensor("channels").map_err(|e| format(e.to_string()))?.shape().first().copied().unwrap_or(0);
-    let ints = |data: &[u8]| -> Vec<i64> {
-        data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default())).collect()
-    };
     let doubles = |data: &[u8]| -> Vec<f64> {
         data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default())).collect()
     };
-    let count = ints(tensor(&file, "count", Dtype::I64, &[1], kind)?)[0] as u64;
+    let count = le_i64s(tensor(&file, "count", Dtype::I64, &[1], kind)?)[0] as u64;
     let channels: Vec<usize> =
-        ints(tensor(&file, "channels", Dtype::I64, &[d], kind)?).into_iter().map(|c| c as usize).collect();
+        le_i64s(tensor(&file, "channels", Dtype::I64, &[d], kind)?).into_iter().map(|c| c as usize).collect();
     let mean = doubles(tensor(&file, "mean", Dtype::F64, &[n_patches, d], kind)?);
     let comoment = doubles(tensor(&file, "comoment", Dtype::F64, &[n_patches, d, d], kind)?);
     if mean.iter().chain(&comoment).any(|v| !v.is_finite()) {
@@ -381,19 +383,13 @@ pub fn decode_bank_partial(bytes: &[u8]) -> Result<(Bank, String), ModelError> {
     let shape = |name: &str| -> Result<Vec<usize>, ModelError> {
         Ok(file.tensor(name).map_err(|e| format(format!("`{name}`: {e}")))?.shape().to_vec())
     };
-    let ints = |data: &[u8]| -> Vec<i64> {
-        data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default())).collect()
-    };
     let (t, d) = (shape("images")?.first().copied().unwrap_or(0), shape("channels")?.first().copied().unwrap_or(0));
-    let grid = ints(tensor(&file, "grid", Dtype::I64, &[2], kind)?);
+    let grid = le_i64s(tensor(&file, "grid", Dtype::I64, &[2], kind)?);
     let (height, width) = (grid[0].max(0) as usize, grid[1].max(0) as usize);
-    let images = ints(tensor(&file, "images", Dtype::I64, &[t], kind)?);
+    let images = le_i64s(tensor(&file, "images", Dtype::I64, &[t], kind)?);
     let channels: Vec<usize> =
-        ints(tensor(&file, "channels", Dtype::I64, &[d], kind)?).into_iter().map(|c| c as usize).collect();
-    let values: Vec<f32> = tensor(&file, "values", Dtype::F32, &[t, d, height * width], kind)?
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default()))
-        .collect();
+        le_i64s(tensor(&file, "channels", Dtype::I64, &[d], kind)?).into_iter().map(|c| c as usize).collect();
+    let values = le_f32s(tensor(&file, "values", Dtype::F32, &[t, d, height * width], kind)?);
     if values.iter().any(|v| !v.is_finite()) {
         return Err(format("the bank holds values that are not finite".into()));
     }
