@@ -511,8 +511,8 @@ impl<'de> Deserialize<'de> for SplitGroups {
 }
 
 impl SplitGroups {
-    /// Reads `path` (a local file): one line `path,group` per image after the header; `name` names
-    /// the file in errors (which say the line).
+    /// Parses `bytes`, the file at `path`: one line `path,group` per image after the header. Errors
+    /// name the file and the line.
     pub fn read(path: PathBuf, bytes: &[u8]) -> Result<SplitGroups, String> {
         let name = path.display();
         let mut reader = csv::Reader::from_reader(bytes);
