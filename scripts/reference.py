@@ -155,7 +155,37 @@ def cmd_fit(args):
     centered = x - mean
     eye = torch.eye(len(channels), dtype=torch.float64)
     result = {"n": n}
-    if args.covariance == "oas":
+    if args.pool != "0":
+        # Pooled over positions: each patch's window of positions (within --pool cells in both
+        # directions, cut at the grid's edges, or all), every sample centred on its own position's mean.
+        from safetensors import safe_open
+
+        with safe_open(f"{args.run_dir}/fit/model-{args.subset}.safetensors", "np") as f:
+            info = _json.loads(f.metadata()["padim"])
+        height, width = info["grid-height"], info["grid-width"]
+        radius = max(height, width) if args.pool == "all" else int(args.pool)
+        windows = [
+            [yy * width + xx for yy in range(height) for xx in range(width) if abs(yy - p // width) <= radius and abs(xx - p % width) <= radius]
+            for p in range(n_patches)
+        ]
+        distinct = {tuple(w): None for w in windows}  # patches with one window share its estimate
+        if args.covariance == "oas":
+            from sklearn.covariance import OAS
+
+            for w in distinct:
+                distinct[w] = OAS(assume_centered=True).fit(centered[:, list(w), :].reshape(-1, len(channels)).numpy())
+            fits = [distinct[tuple(w)] for w in windows]
+            cov = torch.from_numpy(np.stack([f.covariance_ for f in fits])) + args.epsilon * eye
+            shrinkage = torch.tensor([f.shrinkage_ for f in fits], dtype=torch.float64)
+            result["shrinkage"] = float((torch.from_numpy(model["shrinkage"]).double() - shrinkage).abs().max().item())
+            result["shrinkage-range"] = [float(shrinkage.min()), float(shrinkage.max())]
+        else:
+            for w in distinct:
+                window = centered[:, list(w), :]
+                distinct[w] = torch.einsum("nqi,nqj->ij", window, window) / (len(w) * (n - 1))
+            cov = torch.stack([distinct[tuple(w)] for w in windows]) + args.epsilon * eye
+        result["cells-range"] = [min(map(len, windows)), max(map(len, windows))]
+    elif args.covariance == "oas":
         # scikit-learn's OAS per patch, on the raw training embeddings of that patch.
         from sklearn.covariance import OAS
 
@@ -461,6 +491,7 @@ def main():
     p.add_argument("--epsilon", type=float, default=0.01)
     p.add_argument("--normal", nargs="+", required=True)
     p.add_argument("--covariance", choices=["sample", "oas"], default="sample")
+    p.add_argument("--pool", default="0", help="covariances pooled over positions: a radius in cells, or all")
     p.set_defaults(run=cmd_fit)
 
     p = sub.add_parser("score")

@@ -423,6 +423,57 @@ fn oas_covariance_matches_scikit_learn() {
     assert!(header.contains("\\\"covariance\\\":\\\"oas\\\"") && header.contains("\"shrinkage\""), "{header}");
 }
 
+/// `pool`: covariances pooled over a 3x3 window of positions (with OAS) and over every position,
+/// beside an unpooled subset, from statistics of two extract shards: each equals plain PyTorch /
+/// scikit-learn on the raw embeddings (every sample centred on its own position's mean; OAS of the
+/// window's samples), the model records its pool, and the score stage scores the pooled model as
+/// plain PyTorch does.
+#[test]
+fn pooled_covariances_match_pytorch() {
+    let dir = tempfile::tempdir().unwrap();
+    support::copy_concrete(dir.path(), 12, 3);
+    let job = write_job(dir.path(), 8);
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    text.push_str(
+        "[fit]\nbatch-images = 5\nsubsets = [\
+         { name = \"p1\", count = 30, seed = 1, pool = 1, covariance = \"oas\" }, \
+         { name = \"pall\", count = 60, seed = 2, pool = \"all\" }, { name = \"r20\", count = 20, seed = 3 }]\n",
+    );
+    std::fs::write(&job, text).unwrap();
+    let job_arg = job.to_str().unwrap();
+    for shard in ["0/2", "1/2"] {
+        stdout(&padim(&["extract", job_arg, "--shard", shard]));
+    }
+    assert!(stdout(&padim(&["fit", job_arg])).contains("fit done: 12 training images"));
+    let run = dir.path().join("run");
+    let p1 = reference_fit(&run, "p1", &["--covariance", "oas", "--pool", "1"]);
+    // Corners pool 4 positions, edges 6, the rest 9.
+    assert_eq!(p1["cells-range"], serde_json::json!([4, 9]), "{p1}");
+    assert!(p1["shrinkage"].as_f64().unwrap() <= 1e-6 && p1["shrinkage-range"][1].as_f64().unwrap() > 0.0, "{p1}");
+    let pall = reference_fit(&run, "pall", &["--pool", "all"]);
+    assert_eq!(pall["cells-range"], serde_json::json!([3136, 3136]), "{pall}");
+    let r20 = reference_fit(&run, "r20", &[]);
+    for result in [&p1, &pall, &r20] {
+        assert_eq!(result["n"], 12);
+        assert!(result["mean"].as_f64().unwrap() <= 1e-4, "{result}");
+        assert!(result["precision"].as_f64().unwrap() <= 1e-4, "{result}");
+    }
+    // Pooling changes the model: the unpooled reference does not match the pooled one.
+    let unpooled = reference_fit(&run, "pall", &[]);
+    assert!(unpooled["precision"].as_f64().unwrap() > 1e-2, "{unpooled}");
+    let header = |name: &str| {
+        let model = std::fs::read(run.join(format!("fit/model-{name}.safetensors"))).unwrap();
+        String::from_utf8_lossy(&model[8..8 + u64::from_le_bytes(model[..8].try_into().unwrap()) as usize]).into_owned()
+    };
+    assert!(header("p1").contains("\\\"pool\\\":1"), "{}", header("p1"));
+    assert!(header("pall").contains("\\\"pool\\\":\\\"all\\\""), "{}", header("pall"));
+    assert!(!header("r20").contains("pool"), "{}", header("r20"));
+
+    let out = stdout(&padim(&["score", job_arg]));
+    assert!(out.contains("score done: 15 images x 3 models"), "{out}");
+    assert_scores_match_reference(&run, "pall", &[], 15);
+}
+
 /// `covariance = "nearest"` beside a Gaussian subset, fitted as two shards' partial states (the
 /// array-job form) and merged: the nearest-patch maps and image scores equal plain PyTorch's (3x3
 /// `avg_pool2d` without padding, then `cdist` to the training images' patches, computed from the

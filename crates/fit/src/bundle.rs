@@ -259,6 +259,7 @@ mod tests {
             n_train_images: 5,
             config_hash: "cd".repeat(32),
             covariance: Default::default(),
+            pool: Default::default(),
         };
         let model = Model {
             info: info.clone(),

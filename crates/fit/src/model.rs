@@ -9,7 +9,7 @@
 use crate::nearest::Bank;
 use crate::stats::{Gaussians, PatchStats};
 use padim_core::channels::ChannelSubset;
-use padim_core::config::CovarianceEstimator;
+use padim_core::config::{CovarianceEstimator, CovariancePool};
 use rayon::prelude::*;
 use safetensors::tensor::{Dtype, SafeTensors};
 use serde::{Deserialize, Serialize};
@@ -47,6 +47,9 @@ pub struct ModelInfo {
     /// patch's shrinkage as the `shrinkage` tensor, F32 `[n_patches]`).
     #[serde(default, skip_serializing_if = "CovarianceEstimator::is_sample")]
     pub covariance: CovarianceEstimator,
+    /// The positions whose covariances were pooled (absent: each position its own).
+    #[serde(default, skip_serializing_if = "CovariancePool::is_none")]
+    pub pool: CovariancePool,
 }
 
 impl ModelInfo {
@@ -438,6 +441,7 @@ mod tests {
             n_train_images: 5,
             config_hash: "h".into(),
             covariance: Default::default(),
+            pool: Default::default(),
         };
         let model = decode_model(&encode_model(&gaussians, &info).unwrap()).unwrap();
         assert_eq!(model.info, info);

@@ -8,7 +8,7 @@ use crate::model::{
 use crate::nearest::{Bank, BankError};
 use crate::stats::{Gaussians, PatchStats, StatsError, state_bytes};
 use padim_core::channels::ChannelSubset;
-use padim_core::config::{Job, SubsetSpec};
+use padim_core::config::{CovariancePool, Job, SubsetSpec};
 use padim_core::{Progress, Shard};
 use padim_store::layout;
 use padim_store::{DoneMarker, EmbeddingMeta, EmbeddingReader, ImageStatus, Store, StoreError, read_image_table};
@@ -122,13 +122,16 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let first_key = layout::extract::embeddings(all_shards[0]);
     let meta = EmbeddingReader::open(&store, &first_key, Some(&[]), 1)?.meta().clone();
     let subsets = resolve_subsets(&job.fit.subsets, &meta)?;
-    // Each subset's covariance estimator: its own, else the job's.
+    // Each subset's covariance estimator (its own, else the job's) and pool.
     let estimator = |name: &str| {
         job.fit.subsets.iter().find(|s| s.name == name).map_or(job.fit.covariance, |s| job.fit.covariance_of(s))
     };
+    let pool = |name: &str| job.fit.subsets.iter().find(|s| s.name == name).map_or(CovariancePool::None, |s| s.pool);
     // Gaussian subsets come from the statistics, nearest-patch subsets from the bank.
-    let (nearest, gaussian): (Vec<_>, Vec<_>) =
+    let (nearest, mut gaussian): (Vec<_>, Vec<_>) =
         subsets.iter().cloned().partition(|(name, _)| estimator(name).is_nearest());
+    // Subsets of one pool are fitted together from one pooled copy of the statistics.
+    gaussian.sort_by_key(|(name, _)| pool(name));
     let stats_union = ChannelSubset::union(gaussian.iter().map(|(_, s)| s));
     let bank_union = (!nearest.is_empty()).then(|| ChannelSubset::union(nearest.iter().map(|(_, s)| s)));
     let union = ChannelSubset::union(subsets.iter().map(|(_, s)| s));
@@ -145,7 +148,8 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     // group being inverted, one queued for the writer, one being encoded: see `model_groups`).
     let batch = (job.fit.batch_images * union.len() * n_patches * 8) as u64;
     let largest = gaussian.iter().map(|(_, s)| precision_bytes(n_patches, s.len())).max().unwrap_or(0);
-    let groups = model_groups(&gaussian, n_patches);
+    let groups: Vec<_> =
+        gaussian.chunk_by(|a, b| pool(&a.0) == pool(&b.0)).flat_map(|g| model_groups(g, n_patches)).collect();
     let group = groups
         .iter()
         .map(|g| g.iter().map(|(_, s)| precision_bytes(n_patches, s.len())).sum::<u64>())
@@ -156,7 +160,11 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
     let per_channel = (train.len() * n_patches * 4) as u64;
     let bank_bytes = bank_union.as_ref().map_or(0, |u| u.len() as u64 * per_channel);
     let writing = 2 * nearest.iter().map(|(_, s)| s.len() as u64 * per_channel).max().unwrap_or(0);
-    let need = state_bytes(n_patches, stats_union.len()) + bank_bytes + batch.max(group + largest * 5 / 2).max(writing);
+    // Pooling makes a second copy of the co-moments (and a third while it sums them).
+    let pooling = if gaussian.iter().any(|(name, _)| !pool(name).is_none()) { 2 } else { 0 };
+    let need = state_bytes(n_patches, stats_union.len()) * (1 + pooling)
+        + bank_bytes
+        + batch.max(group + largest * 5 / 2).max(writing);
     let budget = job.fit.memory_budget_gib * (1u64 << 30) as f64;
     if need as f64 > budget {
         return Err(FitError::MemoryBudget {
@@ -231,6 +239,7 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
         n_train_images: total.count(),
         config_hash: fit_hash.clone(),
         covariance: estimator(name),
+        pool: pool(name),
     };
     let model_key = layout::fit::model;
     // Subsets are inverted in groups of at most GROUP_BYTES of f64 precision matrices (one pass over
@@ -249,12 +258,31 @@ pub fn run_fit(job: &Job, options: &FitOptions, progress: &dyn Progress) -> Resu
             Ok(written)
         });
         let mut fitted_all = Ok(());
+        // The statistics pooled as the current group's subsets ask (made once per pool: the
+        // groups come pool by pool).
+        let mut pooled: Option<(CovariancePool, PatchStats)> = None;
         'groups: for group in groups {
             let clock = std::time::Instant::now();
             let members: Vec<&ChannelSubset> = group.iter().map(|(_, subset)| subset).collect();
             let estimators: Vec<padim_core::config::CovarianceEstimator> =
                 group.iter().map(|(name, _)| estimator(name)).collect();
-            let fitted = match total.gaussians_many_by(&members, job.fit.epsilon, &estimators) {
+            let group_pool = pool(&group[0].0);
+            let stats = if group_pool.is_none() {
+                &total
+            } else {
+                if pooled.as_ref().is_none_or(|(p, _)| *p != group_pool) {
+                    drop(pooled.take()); // free the previous pool's copy first
+                    match total.pooled(meta.grid_height, meta.grid_width, group_pool) {
+                        Ok(stats) => pooled = Some((group_pool, stats)),
+                        Err(source) => {
+                            fitted_all = Err(FitError::Stats { url: store.url_of(&model_key(&group[0].0)), source });
+                            break;
+                        }
+                    }
+                }
+                &pooled.as_ref().expect("pooled just above").1
+            };
+            let fitted = match stats.gaussians_many_by(&members, job.fit.epsilon, &estimators) {
                 Ok(fitted) => fitted,
                 Err((index, source)) => {
                     fitted_all = Err(FitError::Stats { url: store.url_of(&model_key(&group[index].0)), source });

@@ -18,7 +18,7 @@ use ndarray::linalg::general_mat_mul;
 use ndarray::{Array1, Array2, ArrayView1, ArrayViewMut1, ArrayViewMut2, Axis, s};
 use ndarray_linalg::InverseCInto;
 use padim_core::channels::ChannelSubset;
-use padim_core::config::CovarianceEstimator;
+use padim_core::config::{CovarianceEstimator, CovariancePool};
 use rayon::prelude::*;
 
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -49,6 +49,9 @@ pub struct PatchStats {
     mean: Vec<f64>,
     /// `[n_patches, d, d]`, full symmetric matrices.
     comoment: Vec<f64>,
+    /// For statistics pooled over positions ([`PatchStats::pooled`]): each patch's number of
+    /// pooled positions, whose co-moments `comoment` sums. `None` for streamed statistics.
+    cells: Option<Vec<u32>>,
 }
 
 /// Bytes of state for `n_patches` patches and `d` channels.
@@ -65,6 +68,7 @@ impl PatchStats {
             count: 0,
             mean: vec![0.0; n_patches * d],
             comoment: vec![0.0; n_patches * d * d],
+            cells: None,
         }
     }
 
@@ -84,7 +88,7 @@ impl PatchStats {
                 comoment.len()
             )));
         }
-        Ok(PatchStats { n_patches, channels, count, mean, comoment })
+        Ok(PatchStats { n_patches, channels, count, mean, comoment, cells: None })
     }
 
     pub fn n_patches(&self) -> usize {
@@ -110,6 +114,9 @@ impl PatchStats {
     /// Adds a batch: `values` is `[image_ids.len(), d, n_patches]` in C order (the tracked channels,
     /// in order). A non-finite value is an error naming the image; the state is then unchanged.
     pub fn update(&mut self, image_ids: &[u32], values: &[f32]) -> Result<(), StatsError> {
+        if self.cells.is_some() {
+            return Err(StatsError::Incompatible("statistics pooled over positions take no more images".into()));
+        }
         let (n, d, n_patches) = (image_ids.len(), self.channels.len(), self.n_patches);
         let expected = n * d * n_patches;
         if values.len() != expected {
@@ -159,6 +166,9 @@ impl PatchStats {
 
     /// Merges another partial state over the same patches and channels into this one.
     pub fn merge(&mut self, other: &PatchStats) -> Result<(), StatsError> {
+        if self.cells.is_some() || other.cells.is_some() {
+            return Err(StatsError::Incompatible("statistics pooled over positions do not merge".into()));
+        }
         if self.n_patches != other.n_patches || self.channels != other.channels {
             return Err(StatsError::Incompatible(format!(
                 "{} patches x {} channels vs {} x {}",
@@ -202,7 +212,7 @@ impl PatchStats {
         let d = self.channels.len();
         let k = positions.len();
         let base = patch * d * d;
-        let scale = 1.0 / (self.count as f64 - 1.0);
+        let scale = 1.0 / (self.cells(patch) * (self.count as f64 - 1.0));
         let mut cov = vec![0f64; k * k];
         for ((i, &pi), out) in positions.iter().enumerate().zip(cov.chunks_exact_mut(k.max(1))) {
             let row = &self.comoment[base + pi * d..base + (pi + 1) * d];
@@ -219,7 +229,9 @@ impl PatchStats {
     /// and the shrinkage it applied (0 for the sample covariance). OAS shrinks the maximum
     /// likelihood covariance S (divided by N) toward `mu I`, `mu = tr(S) / k`, by
     /// `rho = min(1, (a + mu^2) / ((N + 1) (a - mu^2 / k)))` with `a` the mean of S's squared
-    /// entries, as scikit-learn's `OAS`: a function of the merged statistics alone.
+    /// entries, as scikit-learn's `OAS`: a function of the merged statistics alone. Pooled
+    /// statistics count `cells x images` samples (scikit-learn's OAS of the samples centred on
+    /// their positions' means, `assume_centered`).
     pub fn covariance_by(
         &self,
         patch: usize,
@@ -235,6 +247,8 @@ impl PatchStats {
                 let mut cov = self.covariance(patch, positions, 0.0)?;
                 let n = self.count as f64;
                 cov *= (n - 1.0) / n;
+                // Pooled statistics hold `cells` samples per image.
+                let n = self.cells(patch) * n;
                 let k = positions.len();
                 let mu = cov.diag().sum() / k as f64;
                 let alpha = cov.iter().map(|v| v * v).sum::<f64>() / (k * k) as f64;
@@ -251,6 +265,90 @@ impl PatchStats {
                 Ok((cov, rho))
             }
         }
+    }
+
+    /// Patch `patch`'s number of pooled positions (1 unless pooled).
+    fn cells(&self, patch: usize) -> f64 {
+        self.cells.as_ref().map_or(1.0, |cells| cells[patch] as f64)
+    }
+
+    /// These statistics with every patch's co-moment replaced by the sum of the co-moments of the
+    /// positions `pool` names on a `grid_height x grid_width` grid (patches in row-major order):
+    /// those within `radius` cells in both directions, cut at the edges, or all of them. Means stay
+    /// per position, so the covariances become pooled within-position covariances
+    /// ([`CovariancePool`]). The result is for fitting only: it neither updates nor merges.
+    pub fn pooled(
+        &self,
+        grid_height: usize,
+        grid_width: usize,
+        pool: CovariancePool,
+    ) -> Result<PatchStats, StatsError> {
+        if grid_height * grid_width != self.n_patches || self.cells.is_some() {
+            return Err(StatsError::Incompatible(format!(
+                "pooling {} patches as a {grid_height} x {grid_width} grid",
+                self.n_patches
+            )));
+        }
+        let dd = self.channels.len() * self.channels.len();
+        let (comoment, cells) = match pool {
+            CovariancePool::None => (self.comoment.clone(), vec![1; self.n_patches]),
+            CovariancePool::All => {
+                let total = self
+                    .comoment
+                    .par_chunks(dd.max(1))
+                    .fold(
+                        || vec![0f64; dd],
+                        |mut sum, m| {
+                            sum.iter_mut().zip(m).for_each(|(s, v)| *s += v);
+                            sum
+                        },
+                    )
+                    .reduce(
+                        || vec![0f64; dd],
+                        |mut a, b| {
+                            a.iter_mut().zip(&b).for_each(|(s, v)| *s += v);
+                            a
+                        },
+                    );
+                (total.repeat(self.n_patches), vec![self.n_patches as u32; self.n_patches])
+            }
+            CovariancePool::Radius(radius) => {
+                let r = radius as usize;
+                let window = |i: usize, len: usize| i.saturating_sub(r)..(i + r + 1).min(len);
+                // Separable: along each row, then along each column of the row sums.
+                let mut rows = vec![0f64; self.comoment.len()];
+                rows.par_chunks_mut(dd.max(1)).enumerate().for_each(|(patch, out)| {
+                    let (y, x) = (patch / grid_width, patch % grid_width);
+                    for xx in window(x, grid_width) {
+                        let m = &self.comoment[(y * grid_width + xx) * dd..][..dd];
+                        out.iter_mut().zip(m).for_each(|(s, v)| *s += v);
+                    }
+                });
+                let mut sums = vec![0f64; self.comoment.len()];
+                sums.par_chunks_mut(dd.max(1)).enumerate().for_each(|(patch, out)| {
+                    let (y, x) = (patch / grid_width, patch % grid_width);
+                    for yy in window(y, grid_height) {
+                        let m = &rows[(yy * grid_width + x) * dd..][..dd];
+                        out.iter_mut().zip(m).for_each(|(s, v)| *s += v);
+                    }
+                });
+                let cells = (0..self.n_patches)
+                    .map(|patch| {
+                        let (y, x) = (patch / grid_width, patch % grid_width);
+                        (window(y, grid_height).len() * window(x, grid_width).len()) as u32
+                    })
+                    .collect();
+                (sums, cells)
+            }
+        };
+        Ok(PatchStats {
+            n_patches: self.n_patches,
+            channels: self.channels.clone(),
+            count: self.count,
+            mean: self.mean.clone(),
+            comoment,
+            cells: Some(cells),
+        })
     }
 
     /// The Gaussians of `subset` (a subset of the tracked channels): means and inverse covariances
@@ -565,6 +663,101 @@ mod tests {
             prop_assert!(sample.shrinkage.is_none());
             prop_assert_eq!(sample, merged.gaussians(&channels, 0.01).unwrap());
         }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(32))]
+
+        /// A pooled covariance is, from the raw samples, the sum over the window's positions (within
+        /// `radius` cells in both directions, cut at the edges; or every position) of the outer
+        /// products of each sample's deviation from its own position's mean, over
+        /// `cells x (n - 1)`; OAS shrinks the same sum over `cells x n` with `cells x n` samples.
+        /// The means stay per position, and pooling the statistics merged from two shards gives
+        /// the same Gaussians as pooling the one-pass statistics.
+        #[test]
+        fn pooled_covariance_is_the_window_definition(
+            n in 3usize..9, d in 1usize..4, height in 1usize..5, width in 1usize..6, radius in 0u32..4,
+            all in any::<bool>(), cut in 1usize..8, seed in 0u64..1000,
+        ) {
+            let n_patches = height * width;
+            let values = data(n, d, n_patches, seed);
+            let ids: Vec<u32> = (0..n as u32).collect();
+            let channels = ChannelSubset::all(d);
+            let mut one_pass = PatchStats::new(n_patches, channels.clone());
+            one_pass.update(&ids, &values).unwrap();
+            let cut = 1 + cut % (n - 1);
+            let mut merged = PatchStats::new(n_patches, channels.clone());
+            for range in [0..cut, cut..n] {
+                let mut part = PatchStats::new(n_patches, channels.clone());
+                part.update(&ids[range.clone()], &values[range.start * d * n_patches..range.end * d * n_patches]).unwrap();
+                merged.merge(&part).unwrap();
+            }
+            let pool = match (all, radius) {
+                (true, _) => CovariancePool::All,
+                (false, 0) => CovariancePool::None,
+                (false, r) => CovariancePool::Radius(r),
+            };
+            let pooled = one_pass.pooled(height, width, pool).unwrap();
+            let positions: Vec<usize> = (0..d).collect();
+            let x = |i: usize, c: usize, p: usize| values[(i * d + c) * n_patches + p] as f64;
+            for patch in 0..n_patches {
+                let (y0, x0) = ((patch / width) as i64, (patch % width) as i64);
+                let within = |p: usize| {
+                    let r = if all { i64::MAX / 2 } else { radius as i64 };
+                    ((p / width) as i64 - y0).abs() <= r && ((p % width) as i64 - x0).abs() <= r
+                };
+                let window: Vec<usize> = (0..n_patches).filter(|&p| within(p)).collect();
+                let cells = window.len() as f64;
+                let mut sum = vec![0f64; d * d];
+                for &p in &window {
+                    let mean: Vec<f64> = (0..d).map(|c| (0..n).map(|i| x(i, c, p)).sum::<f64>() / n as f64).collect();
+                    for i in 0..n {
+                        for a in 0..d {
+                            for b in 0..d {
+                                sum[a * d + b] += (x(i, a, p) - mean[a]) * (x(i, b, p) - mean[b]);
+                            }
+                        }
+                    }
+                }
+                let sample: Vec<f64> = (0..d * d)
+                    .map(|i| sum[i] / (cells * (n as f64 - 1.0)) + if i % (d + 1) == 0 { 0.01 } else { 0.0 })
+                    .collect();
+                let (cov, rho) = pooled.covariance_by(patch, &positions, 0.01, CovarianceEstimator::Sample).unwrap();
+                prop_assert!(close(cov.as_slice().unwrap(), &sample), "{:?} vs {:?}", cov, sample);
+                prop_assert_eq!(rho, 0.0);
+                // OAS, as scikit-learn's on the cells x n samples centred on their positions' means.
+                let samples = cells * n as f64;
+                let s: Vec<f64> = sum.iter().map(|v| v / samples).collect();
+                let mu = (0..d).map(|i| s[i * d + i]).sum::<f64>() / d as f64;
+                let alpha = s.iter().map(|v| v * v).sum::<f64>() / (d * d) as f64;
+                let den = (samples + 1.0) * (alpha - mu * mu / d as f64);
+                let rho = if d < 2 { 0.0 } else if den == 0.0 { 1.0 } else { ((alpha + mu * mu) / den).min(1.0) };
+                let oas: Vec<f64> = (0..d * d)
+                    .map(|i| (1.0 - rho) * s[i] + if i % (d + 1) == 0 { rho * mu + 0.01 } else { 0.0 })
+                    .collect();
+                let (cov, shrinkage) = pooled.covariance_by(patch, &positions, 0.01, CovarianceEstimator::Oas).unwrap();
+                prop_assert!(close(cov.as_slice().unwrap(), &oas), "{:?} vs {:?}", cov, oas);
+                prop_assert!((shrinkage - rho).abs() <= 1e-9);
+            }
+            prop_assert_eq!(pooled.mean(), one_pass.mean());
+            let from_merged = merged.pooled(height, width, pool).unwrap().gaussians(&channels, 0.01).unwrap();
+            let from_one_pass = pooled.gaussians(&channels, 0.01).unwrap();
+            prop_assert!(close(&from_merged.precision, &from_one_pass.precision));
+        }
+    }
+
+    #[test]
+    fn pooled_statistics_neither_update_nor_merge_and_check_the_grid() {
+        let (n, d, n_patches) = (3, 2, 6);
+        let values = data(n, d, n_patches, 1);
+        let mut stats = PatchStats::new(n_patches, ChannelSubset::all(d));
+        stats.update(&[0, 1, 2], &values).unwrap();
+        assert!(matches!(stats.pooled(2, 4, CovariancePool::All), Err(StatsError::Incompatible(_))));
+        let mut pooled = stats.pooled(2, 3, CovariancePool::Radius(1)).unwrap();
+        assert!(matches!(pooled.pooled(2, 3, CovariancePool::All), Err(StatsError::Incompatible(_))));
+        assert!(matches!(pooled.update(&[0, 1, 2], &values), Err(StatsError::Incompatible(_))));
+        assert!(matches!(pooled.merge(&stats), Err(StatsError::Incompatible(_))));
+        assert!(matches!(stats.clone().merge(&pooled), Err(StatsError::Incompatible(_))));
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::pixels::{calibration_pixel_metrics, pixel_metrics};
 use crate::summary::ReportSummary;
 use crate::tables::put_table;
 use padim_core::Progress;
-use padim_core::config::{Job, ScoreKind};
+use padim_core::config::{CovariancePool, Job, ScoreKind};
 use padim_store::{Store, layout};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -81,7 +81,11 @@ pub(crate) fn sweep_table(
             id: spec.name.clone(),
             backbone: String::new(),
             layers: layers.unwrap_or_else(|| "1+2+3".into()),
-            covariance: job.fit.covariance_of(spec).name().into(),
+            covariance: match spec.pool {
+                CovariancePool::None => job.fit.covariance_of(spec).name().into(),
+                CovariancePool::Radius(r) => format!("{} pool {r}", job.fit.covariance_of(spec).name()),
+                CovariancePool::All => format!("{} pool all", job.fit.covariance_of(spec).name()),
+            },
             count: spec.count,
             channels,
             seed: spec.count.map(|_| spec.seed),

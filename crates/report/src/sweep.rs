@@ -19,7 +19,8 @@ pub struct Experiment {
     pub backbone: String,
     /// `1+2+3`, `2+3`, ...
     pub layers: String,
-    /// The covariance estimator (`sample`, `oas`).
+    /// The covariance estimator (`sample`, `oas`, `nearest`), with its pool if any (`sample pool 2`,
+    /// `oas pool all`).
     #[serde(default = "sample")]
     pub covariance: String,
     /// The requested count; `None` for all channels of the layers.

@@ -190,6 +190,7 @@ mod tests {
                 n_train_images: 2,
                 config_hash: String::new(),
                 covariance: Default::default(),
+                pool: Default::default(),
             },
             channels: (0..k).collect(),
             mean,

@@ -184,6 +184,46 @@ weights = "w.safetensors"
     }
 
     #[test]
+    fn covariance_pools_are_read_named_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("data")).unwrap();
+        let load = |extra: &str| Job::load(&write_job(dir.path(), &format!("{MINIMAL}{extra}")));
+        let sweep = "[fit]\nsubsets = []\n[sweep]\ncounts = [\"all\"]\nlayers = [\"2+3\"]\n\
+                     covariances = [\"sample\", \"nearest\"]\npools = [0, 2, \"all\"]\n";
+        let job = load(sweep).unwrap();
+        let names: Vec<(&str, CovariancePool)> = job.fit.subsets.iter().map(|s| (s.name.as_str(), s.pool)).collect();
+        // Nearest-patch experiments are made once, without a pool.
+        assert_eq!(
+            names,
+            [
+                ("all-l23", CovariancePool::None),
+                ("all-l23-p2", CovariancePool::Radius(2)),
+                ("all-l23-pall", CovariancePool::All),
+                ("all-l23-nearest", CovariancePool::None),
+            ]
+        );
+        // An unpooled subset's identity is as before the key existed; a pooled one names its pool.
+        let json = serde_json::to_value(&job.fit.subsets).unwrap();
+        assert!(json[0].get("pool").is_none());
+        assert_eq!((json[1]["pool"].clone(), json[2]["pool"].clone()), (2.into(), "all".into()));
+        let subset = |pool: &str| format!("[fit]\nsubsets = [{{ name = \"a\", all = true, pool = {pool} }}]\n");
+        assert_eq!(load(&subset("0")).unwrap().fit.subsets[0].pool, CovariancePool::None);
+        assert_eq!(load(&subset("3")).unwrap().fit.subsets[0].pool, CovariancePool::Radius(3));
+        for bad in ["\"some\"", "-1", "1.5"] {
+            let message = load(&subset(bad)).unwrap_err().to_string();
+            assert!(message.contains("a radius in grid cells") && message.contains("\"all\""), "{bad}: {message}");
+        }
+        let nearest = "[fit]\nsubsets = [{ name = \"nn\", all = true, covariance = \"nearest\", pool = 1 }]\n";
+        let message = load(nearest).unwrap_err().to_string();
+        assert!(
+            message.contains("fit.subsets") && message.contains("`nn`") && message.contains("drop `pool`"),
+            "{message}"
+        );
+        let twice = format!("{sweep}").replace("[0, 2, \"all\"]", "[2, 2]");
+        assert!(load(&twice).unwrap_err().to_string().contains("pools: `2` is listed twice"));
+    }
+
+    #[test]
     fn choice_settings_are_checked_naming_the_key() {
         let dir = tempfile::tempdir().unwrap();
         std::fs::create_dir(dir.path().join("data")).unwrap();

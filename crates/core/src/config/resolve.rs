@@ -114,6 +114,13 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
         if !names.insert(subset.name.clone()) {
             return Err(invalid(path, "fit.subsets", format!("subset name `{}` is used twice", subset.name)));
         }
+        if !subset.pool.is_none() && fit.covariance_of(subset).is_nearest() {
+            return Err(invalid(
+                path,
+                "fit.subsets",
+                format!("subset `{}`: a nearest-patch model has no covariance to pool; drop `pool`", subset.name),
+            ));
+        }
     }
     let score = raw.score;
     if !(score.sigma > 0.0 && score.sigma.is_finite()) {

@@ -212,6 +212,72 @@ pub struct SubsetSpec {
     /// This subset's covariance estimator; default `fit.covariance`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub covariance: Option<CovarianceEstimator>,
+    /// Positions whose covariances are pooled (see [`CovariancePool`]); default each position its
+    /// own, as the recipe (and then left out of the identity).
+    #[serde(default, skip_serializing_if = "CovariancePool::is_none")]
+    pub pool: CovariancePool,
+}
+
+/// Which grid positions share their covariance. Each position keeps its own mean; its covariance is
+/// the pooled within-position covariance of the positions within `radius` cells of it (a square
+/// window, cut at the grid's edges), or of every position: the sum of their co-moment matrices
+/// divided by `cells x (N - 1)` (OAS counts `cells x N` samples). For textures whose look does not
+/// depend on the position (unaligned tiles): the covariance is estimated from many more samples.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CovariancePool {
+    /// Each position its own covariance (the recipe; `pool = 0`).
+    #[default]
+    None,
+    /// The positions within this many cells (`pool = 2`: a 5x5 window).
+    Radius(u32),
+    /// Every position (`pool = "all"`).
+    All,
+}
+
+impl CovariancePool {
+    pub fn is_none(&self) -> bool {
+        *self == CovariancePool::None
+    }
+
+    /// The suffix of a sweep experiment's name: empty, `-p2`, `-pall`.
+    pub fn suffix(&self) -> String {
+        match self {
+            CovariancePool::None => String::new(),
+            CovariancePool::Radius(r) => format!("-p{r}"),
+            CovariancePool::All => "-pall".into(),
+        }
+    }
+}
+
+impl Serialize for CovariancePool {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            CovariancePool::None => serializer.serialize_u32(0),
+            CovariancePool::Radius(r) => serializer.serialize_u32(*r),
+            CovariancePool::All => serializer.serialize_str("all"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for CovariancePool {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Radius(u32),
+            Word(String),
+        }
+        match Raw::deserialize(deserializer)
+            .map_err(|_| serde::de::Error::custom("pool: a radius in grid cells (0, 1, 2, ...) or \"all\""))?
+        {
+            Raw::Radius(0) => Ok(CovariancePool::None),
+            Raw::Radius(r) => Ok(CovariancePool::Radius(r)),
+            Raw::Word(word) if word == "all" => Ok(CovariancePool::All),
+            Raw::Word(word) => Err(serde::de::Error::custom(format!(
+                "pool `{word}`: a radius in grid cells (0, 1, 2, ...) or \"all\""
+            ))),
+        }
+    }
 }
 
 /// A channel count of a sweep: a number, or `"all"`.
@@ -247,6 +313,11 @@ pub struct SweepSettings {
     /// of an estimator other than `sample` have its name as a suffix (`all-l23-oas`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub covariances: Vec<CovarianceEstimator>,
+    /// Covariance pools of the Gaussian experiments (see [`CovariancePool`]), e.g. `[0, 2, "all"]`;
+    /// default each position its own. Experiments with a pool have it as a suffix (`all-l23-p2`,
+    /// `all-l23-pall`); nearest-patch experiments have no covariance and are made once, unpooled.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pools: Vec<CovariancePool>,
     /// Backbones: each runs every experiment on its own extraction, as a run of its own under
     /// `<output>/backbones/<name>/` (see [`crate::Job::variants`]); the report compares them all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -278,8 +349,9 @@ pub(super) fn default_layers() -> Vec<String> {
 
 impl SweepSettings {
     /// The experiments, as subsets with stable names derived from their parameters:
-    /// `c050-s0-l123` (50 channels, seed 0, layers 1+2+3), `all-l23`, and with a covariance
-    /// estimator other than the sample covariance its name as a suffix (`all-l23-oas`).
+    /// `c050-s0-l123` (50 channels, seed 0, layers 1+2+3), `all-l23`, with a covariance estimator
+    /// other than the sample covariance its name as a suffix (`all-l23-oas`), then the pool's
+    /// (`all-l23-oas-pall`).
     pub fn experiments(&self) -> Result<Vec<SubsetSpec>, String> {
         let mut out = Vec::new();
         let estimators: Vec<Option<CovarianceEstimator>> =
@@ -287,6 +359,12 @@ impl SweepSettings {
         for (i, estimator) in estimators.iter().enumerate() {
             if estimators[..i].contains(estimator) {
                 return Err(format!("covariances: `{}` is listed twice", estimator.unwrap_or_default().name()));
+            }
+        }
+        let pools = if self.pools.is_empty() { vec![CovariancePool::None] } else { self.pools.clone() };
+        for (i, pool) in pools.iter().enumerate() {
+            if pools[..i].contains(pool) {
+                return Err(format!("pools: `{}` is listed twice", serde_json::to_string(pool).expect("a pool")));
             }
         }
         for combination in &self.layers {
@@ -311,20 +389,26 @@ impl SweepSettings {
                     }
                 }
                 for &estimator in &estimators {
-                    for (name, count, seed, all) in &base {
-                        let suffix = match estimator {
-                            Some(e) if !e.is_sample() => format!("-{}", e.name()),
-                            _ => String::new(),
-                        };
-                        out.push(SubsetSpec {
-                            name: format!("{name}{suffix}"),
-                            count: *count,
-                            seed: *seed,
-                            channels: None,
-                            all: *all,
-                            layers: Some(layers.clone()),
-                            covariance: estimator,
-                        });
+                    // A nearest-patch model has no covariance to pool.
+                    let nearest = estimator.is_some_and(|e| e.is_nearest());
+                    let pools = if nearest { &[CovariancePool::None][..] } else { &pools[..] };
+                    for &pool in pools {
+                        for (name, count, seed, all) in &base {
+                            let suffix = match estimator {
+                                Some(e) if !e.is_sample() => format!("-{}", e.name()),
+                                _ => String::new(),
+                            };
+                            out.push(SubsetSpec {
+                                name: format!("{name}{suffix}{}", pool.suffix()),
+                                count: *count,
+                                seed: *seed,
+                                channels: None,
+                                all: *all,
+                                layers: Some(layers.clone()),
+                                covariance: estimator,
+                                pool,
+                            });
+                        }
                     }
                 }
             }
@@ -415,6 +499,7 @@ impl Default for FitSettings {
                 all: true,
                 layers: None,
                 covariance: None,
+                pool: CovariancePool::None,
             }],
             train_labels: Vec::new(),
             train_split: None,
