@@ -478,6 +478,7 @@ mod tests {
             n_train_images: 3,
             config_hash: "h".into(),
             covariance: CovarianceEstimator::Nearest,
+            pool: CovariancePool::None,
         };
         let model = decode_model(&encode_nearest(&subset, &laid, &info).unwrap()).unwrap();
         assert_eq!((model.info.clone(), model.channels.clone(), model.n_bank()), (info.clone(), vec![3], 3));

@@ -6,12 +6,15 @@
 //! images are resampled separately (their counts fixed), every score's AUROC is computed on the same
 //! resample, and the 95% percentile interval of the AUROC difference to the mean score must lie
 //! above zero. A calibration split of 100 + 100 images can rank rules by chance; the interval says
-//! how sure each choice is.
+//! how sure each choice is. With `split.groups` the units resampled are the groups (every image of
+//! a drawn group, as many groups as the class has): views of one object are not independent
+//! evidence, and counting them as such makes the interval too narrow.
 
 use crate::inputs::Scored;
 use crate::summary::{Candidate, ModelMetrics};
 use padim_core::config::{ScoreKind, ScoreRule};
 use rand::{Rng, SeedableRng};
+use std::collections::{BTreeMap, HashMap};
 
 /// Bootstrap resamples of the calibration split per model.
 pub const RESAMPLES: usize = 2000;
@@ -48,9 +51,44 @@ fn interval(values: Vec<f64>) -> [f64; 2] {
     [crate::evaluate::percentile(values.clone(), tail), crate::evaluate::percentile(values, 100.0 - tail)]
 }
 
+/// The units a bootstrap resamples from `set`: its images in order, or with `groups` (image path to
+/// group) the groups in order of first appearance, each with its images (an image without a group
+/// is a unit of its own).
+fn units<'a>(set: &[&'a Scored], groups: Option<&BTreeMap<String, String>>) -> Vec<Vec<&'a Scored>> {
+    let Some(groups) = groups else {
+        return set.iter().map(|row| vec![*row]).collect();
+    };
+    let mut units: Vec<Vec<&Scored>> = Vec::new();
+    let mut position: HashMap<&str, usize> = HashMap::new();
+    for row in set {
+        match groups.get(&row.path) {
+            Some(group) => {
+                let at = *position.entry(group.as_str()).or_insert_with(|| {
+                    units.push(Vec::new());
+                    units.len() - 1
+                });
+                units[at].push(row);
+            }
+            None => units.push(vec![row]),
+        }
+    }
+    units
+}
+
+/// As many units as `units` holds, drawn with replacement, with their images.
+fn draw<'a>(units: &[Vec<&'a Scored>], rng: &mut impl Rng) -> Vec<&'a Scored> {
+    (0..units.len()).flat_map(|_| units[rng.random_range(0..units.len())].iter().copied()).collect()
+}
+
 /// The candidates of one model: every score in `kinds` (those that calibrate; the mean first) with
-/// its calibration AUROC and the bootstrap interval of its difference to the mean's.
-pub(crate) fn candidates(rows: &[Scored], kinds: &[ScoreKind], normal: &[String]) -> Vec<Candidate> {
+/// its calibration AUROC and the bootstrap interval of its difference to the mean's, resampling the
+/// images, or with `groups` (`split.groups`: image path to group) the groups.
+pub(crate) fn candidates(
+    rows: &[Scored],
+    kinds: &[ScoreKind],
+    normal: &[String],
+    groups: Option<&BTreeMap<String, String>>,
+) -> Vec<Candidate> {
     let calibration: Vec<&Scored> = rows.iter().filter(|r| r.split == "calibration").collect();
     let (bad, good): (Vec<&Scored>, Vec<&Scored>) = calibration.into_iter().partition(|r| !normal.contains(&r.label));
     let values = |set: &[&Scored], kind: ScoreKind| set.iter().map(|r| r.score(kind)).collect::<Vec<f64>>();
@@ -58,10 +96,11 @@ pub(crate) fn candidates(rows: &[Scored], kinds: &[ScoreKind], normal: &[String]
     let base = full(ScoreKind::Mean);
     let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(SEED);
     let mut differences: Vec<Vec<f64>> = vec![Vec::with_capacity(RESAMPLES); kinds.len()];
+    let (bad_units, good_units) = (units(&bad, groups), units(&good, groups));
     if !bad.is_empty() && !good.is_empty() {
         for _ in 0..RESAMPLES {
-            let b: Vec<&Scored> = (0..bad.len()).map(|_| bad[rng.random_range(0..bad.len())]).collect();
-            let g: Vec<&Scored> = (0..good.len()).map(|_| good[rng.random_range(0..good.len())]).collect();
+            let b = draw(&bad_units, &mut rng);
+            let g = draw(&good_units, &mut rng);
             let mean = auroc(&values(&b, ScoreKind::Mean), &values(&g, ScoreKind::Mean));
             for (kind, out) in kinds.iter().zip(&mut differences) {
                 out.push(auroc(&values(&b, *kind), &values(&g, *kind)) - mean);
@@ -162,7 +201,7 @@ mod tests {
             rows.push(scored("bad", rank, 1.0 + rank, other + 0.03));
         }
         let kinds = ScoreKind::ALL;
-        let c = candidates(&rows, &kinds, &normal);
+        let c = candidates(&rows, &kinds, &normal, None);
         assert_eq!(c.iter().map(|c| c.score).collect::<Vec<_>>(), ScoreKind::ALL);
         assert_eq!(c[0].interval, [0.0, 0.0]);
         assert_eq!(c[1].calibration_auroc, 1.0);
@@ -171,11 +210,51 @@ mod tests {
         assert_eq!(choose(ScoreRule::Auto, &c), ScoreKind::Max);
         assert_eq!(choose(ScoreRule::Top, &c), ScoreKind::Top);
         // Without max, top's small and uncertain gain does not displace the mean.
-        let c = candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal);
+        let c = candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal, None);
         assert!(c[1].difference > 0.0 && c[1].interval[0] <= 0.0 && c[1].interval[1] > 0.0, "{:?}", c[1]);
         assert_eq!(choose(ScoreRule::Auto, &c), ScoreKind::Mean);
         // The same scores give the same intervals.
-        assert_eq!(c, candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal));
+        assert_eq!(c, candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal, None));
+    }
+
+    #[test]
+    fn groups_are_resampled_whole() {
+        let normal = vec!["ok".to_string()];
+        // 12 objects per class, each photographed 6 times with the same scores: top is ahead of the
+        // mean on most objects, behind on a few.
+        let object = |label: &str, i: usize| {
+            let x = i as f64 / 12.0;
+            let shift = if label == "bad" { 0.3 } else { 0.0 };
+            let top = if i.is_multiple_of(4) { x } else { x + 2.0 * shift };
+            scored(label, x + shift, x, top)
+        };
+        let (mut views, mut objects, mut groups) = (Vec::new(), Vec::new(), BTreeMap::new());
+        for label in ["bad", "ok"] {
+            for i in 0..12 {
+                objects.push(Scored { path: format!("{label}{i}"), ..object(label, i) });
+                for view in 0..6 {
+                    let path = format!("{label}{i}/{view}");
+                    groups.insert(path.clone(), format!("{label}{i}"));
+                    views.push(Scored { path, ..object(label, i) });
+                }
+            }
+        }
+        let kinds = [ScoreKind::Mean, ScoreKind::Top];
+        // Whole groups of identical views resample like the objects themselves: the same draws
+        // and the same AUROCs (replicating every image alike leaves an AUROC unchanged).
+        let grouped = candidates(&views, &kinds, &normal, Some(&groups));
+        assert_eq!(grouped, candidates(&objects, &kinds, &normal, None));
+        // Counting the views as independent images narrows the interval.
+        let by_image = candidates(&views, &kinds, &normal, None);
+        assert_eq!(by_image[1].difference, grouped[1].difference);
+        let width = |c: &Candidate| c.interval[1] - c.interval[0];
+        assert!(width(&by_image[1]) < 0.6 * width(&grouped[1]), "{:?} vs {:?}", by_image[1], grouped[1]);
+        // An image the groups do not name is a unit of its own.
+        let mut partial = groups.clone();
+        partial.retain(|path, _| !path.starts_with("ok"));
+        let ok_alone = candidates(&views, &kinds, &normal, Some(&partial));
+        assert_ne!(ok_alone, grouped);
+        assert_ne!(ok_alone, by_image);
     }
 
     #[test]
@@ -189,14 +268,14 @@ mod tests {
             rows.push(scored("ok", x, 1.0 - x, x));
             rows.push(scored("bad", x + 0.5, 1.0 - x, x + 0.5));
         }
-        let calibration_only = candidates(&rows, &ScoreKind::ALL, &normal);
+        let calibration_only = candidates(&rows, &ScoreKind::ALL, &normal, None);
         for i in 0..1000 {
             let x = i as f64 / 1000.0;
             for (label, shift) in [("ok", 0.0), ("bad", 1.0)] {
                 rows.push(Scored { split: "test".into(), ..scored(label, 1.0 - x, x + shift, 1.0 - x) });
             }
         }
-        let with_test = candidates(&rows, &ScoreKind::ALL, &normal);
+        let with_test = candidates(&rows, &ScoreKind::ALL, &normal, None);
         assert_eq!(with_test, calibration_only);
         assert_eq!(choose(ScoreRule::Auto, &with_test), ScoreKind::Mean);
     }

@@ -86,7 +86,8 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
                 Err(error) => return Err(error),
             }
         }
-        let candidates = crate::choice::candidates(rows, &usable, normal);
+        let groups = job.split.as_ref().and_then(|split| split.groups.as_ref()).map(|groups| &groups.of);
+        let candidates = crate::choice::candidates(rows, &usable, normal, groups);
         let chosen = crate::choice::choose(job.report.score, &candidates);
         if usable.contains(&chosen) {
             choices.push(ScoreChoice { model: model.clone(), rule: job.report.score, chosen, candidates });

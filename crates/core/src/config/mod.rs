@@ -219,7 +219,7 @@ weights = "w.safetensors"
             message.contains("fit.subsets") && message.contains("`nn`") && message.contains("drop `pool`"),
             "{message}"
         );
-        let twice = format!("{sweep}").replace("[0, 2, \"all\"]", "[2, 2]");
+        let twice = sweep.replace("[0, 2, \"all\"]", "[2, 2]");
         assert!(load(&twice).unwrap_err().to_string().contains("pools: `2` is listed twice"));
     }
 
