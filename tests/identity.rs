@@ -184,7 +184,7 @@ fn split_groups_keep_parts_together_and_name_missing_images() {
     }
     std::fs::write(dir.path().join("groups.csv"), &groups).unwrap();
     let split = Split { seed: 0, train: 8, calibration: 4 };
-    let job = small_job(dir.path(), "job", "groups", "run", split, "");
+    let job = small_job(dir.path(), "job", "groups", "run", split, "[report]\nscore = \"auto\"\n");
     let text = std::fs::read_to_string(&job).unwrap().replace("test = {", "groups = \"groups.csv\"\ntest = {");
     std::fs::write(&job, text).unwrap();
     let job = job.to_str().unwrap();
@@ -203,6 +203,18 @@ fn split_groups_keep_parts_together_and_name_missing_images() {
     }
     let count = |split: &str| rows.iter().filter(|r| r["split"] == split).count();
     assert_eq!((count("train"), count("calibration"), count("test")), (8, 8, 8));
+    // The report's bootstrap resamples the calibration split's groups whole: its 4 defect-free
+    // images are one group, its 4 defective ones two.
+    let out = stdout(&padim(&["run", job]));
+    assert!(out.contains("report done"), "{out}");
+    let metrics: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("run/report/metrics.json")).unwrap()).unwrap();
+    let choices = metrics["choices"].as_array().unwrap();
+    assert!(!choices.is_empty(), "{metrics}");
+    for choice in choices {
+        let expected = serde_json::json!({ "unit": "groups", "anomalous": 2, "normal": 1 });
+        assert_eq!(choice["resampled"], expected, "{choice}");
+    }
 
     // The groups are part of the split's identity by content: other groups are another split.
     std::fs::write(dir.path().join("groups.csv"), groups.replace(",normal-3", ",normal-2")).unwrap();

@@ -11,7 +11,7 @@
 //! evidence, and counting them as such makes the interval too narrow.
 
 use crate::inputs::Scored;
-use crate::summary::{Candidate, ModelMetrics};
+use crate::summary::{Candidate, ModelMetrics, Resampled};
 use padim_core::config::{ScoreKind, ScoreRule};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
@@ -82,13 +82,13 @@ fn draw<'a>(units: &[Vec<&'a Scored>], rng: &mut impl Rng) -> Vec<&'a Scored> {
 
 /// The candidates of one model: every score in `kinds` (those that calibrate; the mean first) with
 /// its calibration AUROC and the bootstrap interval of its difference to the mean's, resampling the
-/// images, or with `groups` (`split.groups`: image path to group) the groups.
+/// images, or with `groups` (`split.groups`: image path to group) the groups; and what was resampled.
 pub(crate) fn candidates(
     rows: &[Scored],
     kinds: &[ScoreKind],
     normal: &[String],
     groups: Option<&BTreeMap<String, String>>,
-) -> Vec<Candidate> {
+) -> (Vec<Candidate>, Resampled) {
     let calibration: Vec<&Scored> = rows.iter().filter(|r| r.split == "calibration").collect();
     let (bad, good): (Vec<&Scored>, Vec<&Scored>) = calibration.into_iter().partition(|r| !normal.contains(&r.label));
     let values = |set: &[&Scored], kind: ScoreKind| set.iter().map(|r| r.score(kind)).collect::<Vec<f64>>();
@@ -107,7 +107,12 @@ pub(crate) fn candidates(
             }
         }
     }
-    kinds
+    let resampled = Resampled {
+        unit: if groups.is_some() { "groups" } else { "images" }.into(),
+        anomalous: bad_units.len(),
+        normal: good_units.len(),
+    };
+    let candidates = kinds
         .iter()
         .zip(differences)
         .map(|(&kind, differences)| {
@@ -123,7 +128,8 @@ pub(crate) fn candidates(
                 },
             }
         })
-        .collect()
+        .collect();
+    (candidates, resampled)
 }
 
 /// The score a model classifies with under `rule`: the fixed one, or for `auto` the candidate with
@@ -201,7 +207,8 @@ mod tests {
             rows.push(scored("bad", rank, 1.0 + rank, other + 0.03));
         }
         let kinds = ScoreKind::ALL;
-        let c = candidates(&rows, &kinds, &normal, None);
+        let (c, resampled) = candidates(&rows, &kinds, &normal, None);
+        assert_eq!(resampled, Resampled { unit: "images".into(), anomalous: 100, normal: 100 });
         assert_eq!(c.iter().map(|c| c.score).collect::<Vec<_>>(), ScoreKind::ALL);
         assert_eq!(c[0].interval, [0.0, 0.0]);
         assert_eq!(c[1].calibration_auroc, 1.0);
@@ -210,11 +217,11 @@ mod tests {
         assert_eq!(choose(ScoreRule::Auto, &c), ScoreKind::Max);
         assert_eq!(choose(ScoreRule::Top, &c), ScoreKind::Top);
         // Without max, top's small and uncertain gain does not displace the mean.
-        let c = candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal, None);
+        let c = candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal, None).0;
         assert!(c[1].difference > 0.0 && c[1].interval[0] <= 0.0 && c[1].interval[1] > 0.0, "{:?}", c[1]);
         assert_eq!(choose(ScoreRule::Auto, &c), ScoreKind::Mean);
         // The same scores give the same intervals.
-        assert_eq!(c, candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal, None));
+        assert_eq!(c, candidates(&rows, &[ScoreKind::Mean, ScoreKind::Top], &normal, None).0);
     }
 
     #[test]
@@ -242,17 +249,20 @@ mod tests {
         let kinds = [ScoreKind::Mean, ScoreKind::Top];
         // Whole groups of identical views resample like the objects themselves: the same draws
         // and the same AUROCs (replicating every image alike leaves an AUROC unchanged).
-        let grouped = candidates(&views, &kinds, &normal, Some(&groups));
-        assert_eq!(grouped, candidates(&objects, &kinds, &normal, None));
+        let (grouped, resampled) = candidates(&views, &kinds, &normal, Some(&groups));
+        assert_eq!(resampled, Resampled { unit: "groups".into(), anomalous: 12, normal: 12 });
+        assert_eq!(grouped, candidates(&objects, &kinds, &normal, None).0);
         // Counting the views as independent images narrows the interval.
-        let by_image = candidates(&views, &kinds, &normal, None);
+        let (by_image, resampled) = candidates(&views, &kinds, &normal, None);
+        assert_eq!(resampled, Resampled { unit: "images".into(), anomalous: 72, normal: 72 });
         assert_eq!(by_image[1].difference, grouped[1].difference);
         let width = |c: &Candidate| c.interval[1] - c.interval[0];
         assert!(width(&by_image[1]) < 0.6 * width(&grouped[1]), "{:?} vs {:?}", by_image[1], grouped[1]);
         // An image the groups do not name is a unit of its own.
         let mut partial = groups.clone();
         partial.retain(|path, _| !path.starts_with("ok"));
-        let ok_alone = candidates(&views, &kinds, &normal, Some(&partial));
+        let (ok_alone, resampled) = candidates(&views, &kinds, &normal, Some(&partial));
+        assert_eq!(resampled, Resampled { unit: "groups".into(), anomalous: 12, normal: 72 });
         assert_ne!(ok_alone, grouped);
         assert_ne!(ok_alone, by_image);
     }
@@ -277,6 +287,6 @@ mod tests {
         }
         let with_test = candidates(&rows, &ScoreKind::ALL, &normal, None);
         assert_eq!(with_test, calibration_only);
-        assert_eq!(choose(ScoreRule::Auto, &with_test), ScoreKind::Mean);
+        assert_eq!(choose(ScoreRule::Auto, &with_test.0), ScoreKind::Mean);
     }
 }

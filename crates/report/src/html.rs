@@ -68,11 +68,15 @@ fn choice_line(job: &Job, summary: &ReportSummary, h: &ModelMetrics) -> String {
             .to_string(),
         rule => format!("<code>report.score = \"{}\"</code>", rule.name()),
     };
+    let r = &choice.resampled;
     format!(
         "<p>Chosen on the calibration split: the model by {model}; the {} score by {how}. Calibration AUROC per \
-         score: {}.</p>",
+         score: {}. The bootstrap resampled {} ({} anomalous, {} normal).</p>",
         choice.chosen.name(),
-        candidates_text(&choice.candidates)
+        candidates_text(&choice.candidates),
+        escape(&r.unit),
+        r.anomalous,
+        r.normal
     )
 }
 

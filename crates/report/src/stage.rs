@@ -87,10 +87,10 @@ pub fn run_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<Rep
             }
         }
         let groups = job.split.as_ref().and_then(|split| split.groups.as_ref()).map(|groups| &groups.of);
-        let candidates = crate::choice::candidates(rows, &usable, normal, groups);
+        let (candidates, resampled) = crate::choice::candidates(rows, &usable, normal, groups);
         let chosen = crate::choice::choose(job.report.score, &candidates);
         if usable.contains(&chosen) {
-            choices.push(ScoreChoice { model: model.clone(), rule: job.report.score, chosen, candidates });
+            choices.push(ScoreChoice { model: model.clone(), rule: job.report.score, chosen, candidates, resampled });
         }
     }
     let chosen_metrics = |model: &str| {

@@ -60,6 +60,20 @@ pub struct ScoreChoice {
     pub chosen: ScoreKind,
     /// Every score that calibrates, the recipe's mean first.
     pub candidates: Vec<Candidate>,
+    /// What the bootstrap of the intervals resampled.
+    #[serde(default)]
+    pub resampled: Resampled,
+}
+
+/// The units a bootstrap resampled, per class of the calibration split: its images, or with
+/// `split.groups` its groups (views of one object count once).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Resampled {
+    /// `images` or `groups`.
+    pub unit: String,
+    pub anomalous: usize,
+    pub normal: usize,
 }
 
 /// Pixel-level metrics of the headline model on the images of one split that have masks.
