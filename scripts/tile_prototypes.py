@@ -13,7 +13,8 @@ kernel 33, reflected edges).
                     3x3-averaged, the deep tap upsampled bilinearly), of a random `--bank` fraction
   --intensity       before the network: none | mean (per-image mean to 0.5) | std (mean 0.5,
                     standard deviation 0.2) | equalise (grey-level histogram equalisation)
-  --size, --layers, --sigma   input side, taps (1 = stride 4, 2 = stride 8, 3 = stride 16), smoothing
+  --size, --layers, --sigma   input size (224: square; 256x512: height x width), taps (1 = stride 4,
+                    2 = stride 8, 3 = stride 16), smoothing
 
 Usage (the job's split stage done; `--intensity none --model gaussian` reproduces padim's
 calibration AUROCs of `all-l23` within 0.001):
@@ -36,7 +37,7 @@ from reference import load_model, trunk  # noqa: E402
 
 
 def image(path, size, intensity):
-    grey = Image.open(path).convert("L").resize((size, size), Image.BILINEAR)
+    grey = Image.open(path).convert("L").resize((size[1], size[0]), Image.BILINEAR)
     x = torch.from_numpy(np.asarray(grey, dtype=np.float32) / 255.0)
     if intensity == "mean":
         x = x - x.mean() + 0.5
@@ -80,19 +81,20 @@ def main():
     p.add_argument("--model", choices=["gaussian", "bank"], default="gaussian")
     p.add_argument("--bank", type=float, default=0.1)
     p.add_argument("--intensity", choices=["none", "mean", "std", "equalise"], default="none")
-    p.add_argument("--size", type=int, default=224)
+    p.add_argument("--size", default="224")
     p.add_argument("--layers", default="2,3")
     p.add_argument("--sigma", type=float, default=4.0)
     a = p.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
     layers = [int(v) for v in a.layers.split(",")]
+    size = [int(v) for v in a.size.split("x")] * (1 if "x" in a.size else 2)
     rows = [r for r in csv.DictReader(open(f"{a.run}/split/manifest.csv")) if r["split"] in ("train", "calibration")]
     model = load_model("efficientnet-lite0", a.weights)
     bank = a.model == "bank"
     with torch.no_grad():
         chunks = []
         for i in range(0, len(rows), 32):
-            batch = torch.stack([image(os.path.join(a.root, r["path"]), a.size, a.intensity) for r in rows[i : i + 32]])
+            batch = torch.stack([image(os.path.join(a.root, r["path"]), size, a.intensity) for r in rows[i : i + 32]])
             chunks.append(features(model, batch, layers, bank))
         emb = torch.cat(chunks)
     n, c, h, w = emb.shape
@@ -111,15 +113,19 @@ def main():
             dist.append(d2.min(1).values.clamp_min(0).sqrt())
         dist = torch.cat(dist).view(-1, h, w)
     else:
-        per_position = emb.double().permute(2, 3, 0, 1).reshape(h * w, n, c)
-        x = per_position[:, train]
-        mean = x.mean(1, keepdim=True)
-        dev = x - mean
-        cov = dev.transpose(1, 2) @ dev / (x.shape[1] - 1) + 0.01 * torch.eye(c, dtype=torch.float64)
-        chol = torch.linalg.cholesky(cov)
-        z = torch.linalg.solve_triangular(chol, (per_position[:, ~train] - mean).transpose(1, 2), upper=False)
-        dist = z.pow(2).sum(1).sqrt().T.reshape(-1, h, w).float()
-    maps = F.interpolate(dist[:, None], size=(a.size, a.size), mode="bilinear", align_corners=False)
+        # Positions in chunks, to bound memory at large inputs.
+        per_position = emb.permute(2, 3, 0, 1).reshape(h * w, n, c)
+        dist = []
+        for i in range(0, h * w, 512):
+            x = per_position[i : i + 512].double()
+            mean = x[:, train].mean(1, keepdim=True)
+            dev = x[:, train] - mean
+            cov = dev.transpose(1, 2) @ dev / (dev.shape[1] - 1) + 0.01 * torch.eye(c, dtype=torch.float64)
+            chol = torch.linalg.cholesky(cov)
+            z = torch.linalg.solve_triangular(chol, (x[:, ~train] - mean).transpose(1, 2), upper=False)
+            dist.append(z.pow(2).sum(1).sqrt())
+        dist = torch.cat(dist).T.reshape(-1, h, w).float()
+    maps = F.interpolate(dist[:, None], size=tuple(size), mode="bilinear", align_corners=False)
     maps = smooth(maps, a.sigma)[:, 0]
     labels = np.array([r["label"] != "MT_Free" for r in cal_rows])
     flat = maps.flatten(1)
@@ -129,7 +135,7 @@ def main():
     masks = []
     for r in cal_rows:
         mask = Image.open(os.path.join(a.root, os.path.splitext(r["path"])[0] + ".png")).convert("L")
-        masks.append(torch.from_numpy(np.asarray(mask.resize((a.size, a.size), Image.NEAREST)) > 127))
+        masks.append(torch.from_numpy(np.asarray(mask.resize((size[1], size[0]), Image.NEAREST)) > 127))
     result["pixel"] = roc_auc_score(torch.stack(masks).flatten().numpy(), maps.flatten().numpy())
     variant = f"{a.model} intensity={a.intensity} size={a.size} layers={a.layers} sigma={a.sigma}"
     if bank:
