@@ -1,7 +1,7 @@
 //! A `[sweep]` job: every experiment is fitted and scored in one pass, and each experiment's numbers
 //! equal those of a job that runs that experiment alone; the decision table aggregates over seeds;
 //! scoring split into model parts (`--models`) or memory passes (`score.memory-budget-gib`) writes
-//! the same results.
+//! the same results. `scripts/replicates.py`, the other way to compare settings, tabulates real runs.
 
 use crate::support::{Split, copy_concrete, copy_stages, csv_rows, padim, small_job, stdout};
 use std::path::Path;
@@ -291,4 +291,111 @@ fn sweep_over_backbones_extracts_each_once_and_compares_them() {
     assert_eq!(again.matches("extract already done").count(), 2, "{again}");
     assert_eq!(again.matches("fit already done").count(), 2, "{again}");
     assert!(again.contains("report already done"), "{again}");
+}
+
+/// `scripts/replicates.py` (README "Crop or whole image"): every (arm, seed) is an ordinary run of
+/// the base job on the replicates' data root with the split redrawn by that seed and the arm's keys
+/// replaced; the tables it prints are those runs' own headlines and their mean +- sd and paired
+/// wins; a key the base job lacks is refused by name.
+#[test]
+fn replicates_redraw_the_split_per_seed_and_table_each_runs_headline() {
+    let dir = tempfile::tempdir().unwrap();
+    copy_concrete(dir.path(), 24, 12);
+    let base = write_job(
+        dir.path(),
+        "base",
+        "[preprocess]\nresize = [224, 224]\ncrop = [224, 224]\n\
+         [fit]\nsubsets = [{ name = \"all-l23\", all = true, layers = [2, 3] }]\n",
+    );
+    let reps = dir.path().join("reps");
+    let replicates = |arms: &[&[&str]]| {
+        let mut command = std::process::Command::new(
+            std::env::var("PADIM_PYTHON")
+                .unwrap_or_else(|_| crate::support::root().join(".venv/bin/python").display().to_string()),
+        );
+        command.arg(crate::support::root().join("scripts/replicates.py")).args([
+            "--job",
+            base.to_str().unwrap(),
+            "--root",
+            dir.path().join("data").to_str().unwrap(),
+            "--seeds",
+            "1",
+            "2",
+            "--out",
+            reps.to_str().unwrap(),
+            "--padim",
+            env!("CARGO_BIN_EXE_padim"),
+        ]);
+        for arm in arms {
+            command.arg("--arm").args(*arm);
+        }
+        command.output().unwrap()
+    };
+    let output = replicates(&[&["r224=preprocess.resize=[224, 224]"], &["r256=preprocess.resize=[256, 256]"]]);
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+
+    // The generated jobs: the seed and the arm's value replaced, nothing else of the base lost.
+    let job = |arm: &str, seed: u32| std::fs::read_to_string(reps.join(format!("{arm}-s{seed}.toml"))).unwrap();
+    assert!(job("r256", 2).contains("seed = 2\n") && job("r256", 2).contains("resize = [256, 256]\n"));
+    assert!(job("r224", 1).contains("seed = 1\n") && job("r224", 1).contains("crop = [224, 224]\n"));
+    // Arms share each seed's split; seeds redraw it.
+    let split = |arm: &str, seed: u32| -> Vec<(String, String)> {
+        let mut rows: Vec<_> = csv_rows(&reps.join(format!("{arm}-s{seed}/split/manifest.csv")))
+            .into_iter()
+            .map(|r| (r["path"].clone(), r["split"].clone()))
+            .collect();
+        rows.sort();
+        rows
+    };
+    assert_eq!(split("r224", 1), split("r256", 1));
+    assert_eq!(split("r224", 2), split("r256", 2));
+    assert_ne!(split("r224", 1), split("r224", 2));
+
+    // Each row is that run's headline (its report's own model and score choice).
+    let headline = |arm: &str, seed: u32| -> (String, f64, f64, f64) {
+        let path = reps.join(format!("{arm}-s{seed}/report/metrics.json"));
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let row = m["models"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|r| r["model"] == m["headline-model"] && r["score"] == m["headline-score"])
+            .unwrap()
+            .clone();
+        let value = |split: &str, key: &str| row[split][key].as_f64().unwrap();
+        (
+            format!("{} ({})", row["model"].as_str().unwrap(), row["score"].as_str().unwrap()),
+            value("calibration", "auroc"),
+            value("test", "auroc"),
+            value("test", "accuracy"),
+        )
+    };
+    for arm in ["r224", "r256"] {
+        for seed in [1, 2] {
+            let (model, calibration, test, accuracy) = headline(arm, seed);
+            let row = format!("| {arm} | {seed} | {model} | {calibration:.4} | {test:.4} | {accuracy:.4} |");
+            assert!(out.lines().any(|line| line == row), "no row `{row}` in:\n{out}");
+        }
+    }
+    // The summary: mean +- sample sd over seeds, and the seeds where an arm beats the first arm.
+    let spread = |values: [f64; 2]| {
+        let mean = (values[0] + values[1]) / 2.0;
+        let sd = ((values[0] - mean).powi(2) + (values[1] - mean).powi(2)).sqrt();
+        format!("{mean:.4} ± {sd:.4}")
+    };
+    let (a1, a2, b1, b2) = (headline("r224", 1), headline("r224", 2), headline("r256", 1), headline("r256", 2));
+    let wins = (b1.3 > a1.3) as u32 + (b2.3 > a2.3) as u32;
+    for (arm, x, y, above) in [("r224", &a1, &a2, "-".to_string()), ("r256", &b1, &b2, format!("{wins} of 2"))] {
+        let row =
+            format!("| {arm} | {} | {} | {} | {above} |", spread([x.1, y.1]), spread([x.2, y.2]), spread([x.3, y.3]));
+        assert!(out.lines().any(|line| line == row), "no row `{row}` in:\n{out}");
+    }
+
+    // An arm that names a key the base job does not have is refused, naming it, before any run.
+    std::fs::remove_dir_all(&reps).unwrap();
+    let output = replicates(&[&["x=score.top-fraction=0.05"]]);
+    let err = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success() && err.contains("no `top-fraction` in [score]"), "{err}");
+    assert!(!reps.join("x-s1").exists());
 }
