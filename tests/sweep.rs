@@ -309,27 +309,14 @@ fn replicates_redraw_the_split_per_seed_and_table_each_runs_headline() {
     );
     let reps = dir.path().join("reps");
     let replicates = |arms: &[&[&str]]| {
-        let mut command = std::process::Command::new(
-            std::env::var("PADIM_PYTHON")
-                .unwrap_or_else(|_| crate::support::root().join(".venv/bin/python").display().to_string()),
-        );
-        command.arg(crate::support::root().join("scripts/replicates.py")).args([
-            "--job",
-            base.to_str().unwrap(),
-            "--root",
-            dir.path().join("data").to_str().unwrap(),
-            "--seeds",
-            "1",
-            "2",
-            "--out",
-            reps.to_str().unwrap(),
-            "--padim",
-            env!("CARGO_BIN_EXE_padim"),
-        ]);
+        let (data, out) = (dir.path().join("data"), reps.to_str().unwrap().to_string());
+        let mut args = vec!["--job", base.to_str().unwrap(), "--root", data.to_str().unwrap(), "--seeds", "1", "2"];
+        args.extend(["--out", &out, "--padim", env!("CARGO_BIN_EXE_padim")]);
         for arm in arms {
-            command.arg("--arm").args(*arm);
+            args.push("--arm");
+            args.extend(*arm);
         }
-        command.output().unwrap()
+        crate::support::python::script_output("replicates.py", &args)
     };
     let output = replicates(&[&["r224=preprocess.resize=[224, 224]"], &["r256=preprocess.resize=[256, 256]"]]);
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
