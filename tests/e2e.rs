@@ -375,6 +375,20 @@ fn reference_fit(run: &Path, subset: &str, extra: &[&str]) -> serde_json::Value 
     result
 }
 
+/// A job over the first `normal` and `anomalous` concrete-crack images in `dir` with the `[fit]`
+/// table `fit`, its embeddings extracted as two shards (as an array job would). Returns the job file.
+fn extracted_in_two_shards(dir: &Path, normal: usize, anomalous: usize, fit: &str) -> PathBuf {
+    support::copy_concrete(dir, normal, anomalous);
+    let job = write_job(dir, 8);
+    let mut text = std::fs::read_to_string(&job).unwrap();
+    text.push_str(fit);
+    std::fs::write(&job, text).unwrap();
+    for shard in ["0/2", "1/2"] {
+        stdout(&padim(&["extract", job.to_str().unwrap(), "--shard", shard]));
+    }
+    job
+}
+
 /// `scripts/reference.py score` on the run's model `subset`: plain PyTorch's maps and image scores of
 /// the run's `n` scored images equal padim's, each largest difference within 1e-4.
 fn assert_scores_match_reference(run: &Path, subset: &str, extra: &[&str], n: u64) {
@@ -394,18 +408,14 @@ fn assert_scores_match_reference(run: &Path, subset: &str, extra: &[&str], n: u6
 #[test]
 fn oas_covariance_matches_scikit_learn() {
     let dir = tempfile::tempdir().unwrap();
-    support::copy_concrete(dir.path(), 20, 2);
-    let job = write_job(dir.path(), 8);
-    let mut text = std::fs::read_to_string(&job).unwrap();
-    text.push_str(
+    let job = extracted_in_two_shards(
+        dir.path(),
+        20,
+        2,
         "[fit]\ncovariance = \"oas\"\nbatch-images = 6\n\
          subsets = [{ name = \"r40\", count = 40, seed = 3 }, { name = \"all\", all = true }]\n",
     );
-    std::fs::write(&job, text).unwrap();
     let job_arg = job.to_str().unwrap();
-    for shard in ["0/2", "1/2"] {
-        stdout(&padim(&["extract", job_arg, "--shard", shard]));
-    }
     assert!(stdout(&padim(&["fit", job_arg])).contains("fit done: 20 training images"));
     let run = dir.path().join("run");
     for subset in ["r40", "all"] {
@@ -418,8 +428,7 @@ fn oas_covariance_matches_scikit_learn() {
         // With 20 images and 40 or more channels, OAS does shrink.
         assert!(result["shrinkage-range"][1].as_f64().unwrap() > 0.0, "{result}");
     }
-    let model = std::fs::read(run.join("fit/model-all.safetensors")).unwrap();
-    let header = String::from_utf8_lossy(&model[8..8 + u64::from_le_bytes(model[..8].try_into().unwrap()) as usize]);
+    let header = support::safetensors_header(&run.join("fit/model-all.safetensors"));
     assert!(header.contains("\\\"covariance\\\":\\\"oas\\\"") && header.contains("\"shrinkage\""), "{header}");
 }
 
@@ -431,19 +440,15 @@ fn oas_covariance_matches_scikit_learn() {
 #[test]
 fn pooled_covariances_match_pytorch() {
     let dir = tempfile::tempdir().unwrap();
-    support::copy_concrete(dir.path(), 12, 3);
-    let job = write_job(dir.path(), 8);
-    let mut text = std::fs::read_to_string(&job).unwrap();
-    text.push_str(
+    let job = extracted_in_two_shards(
+        dir.path(),
+        12,
+        3,
         "[fit]\nbatch-images = 5\nsubsets = [\
          { name = \"p1\", count = 30, seed = 1, pool = 1, covariance = \"oas\" }, \
          { name = \"pall\", count = 60, seed = 2, pool = \"all\" }, { name = \"r20\", count = 20, seed = 3 }]\n",
     );
-    std::fs::write(&job, text).unwrap();
     let job_arg = job.to_str().unwrap();
-    for shard in ["0/2", "1/2"] {
-        stdout(&padim(&["extract", job_arg, "--shard", shard]));
-    }
     assert!(stdout(&padim(&["fit", job_arg])).contains("fit done: 12 training images"));
     let run = dir.path().join("run");
     let p1 = reference_fit(&run, "p1", &["--covariance", "oas", "--pool", "1"]);
@@ -461,10 +466,7 @@ fn pooled_covariances_match_pytorch() {
     // Pooling changes the model: the unpooled reference does not match the pooled one.
     let unpooled = reference_fit(&run, "pall", &[]);
     assert!(unpooled["precision"].as_f64().unwrap() > 1e-2, "{unpooled}");
-    let header = |name: &str| {
-        let model = std::fs::read(run.join(format!("fit/model-{name}.safetensors"))).unwrap();
-        String::from_utf8_lossy(&model[8..8 + u64::from_le_bytes(model[..8].try_into().unwrap()) as usize]).into_owned()
-    };
+    let header = |name: &str| support::safetensors_header(&run.join(format!("fit/model-{name}.safetensors")));
     assert!(header("p1").contains("\\\"pool\\\":1"), "{}", header("p1"));
     assert!(header("pall").contains("\\\"pool\\\":\\\"all\\\""), "{}", header("pall"));
     assert!(!header("r20").contains("pool"), "{}", header("r20"));
@@ -481,18 +483,14 @@ fn pooled_covariances_match_pytorch() {
 #[test]
 fn nearest_patch_scores_match_pytorch() {
     let dir = tempfile::tempdir().unwrap();
-    support::copy_concrete(dir.path(), 14, 3);
-    let job = write_job(dir.path(), 8);
-    let mut text = std::fs::read_to_string(&job).unwrap();
-    text.push_str(
+    let job = extracted_in_two_shards(
+        dir.path(),
+        14,
+        3,
         "[fit]\nbatch-images = 5\n\
          subsets = [{ name = \"nn\", count = 40, seed = 3, covariance = \"nearest\" }, { name = \"r30\", count = 30, seed = 1 }]\n",
     );
-    std::fs::write(&job, text).unwrap();
     let job_arg = job.to_str().unwrap();
-    for shard in ["0/2", "1/2"] {
-        stdout(&padim(&["extract", job_arg, "--shard", shard]));
-    }
     for shard in ["0/2", "1/2"] {
         stdout(&padim(&["fit", job_arg, "--shard", shard]));
     }
@@ -500,8 +498,7 @@ fn nearest_patch_scores_match_pytorch() {
     assert!(run.join("fit/partial-bank-00001-of-00002.safetensors").is_file(), "the bank is kept per shard");
     let out = stdout(&padim(&["fit", job_arg]));
     assert!(out.contains("fit done: 14 training images") && out.contains("model-nn.safetensors"), "{out}");
-    let model = std::fs::read(run.join("fit/model-nn.safetensors")).unwrap();
-    let header = String::from_utf8_lossy(&model[8..8 + u64::from_le_bytes(model[..8].try_into().unwrap()) as usize]);
+    let header = support::safetensors_header(&run.join("fit/model-nn.safetensors"));
     assert!(header.contains("\\\"covariance\\\":\\\"nearest\\\"") && header.contains("\"bank\""), "{header}");
     assert!(header.contains("[3136,14,40]"), "56x56 patches x 14 training images x 40 channels: {header}");
 

@@ -244,9 +244,8 @@ fn sweep_over_backbones_extracts_each_once_and_compares_them() {
     let metrics = read(&run.join("report/metrics.json"));
 
     // Each backbone's run is a run of its own, at its own input size.
-    let header = std::fs::read(run.join("backbones/efficientnet-lite1/fit/model-all-l23.safetensors")).unwrap();
-    let header = String::from_utf8_lossy(&header[8..8 + u64::from_le_bytes(header[..8].try_into().unwrap()) as usize])
-        .into_owned();
+    let header =
+        crate::support::safetensors_header(&run.join("backbones/efficientnet-lite1/fit/model-all-l23.safetensors"));
     assert!(header.contains("efficientnet-lite1") && header.contains("input-height\\\":240"), "{header}");
 
     // Every experiment of every backbone, as its own run's report has it.

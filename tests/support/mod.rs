@@ -120,6 +120,13 @@ pub fn copy_first(from: &Path, to: &Path, n: usize, ext: &str) -> Vec<String> {
         .collect()
 }
 
+/// The JSON header of the safetensors file at `path` (a model, a bundle), as text.
+pub fn safetensors_header(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    let len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    String::from_utf8_lossy(&bytes[8..8 + len]).into_owned()
+}
+
 /// The rows of a CSV file, as header -> value maps.
 pub fn csv_rows(path: &Path) -> Vec<std::collections::HashMap<String, String>> {
     csv_rows_of(&std::fs::read(path).unwrap())
