@@ -81,10 +81,13 @@ pub(crate) fn sweep_table(
             id: spec.name.clone(),
             backbone: String::new(),
             layers: layers.unwrap_or_else(|| "1+2+3".into()),
-            covariance: match spec.pool {
-                CovariancePool::None => job.fit.covariance_of(spec).name().into(),
-                CovariancePool::Radius(r) => format!("{} pool {r}", job.fit.covariance_of(spec).name()),
-                CovariancePool::All => format!("{} pool all", job.fit.covariance_of(spec).name()),
+            covariance: {
+                let estimator = job.fit.covariance_of(spec).name();
+                match spec.pool {
+                    CovariancePool::None => estimator.into(),
+                    CovariancePool::Radius(r) => format!("{estimator} pool {r}"),
+                    CovariancePool::All => format!("{estimator} pool all"),
+                }
             },
             count: spec.count,
             channels,

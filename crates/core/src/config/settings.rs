@@ -389,15 +389,15 @@ impl SweepSettings {
                     }
                 }
                 for &estimator in &estimators {
+                    let suffix = match estimator {
+                        Some(e) if !e.is_sample() => format!("-{}", e.name()),
+                        _ => String::new(),
+                    };
                     // A nearest-patch model has no covariance to pool.
                     let nearest = estimator.is_some_and(|e| e.is_nearest());
                     let pools = if nearest { &[CovariancePool::None][..] } else { &pools[..] };
                     for &pool in pools {
                         for (name, count, seed, all) in &base {
-                            let suffix = match estimator {
-                                Some(e) if !e.is_sample() => format!("-{}", e.name()),
-                                _ => String::new(),
-                            };
                             out.push(SubsetSpec {
                                 name: format!("{name}{suffix}{}", pool.suffix()),
                                 count: *count,
