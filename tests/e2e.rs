@@ -9,6 +9,7 @@
 mod azure;
 mod chaos;
 mod identity;
+mod init;
 mod predict;
 mod s3;
 mod slurm;

@@ -292,7 +292,7 @@ fn sweep_over_backbones_extracts_each_once_and_compares_them() {
     assert!(again.contains("report already done"), "{again}");
 }
 
-/// `scripts/replicates.py` (README "Crop or whole image"): every (arm, seed) is an ordinary run of
+/// `scripts/replicates.py` (docs/results.md "Crop or whole image"): every (arm, seed) is an ordinary run of
 /// the base job on the replicates' data root with the split redrawn by that seed and the arm's keys
 /// replaced; the tables it prints are those runs' own headlines and their mean +- sd and paired
 /// wins; a key the base job lacks is refused by name.

@@ -12,7 +12,7 @@
 # Extra sbatch options (partition, account, time, memory) go in SBATCH_OPTIONS. Prints the job ids,
 # the report's last. A task whose storage failed after padim's own retries (exit 75) is tried again
 # in place up to PADIM_ATTEMPTS times (default 3), 30 s apart; a bad job or bad input (exit 2) fails
-# at once (README "Exit codes").
+# at once (docs/operations.md "Exit codes").
 set -euo pipefail
 usage="usage: jobs/slurm/pipeline.sh JOB [SHARDS [MODEL_PARTS]]"
 job=${1:?$usage}

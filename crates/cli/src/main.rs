@@ -89,8 +89,38 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Write a job file for a folder of images: labels from its sub-folders, the normal label from
+    /// their names, masks found beside the images, the recipe's split sizes scaled to the counts and
+    /// the main job's configuration. Prints what it guessed and why.
+    #[command(after_help = "Example:\n  padim init data/bottles --normal good      # writes bottles.toml\n  \
+                            padim run bottles.toml                      # to runs/bottles/report/report.html")]
+    Init {
+        /// The folder of images: one sub-folder per label (images at any depth below it).
+        dir: PathBuf,
+        /// The job file to write (default: NAME.toml in the current folder, NAME the folder's name).
+        #[arg(long, value_name = "JOB")]
+        output: Option<PathBuf>,
+        /// A normal (defect-free) label; repeat for several (default: the labels whose names say so:
+        /// good, ok, normal, negative, free, ...).
+        #[arg(long, value_name = "LABEL")]
+        normal: Vec<String>,
+        /// The EfficientNet-Lite1 weights (default: weights/efficientnet-lite1.safetensors, made by
+        /// `make weights`).
+        #[arg(long)]
+        weights: Option<PathBuf>,
+        /// The run location the job writes to (default: runs/NAME).
+        #[arg(long, value_name = "DIR")]
+        run_dir: Option<PathBuf>,
+        /// Overwrite the job file if it exists.
+        #[arg(long)]
+        force: bool,
+    },
     /// Run every stage of the job on this machine: split, extract, fit, score, report. Finished
     /// stages are skipped.
+    #[command(
+        after_help = "Examples:\n  padim run configs/concrete-crack.toml     # the main job, to runs/concrete-crack/report/report.html\n  \
+                            padim run mine.toml --threads 4             # a job made by `padim init`"
+    )]
     Run {
         /// The job file.
         job: PathBuf,
@@ -104,6 +134,10 @@ enum Command {
     /// Score new images with a model bundle (`report/bundle.safetensors` of a run): per image the
     /// normalised score, the verdict and optionally the heatmap overlay. Bad images get an error row
     /// and do not stop the others (unless --fail-fast).
+    #[command(
+        after_help = "Examples:\n  padim predict --model runs/concrete-crack/report/bundle.safetensors new-images/\n  \
+                            padim predict --model bundle.safetensors --output predictions.csv --overlays heatmaps/ 's3://bucket/incoming/'"
+    )]
     Predict {
         /// The bundle: a path or URL.
         #[arg(long)]
@@ -171,7 +205,7 @@ impl Sharding {
 /// Rust's allocations (embeddings batches, statistics, models, maps: hundreds of megabytes each)
 /// go to mimalloc, which reuses freed memory instead of unmapping and page-faulting it again as
 /// glibc does for blocks this large from worker threads (measured: fit 3.4 s -> 1.7 s for one
-/// 100-channel model; see README "Measured").
+/// 100-channel model; see docs/benchmarks.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -194,7 +228,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// Exit status of a failure, for a scheduler's retry policy (README "Exit codes"): storage that
+/// Exit status of a failure, for a scheduler's retry policy (docs/operations.md "Exit codes"): storage that
 /// failed after its retries may work later; bad configuration or input will not.
 const EXIT_TRANSIENT: u8 = 75; // sysexits' EX_TEMPFAIL
 const EXIT_INPUT: u8 = 2; // as clap's usage errors: fix the job, the data or the command
@@ -225,6 +259,7 @@ fn transient(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
         .or_else(|| cause.downcast_ref::<padim_report::ReportError>().map(|e| e.is_transient()))
         .or_else(|| cause.downcast_ref::<padim_predict::PredictError>().and_then(|e| e.is_transient()))
         .or_else(|| input(cause.downcast_ref::<padim_core::ConfigError>().is_some()))
+        .or_else(|| input(cause.downcast_ref::<padim_init::InitError>().is_some()))
         .or_else(|| input(cause.downcast_ref::<padim_core::DatasetError>().is_some()))
         .or_else(|| input(cause.downcast_ref::<padim_core::shard::ShardError>().is_some()))
 }
@@ -368,6 +403,16 @@ fn run(cli: Cli) -> Result<()> {
                 fail_fast,
             })
         }
+        Command::Init { dir, output, normal, weights, run_dir, force } => init(
+            padim_init::InitOptions {
+                job_path: output.unwrap_or_else(|| PathBuf::from(format!("{}.toml", padim_init::job_name(&dir)))),
+                dir,
+                normal,
+                weights,
+                output: run_dir,
+            },
+            force,
+        ),
         Command::Config { job } => {
             let job = Job::load(&job)?;
             let value: serde_json::Value = serde_json::from_str(&job.to_canonical_json())?;
@@ -375,6 +420,21 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+/// `padim init`: the job for a folder, written (never over an existing file unless forced) with
+/// what was guessed.
+fn init(options: padim_init::InitOptions, force: bool) -> Result<()> {
+    let job = &options.job_path;
+    let plan = padim_init::plan(&options).with_context(|| format!("init for {}", options.dir.display()))?;
+    padim_init::write_job(&plan, job, force)?;
+    let mut text = format!("wrote {} for {}:", job.display(), options.dir.display());
+    for guess in &plan.guesses {
+        text.push_str(&format!("\n  {:<9} {}", format!("{}:", guess.what), guess.text));
+    }
+    text.push_str(&format!("\nnext: padim run {}", job.display()));
+    write_stdout(&text);
+    Ok(())
 }
 
 fn predict(options: padim_predict::PredictOptions) -> Result<()> {

@@ -94,6 +94,14 @@ impl Dataset {
         }
     }
 
+    /// The mask file of `image` by the job's `mask` pattern (`{stem}` = the image's file stem, in the
+    /// image's folder); `None` without a pattern.
+    pub fn mask_path(&self, image: &Path) -> Option<PathBuf> {
+        let pattern = self.mask.as_ref()?;
+        let stem = image.file_stem()?.to_string_lossy();
+        Some(image.with_file_name(pattern.replace("{stem}", &stem)))
+    }
+
     /// `path` relative to [`Dataset::base`] when it lies below it (with `/` separators), else as it is.
     pub fn relative_path(&self, path: &Path) -> String {
         let base = self.base();
@@ -129,7 +137,9 @@ pub fn list_images(dataset: &Dataset) -> Result<Vec<ImageRecord>, DatasetError> 
 /// Lists the images of `dataset` read through `files`, sorted and numbered.
 pub fn list_images_in(dataset: &Dataset, files: &dyn Files) -> Result<Vec<ImageRecord>, DatasetError> {
     let mut entries: Vec<(String, PathBuf, Option<String>, String)> = match &dataset.source {
-        DatasetSource::Folders { root, labels, extensions } => list_folders(files, root, labels, extensions)?,
+        DatasetSource::Folders { root, labels, extensions } => {
+            without_masks(dataset, list_folders(files, root, labels, extensions)?)
+        }
         DatasetSource::List { path } => list_file(files, path)?,
         DatasetSource::Manifest { path } => list_manifest(files, path)?,
     };
@@ -188,6 +198,17 @@ fn list_folders(
         return Err(DatasetError::Empty { path: root.to_path_buf(), extensions: extensions.to_vec() });
     }
     Ok(entries)
+}
+
+/// The listed files less those that are another listed file's mask (`{stem}_mask.png` beside PNG
+/// images has the images' own extension): a mask is never an image of its label.
+fn without_masks(dataset: &Dataset, entries: Vec<Entry>) -> Vec<Entry> {
+    if dataset.mask.is_none() {
+        return entries;
+    }
+    let masks: std::collections::HashSet<PathBuf> =
+        entries.iter().filter_map(|(_, path, _, _)| dataset.mask_path(path).filter(|mask| mask != path)).collect();
+    entries.into_iter().filter(|(_, path, _, _)| !masks.contains(path)).collect()
 }
 
 fn has_extension(path: &Path, extensions: &[String]) -> bool {
@@ -298,6 +319,30 @@ mod tests {
             normal: vec!["good".into()],
             mask: None,
         }
+    }
+
+    #[test]
+    fn masks_named_like_images_are_not_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        for name in ["good/a.png", "bad/b.png", "bad/b_mask.png", "bad/c_mask.png", "bad/d.png", "bad/d.jpg"] {
+            touch(&dir.path().join(name));
+        }
+        let listed = |mask: Option<&str>| {
+            let dataset = Dataset { mask: mask.map(str::to_string), ..folders(dir.path(), &[]) };
+            let images = list_images(&dataset).unwrap();
+            images.iter().map(|r| r.path.strip_prefix(dir.path()).unwrap().display().to_string()).collect::<Vec<_>>()
+        };
+        // b_mask.png is b.png's mask; c_mask.png names no image, so it stays an image.
+        assert_eq!(
+            listed(Some("{stem}_mask.png")),
+            ["bad/b.png", "bad/c_mask.png", "bad/d.jpg", "bad/d.png", "good/a.png"]
+        );
+        // d.png is d.jpg's mask, but a.png is not its own mask.
+        assert_eq!(
+            listed(Some("{stem}.png")),
+            ["bad/b.png", "bad/b_mask.png", "bad/c_mask.png", "bad/d.jpg", "good/a.png"]
+        );
+        assert_eq!(listed(None).len(), 6);
     }
 
     #[test]

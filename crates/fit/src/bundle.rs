@@ -27,7 +27,7 @@ pub const BUNDLE_KEY: &str = "padim-bundle";
 pub enum MatrixType {
     F32,
     /// Half the size (the precision stored as its Cholesky factor); scores move by what the
-    /// measurement in the README says.
+    /// measurement in docs/stages.md ("predict") says.
     F16,
 }
 

@@ -196,6 +196,18 @@ fn python_round(value: f64) -> i64 {
     if diff > 0.5 || (diff == 0.5 && floor % 2 != 0) { floor + 1 } else { floor }
 }
 
+/// The width and height of the image file at `path`, from its header alone (no pixel is decoded).
+pub fn header_size(path: &Path) -> Result<(u32, u32), ImageError> {
+    let path_buf = || path.to_path_buf();
+    let reader = ImageReader::open(path)
+        .and_then(|r| r.with_guessed_format())
+        .map_err(|e| ImageError::Read { path: path_buf(), message: e.to_string() })?;
+    if reader.format().is_none() {
+        return Err(ImageError::UnknownFormat { path: path_buf() });
+    }
+    reader.into_dimensions().map_err(|e| ImageError::Decode { path: path_buf(), message: e.to_string() })
+}
+
 /// Decodes to 8-bit RGB with the size checks of `settings`.
 pub fn decode_rgb8(path: &Path, bytes: &[u8], settings: &Preprocess) -> Result<image::RgbImage, ImageError> {
     let path_buf = || path.to_path_buf();

@@ -187,6 +187,38 @@ fn headline(job: &Job, summary: &ReportSummary) -> String {
     html
 }
 
+/// How many experiments the sweep's leaderboard shows.
+const LEADERBOARD: usize = 10;
+
+/// The sweep's best experiments by calibration AUROC, with their test outcomes and what sets each
+/// apart from the best, right after the headline.
+fn leaderboard(sweep: &crate::sweep::SweepSummary) -> String {
+    let cell = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
+    let board = crate::sweep::leaderboard(&sweep.experiments, LEADERBOARD);
+    let mut html = format!(
+        "<section id=\"leaderboard\"><h2>Leaderboard</h2><p>The best {} of {} experiments by calibration AUROC \
+         (ties: fewer channels); the test columns are the outcome, not the choice.</p><div class=\"wide\"><table>\
+         <thead><tr><th>rank</th><th>experiment</th><th>score</th><th>calibration AUROC</th><th>test AUROC</th>\
+         <th>test accuracy</th><th style=\"text-align:left\">what sets it apart from the best</th></tr></thead><tbody>",
+        board.len(),
+        sweep.experiments.len()
+    );
+    for (rank, (e, apart)) in board.iter().enumerate() {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
+            rank + 1,
+            escape(&e.id),
+            escape(e.score.as_deref().unwrap_or("-")),
+            cell(e.calibration_auroc),
+            cell(e.test_auroc),
+            cell(e.accuracy),
+            escape(apart)
+        ));
+    }
+    html.push_str("</tbody></table></div></section>");
+    html
+}
+
 /// Sorts a `table.sortable` by the clicked column (numbers as numbers), again to reverse.
 const SORT_SCRIPT: &str = "<script>document.querySelectorAll('table.sortable th').forEach((th,i)=>th.addEventListener('click',()=>{\
 const body=th.closest('table').tBodies[0];const asc=th.dataset.asc!=='1';th.dataset.asc=asc?'1':'0';\
@@ -219,6 +251,9 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         summary.display_range[1],
         job.report.display_percentile
     ));
+    if let Some(sweep) = &summary.sweep {
+        html.push_str(&leaderboard(sweep));
+    }
     html.push_str("<h2>Pictures</h2>");
     let engine = base64::engine::general_purpose::STANDARD;
     for (name, bytes) in pictures {

@@ -17,7 +17,7 @@ pub(crate) fn run_manifest(
         "job": job.name,
         "config-hash": job.hash(),
         "config": config,
-        // What each stage's outputs are, by content (README "Identity, reruns and concurrent tasks").
+        // What each stage's outputs are, by content (docs/operations.md "Identity, reruns and concurrent tasks").
         "identities": {
             "split": job.split_hash(),
             "extract": job.extract_hash(digests),

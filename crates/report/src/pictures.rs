@@ -134,40 +134,54 @@ pub fn histograms(
     })
 }
 
-/// ROC curves with their AUC and the operating point of each.
+/// ROC curves with their operating points, the false-positive rate on a logarithmic axis: good
+/// models differ at low false-positive rates, which a linear axis crowds into its left edge. Points
+/// at a false-positive rate of 0 sit at the axis' left end, half the smallest rate any curve reaches
+/// (one normal image in the largest split).
 pub fn roc_curves(curves: &[(&str, &Roc, usize)]) -> Result<Vec<u8>, PictureError> {
     let colors = [NORMAL_COLOR, ANOMALY_COLOR, RGBColor(44, 160, 44), RGBColor(148, 103, 189)];
+    let floor = log_axis_floor(curves.iter().flat_map(|(_, roc, _)| roc.fpr.iter().copied()));
     render("ROC curves", (520, 520), |root| {
         let mut chart = ChartBuilder::on(root)
-            .caption("ROC", ("sans-serif", 20))
+            .caption("ROC (false-positive rate on a log scale)", ("sans-serif", 18))
             .margin(15)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d(0f64..1.0, 0f64..1.0)
+            .build_cartesian_2d((floor..1.0).log_scale(), 0f64..1.0)
             .map_err(|e| e.to_string())?;
         chart
             .configure_mesh()
-            .x_desc("false-positive rate")
+            .x_desc(format!("false-positive rate (0 drawn at {floor:.0e})"))
             .y_desc("true-positive rate")
+            .x_label_formatter(&|x| format!("{x:.0e}"))
             .draw()
             .map_err(|e| e.to_string())?;
-        chart.draw_series(LineSeries::new([(0.0, 0.0), (1.0, 1.0)], BLACK.mix(0.3))).map_err(|e| e.to_string())?;
+        // Chance (TPR = FPR) is a curve on this axis.
+        let chance = (0..=100).map(|i| floor * (1.0 / floor).powf(i as f64 / 100.0)).map(|x| (x, x));
+        chart.draw_series(LineSeries::new(chance, BLACK.mix(0.3))).map_err(|e| e.to_string())?;
         for ((name, roc, point), color) in curves.iter().zip(colors.iter().cycle()) {
             let color = *color;
             chart
                 .draw_series(LineSeries::new(
-                    roc.fpr.iter().copied().zip(roc.tpr.iter().copied()),
+                    roc.fpr.iter().map(|&x| x.max(floor)).zip(roc.tpr.iter().copied()),
                     color.stroke_width(2),
                 ))
                 .map_err(|e| e.to_string())?
                 .label(format!("{name}: AUC {:.4}", roc.auc()))
                 .legend(move |(x, y)| PathElement::new([(x, y), (x + 12, y)], color.stroke_width(2)));
             chart
-                .draw_series([Circle::new((roc.fpr[*point], roc.tpr[*point]), 5, color.filled())])
+                .draw_series([Circle::new((roc.fpr[*point].max(floor), roc.tpr[*point]), 5, color.filled())])
                 .map_err(|e| e.to_string())?;
         }
         legend(&mut chart, SeriesLabelPosition::LowerRight)
     })
+}
+
+/// The left end of a logarithmic false-positive axis: half the smallest positive rate (1e-3 when
+/// no rate is positive).
+pub(crate) fn log_axis_floor(rates: impl Iterator<Item = f64>) -> f64 {
+    let smallest = rates.filter(|&r| r > 0.0).fold(f64::INFINITY, f64::min);
+    if smallest.is_finite() { smallest / 2.0 } else { 1e-3 }
 }
 
 /// Draws the labelled series' legend at `position`, in the report's one style.
@@ -281,6 +295,12 @@ pub fn colorbar(display_max: f64) -> Result<Vec<u8>, PictureError> {
 #[cfg(test)]
 mod tests {
     use plotters::style::colors::colormaps::ViridisRGB;
+
+    #[test]
+    fn the_log_axis_starts_at_half_the_smallest_rate() {
+        assert_eq!(super::log_axis_floor([0.0, 0.01, 0.5, 1.0].into_iter()), 0.005);
+        assert_eq!(super::log_axis_floor([0.0, 0.0].into_iter()), 1e-3);
+    }
 
     /// The overlays' viridis (padim-image's, which predict uses without plotters) is plotters' own,
     /// on a fine grid of [0, 1], at its control points and outside the range.

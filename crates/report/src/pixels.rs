@@ -40,9 +40,7 @@ pub(crate) fn network_view_of(job: &Job, path: &Path, bytes: &[u8]) -> Result<Ve
 
 /// The mask file of an image, by the job's pattern.
 pub(crate) fn mask_path(job: &Job, image: &Path) -> Option<PathBuf> {
-    let pattern = job.dataset.mask.as_ref()?;
-    let stem = image.file_stem()?.to_string_lossy();
-    Some(image.with_file_name(pattern.replace("{stem}", &stem)))
+    job.dataset.mask_path(image)
 }
 
 /// The mask of an image in the network's geometry (resized and cropped like the image), thresholded

@@ -174,11 +174,54 @@ pub fn groups(frame: &DataFrame) -> PolarsResult<Vec<Group>> {
 
 /// The best experiment by calibration AUROC; ties go to fewer channels, then to the smaller id.
 pub fn best(experiments: &[Experiment]) -> Option<String> {
-    experiments
-        .iter()
-        .filter_map(|e| e.calibration_auroc.map(|auc| (auc, e)))
-        .max_by(|(a, x), (b, y)| a.total_cmp(b).then(y.channels.cmp(&x.channels)).then(y.id.cmp(&x.id)))
-        .map(|(_, e)| e.id.clone())
+    ranked(experiments).first().map(|e| e.id.clone())
+}
+
+/// The experiments that could be calibrated, best first: by calibration AUROC, ties to fewer
+/// channels, then to the smaller id (never by a test number).
+fn ranked(experiments: &[Experiment]) -> Vec<&Experiment> {
+    let mut ranked: Vec<(f64, &Experiment)> =
+        experiments.iter().filter_map(|e| e.calibration_auroc.map(|auc| (auc, e))).collect();
+    ranked.sort_by(|(a, x), (b, y)| b.total_cmp(a).then(x.channels.cmp(&y.channels)).then(x.id.cmp(&y.id)));
+    ranked.into_iter().map(|(_, e)| e).collect()
+}
+
+/// The sweep's leaderboard: the best `n` experiments by calibration AUROC, each with what sets it
+/// apart from the best one (backbone, layers, covariance, channels, seed, image score), in words.
+pub fn leaderboard(experiments: &[Experiment], n: usize) -> Vec<(&Experiment, String)> {
+    let ranked = ranked(experiments);
+    let Some(&leader) = ranked.first() else { return Vec::new() };
+    ranked.into_iter().take(n).map(|e| (e, apart(leader, e))).collect()
+}
+
+/// How `e` differs from `leader`: `the best` for the leader itself, else each differing parameter.
+fn apart(leader: &Experiment, e: &Experiment) -> String {
+    if std::ptr::eq(leader, e) {
+        return "the best".into();
+    }
+    let mut parts = Vec::new();
+    if e.backbone != leader.backbone {
+        parts.push(format!("backbone {}", e.backbone));
+    }
+    if e.layers != leader.layers {
+        parts.push(format!("layers {}", e.layers));
+    }
+    if e.covariance != leader.covariance {
+        parts.push(format!("covariance {}", e.covariance));
+    }
+    if e.count != leader.count || e.channels != leader.channels {
+        parts.push(match e.count {
+            Some(_) => format!("{} random channels", e.channels),
+            None => format!("all {} channels", e.channels),
+        });
+    }
+    if e.seed != leader.seed && e.count.is_some() {
+        parts.push(format!("seed {}", e.seed.unwrap_or_default()));
+    }
+    if e.score != leader.score {
+        parts.push(format!("{} score", e.score.as_deref().unwrap_or("-")));
+    }
+    if parts.is_empty() { "the same settings".into() } else { parts.join(", ") }
 }
 
 /// Test AUROC (mean over seeds, with one standard deviation as error bars) against channels, one
@@ -312,5 +355,36 @@ mod tests {
         assert_eq!(best(&experiments).as_deref(), Some("c010-s2-l123"));
         crate::pictures::ensure_font().unwrap();
         assert!(auroc_plot(&groups).unwrap().starts_with(b"\x89PNG"));
+    }
+
+    #[test]
+    fn the_leaderboard_ranks_by_calibration_and_says_what_differs_from_the_best() {
+        let mut oas = experiment("all-l23-oas", "2+3", 152, 0, 0.93, 0.95);
+        (oas.count, oas.seed, oas.covariance) = (None, None, "oas".into());
+        let mut top = experiment("c010-s1-l123", "1+2+3", 10, 1, 0.92, 0.99);
+        top.score = Some("top".into());
+        let mut uncalibrated = experiment("c010-s9-l123", "1+2+3", 10, 9, 0.0, 0.0);
+        uncalibrated.calibration_auroc = None;
+        let experiments = vec![
+            experiment("c010-s0-l123", "1+2+3", 10, 0, 0.90, 0.80),
+            top,
+            experiment("c010-s2-l123", "1+2+3", 10, 2, 0.94, 0.88),
+            oas,
+            uncalibrated,
+            experiment("c020-s0-l23", "2+3", 20, 0, 0.94, 0.99),
+        ];
+        let board = leaderboard(&experiments, 4);
+        let rows: Vec<(&str, &str)> = board.iter().map(|(e, why)| (e.id.as_str(), why.as_str())).collect();
+        assert_eq!(
+            rows,
+            [
+                ("c010-s2-l123", "the best"),
+                ("c020-s0-l23", "layers 2+3, 20 random channels, seed 0"),
+                ("all-l23-oas", "layers 2+3, covariance oas, all 152 channels"),
+                ("c010-s1-l123", "seed 1, top score"),
+            ]
+        );
+        assert_eq!(best(&experiments).as_deref(), Some(rows[0].0));
+        assert_eq!(leaderboard(&experiments, 100).len(), 5, "the uncalibrated experiment is not ranked");
     }
 }

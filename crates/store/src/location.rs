@@ -199,7 +199,7 @@ impl Store {
     /// `KEY#N` beside the target (invisible to listings) and renames it on completion. Call it only
     /// while holding [`Store::try_lock`] for the shard, so that no live upload is removed. Returns
     /// how many were removed. In S3 and Azure an interrupted multipart upload is never visible and
-    /// expires by the bucket's lifecycle rule (see README).
+    /// expires by the bucket's lifecycle rule (see docs/operations.md "Identity, reruns and concurrent tasks").
     pub fn clean_staging(&self, key: &str) -> Result<usize, StoreError> {
         let Some(root) = &self.local_root else { return Ok(0) };
         let target = root.join(key);

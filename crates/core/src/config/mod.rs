@@ -84,7 +84,7 @@ impl Job {
     /// The runs this job makes: itself, or with `[sweep] backbones` one run per backbone, each this
     /// job with that backbone (and its input size) under `<output>/backbones/<backbone>`: its own
     /// split, extraction, fit and score, reused on rerun like any run's. The job's report compares
-    /// them (README "sweeps").
+    /// them (docs/stages.md "sweeps").
     pub fn variants(&self) -> Vec<Job> {
         let Some(sweep) = self.sweep.as_ref().filter(|s| !s.backbones.is_empty()) else {
             return vec![self.clone()];

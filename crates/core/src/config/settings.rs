@@ -456,7 +456,7 @@ pub enum CovarianceEstimator {
     Oas,
     /// No Gaussian: the model keeps every training image's embedding at every position (each the
     /// mean of its 3x3 grid neighbourhood), and a patch scores its Euclidean distance to the nearest
-    /// of them at its position. For textures that look several ways at one position (README,
+    /// of them at its position. For textures that look several ways at one position (docs/results.md,
     /// magnetic tile); the model grows with the training images (`n_patches x n_train x k` f32).
     Nearest,
 }

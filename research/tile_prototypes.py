@@ -18,7 +18,7 @@ kernel 33, reflected edges).
 
 Usage (the job's split stage done; `--intensity none --model gaussian` reproduces padim's
 calibration AUROCs of `all-l23` within 0.001):
-  .venv/bin/python scripts/tile_prototypes.py runs/magnetic-tile ../shared/data/magnetic-tile \
+  .venv/bin/python research/tile_prototypes.py runs/magnetic-tile ../shared/data/magnetic-tile \
       weights/efficientnet-lite0.safetensors --intensity std
 """
 import argparse
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from PIL import Image
 from sklearn.metrics import roc_auc_score
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts"))
 from reference import load_model, trunk  # noqa: E402
 
 

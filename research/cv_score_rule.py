@@ -20,7 +20,7 @@ score's (on the tile job that made top - mean look like 0.145, against 0.032 whe
 scores both classes).
 
 Usage (the magnetic-tile job, layers 2+3 = embedding channels 24..176; its run's extract stage done):
-  .venv/bin/python scripts/cv_score_rule.py runs/magnetic-tile configs/magnetic-tile-groups.csv 24:176
+  .venv/bin/python research/cv_score_rule.py runs/magnetic-tile configs/magnetic-tile-groups.csv 24:176
 """
 import csv
 import sys

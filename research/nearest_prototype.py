@@ -12,7 +12,7 @@ also halves the grid. Maps are upsampled to the job's input and smoothed with th
 pixel AUROC, for each split asked for: choose on calibration, read test only as the outcome.
 
 Usage (the magnetic-tile job's layers 2+3 are embedding channels 24..176):
-  .venv/bin/python scripts/nearest_prototype.py --job configs/magnetic-tile.toml \
+  .venv/bin/python research/nearest_prototype.py --job configs/magnetic-tile.toml \
       --channels 24:176 --aggregate 3x3 --splits calibration
 Needs the job's run folder (its extract stage done, one shard) and, for pixel AUROC, its masks.
 """
