@@ -134,4 +134,23 @@ fn a_folder_of_real_images_reaches_its_report_in_two_commands() {
     assert_eq!((headline["test"]["normal"].as_u64(), headline["test"]["anomalous"].as_u64()), (Some(15), Some(16)));
     assert_eq!(metrics["pixel"]["images"].as_u64(), Some(31), "{}", metrics["pixel"]);
     assert!(job.is_file());
+
+    // Concrete cracks as downloaded (Negative/, Positive/), the job written where asked.
+    let concrete = cwd.join("cracks");
+    copy_first(&shared("concrete-crack").join("Negative"), &concrete.join("Negative"), 40, "jpg");
+    copy_first(&shared("concrete-crack").join("Positive"), &concrete.join("Positive"), 20, "jpg");
+    let job = cwd.join("jobs/cracks.toml");
+    std::fs::create_dir_all(job.parent().unwrap()).unwrap();
+    let text = stdout(&init(cwd, &concrete, &job, &[]));
+    assert!(text.contains("train 20 normal; calibration 10 normal + 10 anomalous; test 10 + 10"), "{text}");
+    let text = stdout(&padim(&["run", job.to_str().unwrap()]));
+    let count = |name: &str| -> u32 {
+        let at = text.find(&format!("{name} ")).unwrap_or_else(|| panic!("no {name} in {text}")) + name.len() + 1;
+        text[at..].split(|c: char| !c.is_ascii_digit()).next().unwrap().parse().unwrap()
+    };
+    assert_eq!((count("TP") + count("FN"), count("TN") + count("FP")), (10, 10), "every test image is counted: {text}");
+    assert!(
+        cwd.join("runs/cracks/report/report.html").is_file(),
+        "the run location is runs/NAME of the current folder"
+    );
 }

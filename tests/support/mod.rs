@@ -254,4 +254,21 @@ pub fn assert_page_matches_metrics(run: &Path) {
     for metric in ["threshold", "test.auroc", "test.accuracy", "test.confusion.tp", "test.confusion.fn"] {
         assert!(seen.iter().any(|m| m == metric), "the headline lacks {metric}: {section}");
     }
+    // A sweep's leaderboard comes before the pictures: at most ten experiments, the best (by
+    // metrics.json) first, calibration AUROC never rising down the table.
+    if let Some(best) = metrics["sweep"]["best"].as_str() {
+        let start = html.find("<section id=\"leaderboard\">").expect("a sweep's page has a leaderboard");
+        assert!(start < html.find("<h2>Pictures</h2>").unwrap(), "the leaderboard comes before the pictures");
+        let board = &html[start..start + html[start..].find("</section>").unwrap()];
+        let rows: Vec<Vec<&str>> = board
+            .split("<tr><td>")
+            .skip(1)
+            .map(|row| row.split("</td><td").map(|cell| cell.rsplit('>').next().unwrap_or(cell)).collect())
+            .collect();
+        let experiments = metrics["sweep"]["experiments"].as_array().unwrap().len();
+        assert_eq!(rows.len(), experiments.min(10), "{board}");
+        assert_eq!(rows[0][1], best, "{board}");
+        let calibration: Vec<f64> = rows.iter().map(|r| r[3].parse().unwrap()).collect();
+        assert!(calibration.windows(2).all(|w| w[0] >= w[1]), "{calibration:?}");
+    }
 }
