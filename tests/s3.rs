@@ -314,3 +314,71 @@ fn four_shards_equal_one() {
         }
     }
 }
+
+/// The report reads images and masks from the bucket: an outage then is a storage failure (exit
+/// 75, which the Batch and Slurm templates retry), never bad input (exit 2), and the rerun completes.
+#[test]
+fn report_outage_reading_masks_or_images_is_transient() {
+    let moto = Moto::start();
+    moto.create_bucket(BUCKET);
+    let tiles = root().join("../shared/data/magnetic-tile");
+    for (label, n) in [("MT_Free", 16), ("MT_Blowhole", 8)] {
+        let folder = tiles.join(label).join("Imgs");
+        for image in first_files(&folder, n, "jpg") {
+            for file in [image.clone(), image.with_extension("png")] {
+                let name = file.file_name().unwrap().to_string_lossy();
+                moto.put_file(BUCKET, &format!("tiles/{label}/Imgs/{name}"), &file);
+            }
+        }
+    }
+    moto.put_file(BUCKET, "weights/lite0.safetensors", &root().join("weights/efficientnet-lite0.safetensors"));
+    let dir = tempfile::tempdir().unwrap();
+    let job = dir.path().join("masks.toml");
+    std::fs::write(
+        &job,
+        format!(
+            r#"
+[run]
+name = "masks"
+output = "s3://{BUCKET}/runs/masks"
+[dataset]
+root = ["s3://{BUCKET}/tiles"]
+labels = ["MT_Free", "MT_Blowhole"]
+normal = ["MT_Free"]
+extensions = ["jpg"]
+mask = "{{stem}}.png"
+[split]
+train = {{ MT_Free = 8 }}
+calibration = {{ MT_Free = 4, MT_Blowhole = 4 }}
+test = {{ MT_Free = "rest", MT_Blowhole = "rest" }}
+[backbone]
+name = "efficientnet-lite0"
+weights = "s3://{BUCKET}/weights/lite0.safetensors"
+[extract]
+batch-size = 8
+threads = 1
+[fit]
+subsets = [{{ name = "random20", count = 20, seed = 0 }}]
+"#
+        ),
+    )
+    .unwrap();
+    let mut proxy = Proxy::new(moto.port);
+    proxy.start(None);
+    for stage in ["split", "extract", "fit", "score"] {
+        stdout(&run(&job, &proxy.endpoint(), &[stage]));
+    }
+    // Down at the first mask the report reads (pixel metrics), then at the first image (montages).
+    for (trigger, what) in [(".png HTTP/1.1", "a mask"), (".jpg HTTP/1.1", "an image")] {
+        proxy.start(Some(trigger));
+        let failed = run(&job, &proxy.endpoint(), &["report"]);
+        let message = stderr(&failed);
+        assert!(proxy.tripped(), "the report read no {what} through the proxy: {message}");
+        assert_eq!(failed.status.code(), Some(75), "an outage while reading {what} is transient: {message}");
+        assert!(message.contains("report of job `masks`") && message.contains("s3://padim/tiles/"), "{message}");
+        assert!(moto.get(BUCKET, "runs/masks/report/done.json").is_none(), "a failed report is not marked done");
+    }
+    proxy.start(None);
+    let out = stdout(&run(&job, &proxy.endpoint(), &["report"]));
+    assert!(out.contains("report done") && out.contains("pixel AUROC"), "{out}");
+}

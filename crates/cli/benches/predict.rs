@@ -44,8 +44,8 @@ fn main() {
     images.extend(first_files(&dir.join("data/Positive"), IMAGES - images.len(), "jpg"));
 
     let predictor = Predictor::load(&bundle, Some(&weights), DeviceChoice::Cpu, 2).unwrap();
-    let read = |paths: &[PathBuf]| -> Vec<(PathBuf, Result<bytes::Bytes, String>)> {
-        paths.iter().map(|p| (p.clone(), std::fs::read(p).map(bytes::Bytes::from).map_err(|e| e.to_string()))).collect()
+    let read = |paths: &[PathBuf]| -> Vec<(PathBuf, Result<bytes::Bytes, padim_store::StoreError>)> {
+        paths.iter().map(|p| (p.clone(), padim_store::read_input(p))).collect()
     };
     predictor.predict(&read(&images[..1]), false); // warm-up
     let mut latencies = Vec::with_capacity(IMAGES);

@@ -234,9 +234,17 @@ const EXIT_TRANSIENT: u8 = 75; // sysexits' EX_TEMPFAIL
 const EXIT_INPUT: u8 = 2; // as clap's usage errors: fix the job, the data or the command
 const EXIT_OTHER: u8 = 1;
 
-/// The exit status of `error`: the first padim error in its chain decides; an error of no padim
-/// stage (an unexpected one) is 1.
+/// The exit status of `error`: storage that failed after its retries anywhere in the chain is
+/// transient (the stages keep a storage error as the source of theirs, whatever they were doing);
+/// otherwise the first padim error in the chain decides; an error of no padim stage (an unexpected
+/// one) is 1.
 fn exit_code(error: &anyhow::Error) -> u8 {
+    let transient_storage = error.chain().any(|cause| {
+        cause.downcast_ref::<padim_store::StoreError>().is_some_and(padim_store::StoreError::is_transient)
+    });
+    if transient_storage {
+        return EXIT_TRANSIENT;
+    }
     for cause in error.chain() {
         if let Some(transient) = transient(cause) {
             return if transient { EXIT_TRANSIENT } else { EXIT_INPUT };
@@ -259,137 +267,36 @@ fn transient(cause: &(dyn std::error::Error + 'static)) -> Option<bool> {
         .or_else(|| cause.downcast_ref::<padim_report::ReportError>().map(|e| e.is_transient()))
         .or_else(|| cause.downcast_ref::<padim_predict::PredictError>().and_then(|e| e.is_transient()))
         .or_else(|| input(cause.downcast_ref::<padim_core::ConfigError>().is_some()))
-        .or_else(|| input(cause.downcast_ref::<padim_init::InitError>().is_some()))
         .or_else(|| input(cause.downcast_ref::<padim_core::DatasetError>().is_some()))
         .or_else(|| input(cause.downcast_ref::<padim_core::shard::ShardError>().is_some()))
+        .or_else(|| input(cause.downcast_ref::<padim_init::InitError>().is_some()))
 }
 
 fn run(cli: Cli) -> Result<()> {
+    let reporter = progress::Bars::new(cli.quiet);
     match cli.command {
-        Command::Split { job, force } => {
-            let job = Job::load(&job)?;
-            let reporter = progress::Bars::new(cli.quiet);
-            for job in job.variants() {
-                let summary = padim_split::run_split(&job, force, &reporter)
-                    .with_context(|| format!("split of job `{}`", job.name))?;
-                let verb = done_verb(summary.already_done);
-                let counts: Vec<String> = summary.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
-                write_stdout(&format!(
-                    "split {verb}: {}; {} unused -> {}/{}",
-                    counts.join(", "),
-                    summary.unused,
-                    job.output,
-                    padim_store::layout::split::MANIFEST
-                ));
-            }
-            Ok(())
-        }
+        Command::Split { job, force } => split(&Job::load(&job)?, force, &reporter),
         Command::Extract { job, sharding, device, threads, skip_bad, force } => {
-            let shard = sharding.resolve()?.unwrap_or(Shard::ALL);
             let mut job = load_with_overrides(&job, device, threads)?;
             job.extract.skip_bad |= skip_bad;
-            let reporter = progress::Bars::new(cli.quiet);
-            let options = padim_extract::ExtractOptions { force };
-            for job in job.variants() {
-                let summary = padim_extract::run_extract(&job, shard, &options, &reporter)
-                    .with_context(|| format!("extract shard {shard} of job `{}`", job.name))?;
-                let verb = done_verb(summary.already_done);
-                write_stdout(&format!(
-                    "extract {shard} {verb}: {} images, {} skipped -> {}/{}",
-                    summary.images, summary.skipped, job.output, summary.embeddings_key
-                ));
-            }
-            Ok(())
+            let options = padim_extract::ExtractOptions { shard: sharding.resolve()?.unwrap_or(Shard::ALL), force };
+            extract(&job, &options, &reporter)
         }
         Command::Fit { job, sharding, force } => {
-            let shard = sharding.resolve()?;
-            let job = Job::load(&job)?;
-            let reporter = progress::Bars::new(cli.quiet);
-            for job in job.variants() {
-                let summary = padim_fit::run_fit(&job, &padim_fit::FitOptions { force, shard }, &reporter)
-                    .with_context(|| format!("fit of job `{}`", job.name))?;
-                if let Some(shard) = shard {
-                    write_stdout(&format!(
-                        "fit {shard} done: {} training images in {} extract shard(s); run `padim fit JOB` to merge",
-                        summary.n_train, summary.partials
-                    ));
-                    continue;
-                }
-                let verb = done_verb(summary.already_done);
-                write_stdout(&format!(
-                    "fit {verb}: {} training images -> {}",
-                    summary.n_train,
-                    summary.models.iter().map(|m| format!("{}/{m}", job.output)).collect::<Vec<_>>().join(", ")
-                ));
-            }
-            Ok(())
+            fit(&Job::load(&job)?, &padim_fit::FitOptions { force, shard: sharding.resolve()? }, &reporter)
         }
         Command::Score { job, sharding, models, force } => {
-            let shard = sharding.resolve()?;
-            let job = Job::load(&job)?;
-            let reporter = progress::Bars::new(cli.quiet);
-            for job in job.variants() {
-                let summary = padim_score::run_score(&job, force, shard, models, &reporter)
-                    .with_context(|| format!("score of job `{}`", job.name))?;
-                let passes = match summary.passes {
-                    1 => String::new(),
-                    n => format!(" ({n} passes per shard within score.memory-budget-gib)"),
-                };
-                write_stdout(&format!(
-                    "score done: {} images x {} models{passes} in {} shard(s), {} shard(s) already done -> {}/score",
-                    summary.images, summary.models, summary.shards_done, summary.shards_skipped, job.output
-                ));
-            }
-            Ok(())
+            let options = padim_score::ScoreOptions { force, shard: sharding.resolve()?, models };
+            score(&Job::load(&job)?, &options, &reporter)
         }
         Command::Report { job, force } => {
             let job = Job::load(&job)?;
-            report(&job, force, cli.quiet)
+            let summary = padim_report::run_report(&job, &padim_report::ReportOptions { force }, &reporter)
+                .with_context(|| format!("report of job `{}`", job.name))?;
+            write_stdout(&report_text(&job, &summary));
+            Ok(())
         }
-        Command::Run { job, threads, device } => {
-            let job = load_with_overrides(&job, device, threads)?;
-            let reporter = progress::Bars::new(cli.quiet);
-            let variants = job.variants();
-            for job in &variants {
-                // With a sweep over backbones, each line names its backbone's run.
-                let tag = if variants.len() > 1 { format!("{}: ", job.backbone.kind.name()) } else { String::new() };
-                let summary = padim_split::run_split(job, false, &reporter)
-                    .with_context(|| format!("split of job `{}`", job.name))?;
-                write_stdout(&format!(
-                    "{tag}split {}: {} images, {} unused",
-                    done_verb(summary.already_done),
-                    summary.counts.values().sum::<u64>(),
-                    summary.unused
-                ));
-                let shard = Shard::ALL;
-                let summary =
-                    padim_extract::run_extract(job, shard, &padim_extract::ExtractOptions::default(), &reporter)
-                        .with_context(|| format!("extract of job `{}`", job.name))?;
-                write_stdout(&format!(
-                    "{tag}extract {}: {} images, {} skipped",
-                    done_verb(summary.already_done),
-                    summary.images,
-                    summary.skipped
-                ));
-                let summary = padim_fit::run_fit(job, &padim_fit::FitOptions::default(), &reporter)
-                    .with_context(|| format!("fit of job `{}`", job.name))?;
-                write_stdout(&format!(
-                    "{tag}fit {}: {} training images, {} model(s)",
-                    done_verb(summary.already_done),
-                    summary.n_train,
-                    summary.models.len()
-                ));
-                let summary = padim_score::run_score(job, false, None, None, &reporter)
-                    .with_context(|| format!("score of job `{}`", job.name))?;
-                write_stdout(&format!(
-                    "{tag}score {}: {} images x {} model(s)",
-                    done_verb(summary.shards_done == 0),
-                    summary.images,
-                    summary.models
-                ));
-            }
-            report(&job, false, cli.quiet)
-        }
+        Command::Run { job, threads, device } => run_all(&load_with_overrides(&job, device, threads)?, &reporter),
         Command::Predict { model, inputs, weights, output, overlays, batch_size, device, threads, fail_fast } => {
             predict(padim_predict::PredictOptions {
                 model,
@@ -420,6 +327,110 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
     }
+}
+
+fn split(job: &Job, force: bool, reporter: &progress::Bars) -> Result<()> {
+    for job in job.variants() {
+        let summary = padim_split::run_split(&job, &padim_split::SplitOptions { force }, reporter)
+            .with_context(|| format!("split of job `{}`", job.name))?;
+        let counts: Vec<String> = summary.counts.iter().map(|(k, v)| format!("{k} {v}")).collect();
+        write_stdout(&format!(
+            "split {}: {}; {} unused -> {}/{}",
+            done_verb(summary.already_done),
+            counts.join(", "),
+            summary.unused,
+            job.output,
+            padim_store::layout::split::MANIFEST
+        ));
+    }
+    Ok(())
+}
+
+fn extract(job: &Job, options: &padim_extract::ExtractOptions, reporter: &progress::Bars) -> Result<()> {
+    let shard = options.shard;
+    for job in job.variants() {
+        let summary = padim_extract::run_extract(&job, options, reporter)
+            .with_context(|| format!("extract shard {shard} of job `{}`", job.name))?;
+        write_stdout(&format!(
+            "extract {shard} {}: {} images, {} skipped -> {}/{}",
+            done_verb(summary.already_done),
+            summary.images,
+            summary.skipped,
+            job.output,
+            summary.embeddings_key
+        ));
+    }
+    Ok(())
+}
+
+fn fit(job: &Job, options: &padim_fit::FitOptions, reporter: &progress::Bars) -> Result<()> {
+    for job in job.variants() {
+        let summary =
+            padim_fit::run_fit(&job, options, reporter).with_context(|| format!("fit of job `{}`", job.name))?;
+        if let Some(shard) = options.shard {
+            write_stdout(&format!(
+                "fit {shard} done: {} training images in {} extract shard(s); run `padim fit JOB` to merge",
+                summary.n_train, summary.partials
+            ));
+            continue;
+        }
+        write_stdout(&format!(
+            "fit {}: {} training images -> {}",
+            done_verb(summary.already_done),
+            summary.n_train,
+            summary.models.iter().map(|m| format!("{}/{m}", job.output)).collect::<Vec<_>>().join(", ")
+        ));
+    }
+    Ok(())
+}
+
+fn score(job: &Job, options: &padim_score::ScoreOptions, reporter: &progress::Bars) -> Result<()> {
+    for job in job.variants() {
+        let summary =
+            padim_score::run_score(&job, options, reporter).with_context(|| format!("score of job `{}`", job.name))?;
+        let passes = match summary.passes {
+            1 => String::new(),
+            n => format!(" ({n} passes per shard within score.memory-budget-gib)"),
+        };
+        write_stdout(&format!(
+            "score done: {} images x {} models{passes} in {} shard(s), {} shard(s) already done -> {}/score",
+            summary.images, summary.models, summary.shards_done, summary.shards_skipped, job.output
+        ));
+    }
+    Ok(())
+}
+
+/// `padim run`: every stage in order, a line as each finishes (with a sweep over backbones, each
+/// line names its backbone's run), then the report's headline.
+fn run_all(job: &Job, reporter: &progress::Bars) -> Result<()> {
+    let several = job.variants().len() > 1;
+    let mut print = |run: &Job, done: padim_pipeline::StageDone| {
+        use padim_pipeline::StageDone;
+        let tag = if several { format!("{}: ", run.backbone.kind.name()) } else { String::new() };
+        write_stdout(&match done {
+            StageDone::Split(s) => format!(
+                "{tag}split {}: {} images, {} unused",
+                done_verb(s.already_done),
+                s.counts.values().sum::<u64>(),
+                s.unused
+            ),
+            StageDone::Extract(s) => {
+                format!("{tag}extract {}: {} images, {} skipped", done_verb(s.already_done), s.images, s.skipped)
+            }
+            StageDone::Fit(s) => format!(
+                "{tag}fit {}: {} training images, {} model(s)",
+                done_verb(s.already_done),
+                s.n_train,
+                s.models.len()
+            ),
+            StageDone::Score(s) => {
+                format!("{tag}score {}: {} images x {} model(s)", done_verb(s.shards_done == 0), s.images, s.models)
+            }
+        });
+    };
+    let summary = padim_pipeline::run_job(job, reporter, &mut print)?;
+    write_stdout(&report_text(job, &summary));
+    Ok(())
 }
 
 /// `padim init`: the job for a folder, written (never over an existing file unless forced) with
@@ -471,14 +482,8 @@ fn load_with_overrides(path: &std::path::Path, device: Option<DeviceChoice>, thr
     Ok(job)
 }
 
-fn report(job: &Job, force: bool, quiet: bool) -> Result<()> {
-    let reporter = progress::Bars::new(quiet);
-    let summary = if job.sweep.as_ref().is_some_and(|s| !s.backbones.is_empty()) {
-        padim_report::run_backbones_report(job, force, &reporter)
-    } else {
-        padim_report::run_report(job, force, &reporter)
-    }
-    .with_context(|| format!("report of job `{}`", job.name))?;
+/// The report's lines: where the page is, the headline and the pixel metrics.
+fn report_text(job: &Job, summary: &padim_report::ReportSummary) -> String {
     let verb = done_verb(summary.already_done);
     let mut text = format!("report {verb} -> {}/{}", job.output, padim_store::layout::report::HTML);
     if let Some(h) = summary.headline() {
@@ -502,8 +507,7 @@ fn report(job: &Job, force: bool, quiet: bool) -> Result<()> {
     if let Some(p) = &summary.pixel {
         text.push_str(&format!("\npixel AUROC {:.4}, PRO {:.4} ({} images)", p.auroc, p.pro, p.images));
     }
-    write_stdout(&text);
-    Ok(())
+    text
 }
 
 fn init_tracing(verbose: u8) {

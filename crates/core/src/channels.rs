@@ -3,6 +3,28 @@
 
 use rand::SeedableRng;
 
+/// Why channels cannot be chosen as asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelError {
+    #[error("cannot take {count} of {n_channels} channels")]
+    Count { count: usize, n_channels: usize },
+    #[error("an empty channel list")]
+    Empty,
+    #[error("channel {0} is listed twice")]
+    Twice(usize),
+    #[error("channel {channel} is out of range: the embeddings have {n_channels} channels")]
+    OutOfRange { channel: usize, n_channels: usize },
+}
+
+/// A subset specification that does not resolve: its name, and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("subset `{name}`: {source}")]
+pub struct SubsetError {
+    pub name: String,
+    // Not a `#[source]`: the message holds it, and an error chain would print it twice.
+    pub source: ChannelError,
+}
+
 /// A sorted set of embedding channel indices.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ChannelSubset(Vec<usize>);
@@ -10,9 +32,9 @@ pub struct ChannelSubset(Vec<usize>);
 impl ChannelSubset {
     /// `count` channels of `n_channels`, sampled uniformly without replacement with a ChaCha8 stream
     /// seeded by `seed` (reproducible on every platform), returned sorted.
-    pub fn random(n_channels: usize, count: usize, seed: u64) -> Result<ChannelSubset, String> {
+    pub fn random(n_channels: usize, count: usize, seed: u64) -> Result<ChannelSubset, ChannelError> {
         if count == 0 || count > n_channels {
-            return Err(format!("cannot take {count} of {n_channels} channels"));
+            return Err(ChannelError::Count { count, n_channels });
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
         let mut channels = rand::seq::index::sample(&mut rng, n_channels, count).into_vec();
@@ -21,18 +43,18 @@ impl ChannelSubset {
     }
 
     /// An explicit list; duplicates and out-of-range channels are errors.
-    pub fn explicit(mut channels: Vec<usize>, n_channels: usize) -> Result<ChannelSubset, String> {
+    pub fn explicit(mut channels: Vec<usize>, n_channels: usize) -> Result<ChannelSubset, ChannelError> {
         channels.sort_unstable();
         if channels.is_empty() {
-            return Err("an empty channel list".into());
+            return Err(ChannelError::Empty);
         }
         if let Some(window) = channels.windows(2).find(|w| w[0] == w[1]) {
-            return Err(format!("channel {} is listed twice", window[0]));
+            return Err(ChannelError::Twice(window[0]));
         }
         if let Some(&last) = channels.last()
             && last >= n_channels
         {
-            return Err(format!("channel {last} is out of range: the embeddings have {n_channels} channels"));
+            return Err(ChannelError::OutOfRange { channel: last, n_channels });
         }
         Ok(ChannelSubset(channels))
     }
@@ -81,7 +103,7 @@ pub fn resolve_subsets(
     specs: &[crate::config::SubsetSpec],
     layers: &[LayerChannels],
     n_channels: usize,
-) -> Result<Vec<(String, ChannelSubset)>, (String, String)> {
+) -> Result<Vec<(String, ChannelSubset)>, SubsetError> {
     specs
         .iter()
         .map(|spec| {
@@ -110,7 +132,7 @@ pub fn resolve_subsets(
             } else {
                 ChannelSubset::explicit(spec.channels.clone().unwrap_or_default(), n_channels)
             };
-            subset.map(|s| (spec.name.clone(), s)).map_err(|message| (spec.name.clone(), message))
+            subset.map(|s| (spec.name.clone(), s)).map_err(|source| SubsetError { name: spec.name.clone(), source })
         })
         .collect()
 }

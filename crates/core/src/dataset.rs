@@ -19,10 +19,14 @@ pub struct ImageRecord {
     pub sha256: Option<String>,
 }
 
+/// Why [`Files`] could not read or list: an IO error, or the storage layer's own error kept whole
+/// (so that an outage of an object store stays one, up to the exit code).
+pub type FilesError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 #[derive(Debug, thiserror::Error)]
 pub enum DatasetError {
-    #[error("cannot read {path}: {source}")]
-    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot read {path}")]
+    Io { path: PathBuf, source: FilesError },
     #[error("{path}, line {line}: {problem}")]
     Line { path: PathBuf, line: usize, problem: String },
     #[error("label folder {path} does not exist or holds no files; the job's `dataset.labels` names it")]
@@ -37,9 +41,9 @@ pub enum DatasetError {
 /// implementation in padim-store. Paths are local paths or URLs (`s3://bucket/key`).
 pub trait Files {
     /// The whole content of `path`.
-    fn read(&self, path: &Path) -> Result<Vec<u8>, String>;
+    fn read(&self, path: &Path) -> Result<Vec<u8>, FilesError>;
     /// Every file under the folder `dir`, at any depth, sorted.
-    fn list_files(&self, dir: &Path) -> Result<Vec<PathBuf>, String>;
+    fn list_files(&self, dir: &Path) -> Result<Vec<PathBuf>, FilesError>;
     /// Whether `path` names a file. Object stores may answer `true` without asking (a missing
     /// object is then reported when it is read).
     fn is_file(&self, path: &Path) -> bool;
@@ -54,17 +58,18 @@ pub trait Files {
 pub struct LocalFiles;
 
 impl Files for LocalFiles {
-    fn read(&self, path: &Path) -> Result<Vec<u8>, String> {
-        std::fs::read(path).map_err(|e| e.to_string())
+    fn read(&self, path: &Path) -> Result<Vec<u8>, FilesError> {
+        std::fs::read(path).map_err(|e| e.into())
     }
 
-    fn list_files(&self, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    fn list_files(&self, dir: &Path) -> Result<Vec<PathBuf>, FilesError> {
         let mut files = Vec::new();
         let mut stack = vec![dir.to_path_buf()];
         while let Some(dir) = stack.pop() {
-            let entries = std::fs::read_dir(&dir).map_err(|e| format!("cannot read {}: {e}", dir.display()))?;
+            let failed = |source: std::io::Error| DatasetError::Io { path: dir.clone(), source: source.into() };
+            let entries = std::fs::read_dir(&dir).map_err(failed)?;
             for entry in entries {
-                let path = entry.map_err(|e| format!("cannot read {}: {e}", dir.display()))?.path();
+                let path = entry.map_err(failed)?.path();
                 if path.is_dir() {
                     stack.push(path);
                 } else {
@@ -169,7 +174,7 @@ fn list_folders(
     labels: &[String],
     extensions: &[String],
 ) -> Result<Vec<Entry>, DatasetError> {
-    let io = |message: String| DatasetError::Io { path: root.to_path_buf(), source: std::io::Error::other(message) };
+    let io = |source: FilesError| DatasetError::Io { path: root.to_path_buf(), source };
     let root_text = root.to_string_lossy();
     let root_text = root_text.trim_end_matches('/');
     let mut entries = Vec::new();
@@ -232,12 +237,10 @@ fn entry_path(files: &dyn Files, base: &Path, entry: &str) -> PathBuf {
 }
 
 fn read_text(files: &dyn Files, path: &Path) -> Result<String, DatasetError> {
-    let bytes = files
-        .read(path)
-        .map_err(|message| DatasetError::Io { path: path.to_path_buf(), source: std::io::Error::other(message) })?;
+    let bytes = files.read(path).map_err(|source| DatasetError::Io { path: path.to_path_buf(), source })?;
     String::from_utf8(bytes).map_err(|_| DatasetError::Io {
         path: path.to_path_buf(),
-        source: std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text"),
+        source: Box::new(std::io::Error::new(std::io::ErrorKind::InvalidData, "not UTF-8 text")),
     })
 }
 

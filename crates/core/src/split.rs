@@ -58,9 +58,29 @@ pub enum SplitError {
     Inexact { label: String, split: &'static str, count: usize, sizes: String, nearest: usize },
 }
 
-/// Assigns `images` to splits. Images that no split takes are left out.
+/// Assigns `images` to splits. Images that no split takes are left out. Steps: the sets assigned
+/// whole (identical files, named groups) per label, then each label's sets shuffled and dealt.
 pub fn assign(images: &[SplitInput], settings: &SplitSettings) -> Result<Vec<Assigned>, SplitError> {
-    // Identical files, and the files of one named group, each with one label.
+    let groups = whole_sets(images)?;
+    for (_, amounts) in settings.parts() {
+        if let Some(label) = amounts.keys().find(|l| !groups.contains_key(l.as_str())) {
+            let known: Vec<&str> = groups.keys().copied().collect();
+            return Err(SplitError::UnknownLabel { label: label.clone(), known: known.join(", ") });
+        }
+    }
+    let mut out = Vec::new();
+    for (label, label_groups) in groups {
+        out.extend(deal(label, label_groups, settings)?);
+    }
+    let rank = |split: &str| SPLITS.iter().position(|s| *s == split).unwrap_or(SPLITS.len());
+    out.sort_by(|a, b| (rank(a.split), &a.label, &a.path).cmp(&(rank(b.split), &b.label, &b.path)));
+    Ok(out)
+}
+
+/// Per label, the sets of images that go to one split together: identical files and the files of
+/// one named group, joined where they overlap (union-find); each set sorted by path. A set with two
+/// labels is an error.
+fn whole_sets(images: &[SplitInput]) -> Result<BTreeMap<&str, Vec<Vec<&SplitInput>>>, SplitError> {
     let mut by_hash: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     let mut by_group: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (index, image) in images.iter().enumerate() {
@@ -96,7 +116,6 @@ pub fn assign(images: &[SplitInput], settings: &SplitSettings) -> Result<Vec<Ass
             });
         }
     }
-    // The groups assigned whole: the connected sets of both relations (union-find).
     let mut parent: Vec<usize> = (0..images.len()).collect();
     fn root(parent: &mut [usize], mut i: usize) -> usize {
         while parent[i] != i {
@@ -120,53 +139,52 @@ pub fn assign(images: &[SplitInput], settings: &SplitSettings) -> Result<Vec<Ass
         members.sort_by(|a, b| a.path.cmp(&b.path));
         groups.entry(members[0].label.as_str()).or_default().push(members);
     }
-    for (_, amounts) in settings.parts() {
-        if let Some(label) = amounts.keys().find(|l| !groups.contains_key(l.as_str())) {
-            let known: Vec<&str> = groups.keys().copied().collect();
-            return Err(SplitError::UnknownLabel { label: label.clone(), known: known.join(", ") });
-        }
-    }
+    Ok(groups)
+}
 
+/// One label's sets shuffled (seeded by the split's seed and the label) and dealt to train, then
+/// calibration, then test, each taking exactly its count.
+fn deal(
+    label: &str,
+    mut label_groups: Vec<Vec<&SplitInput>>,
+    settings: &SplitSettings,
+) -> Result<Vec<Assigned>, SplitError> {
+    label_groups.sort_by(|a, b| a[0].path.cmp(&b[0].path));
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(label_seed(settings.seed, label));
+    label_groups.shuffle(&mut rng);
+    let available: usize = label_groups.iter().map(Vec::len).sum();
+    let counts = counts(label, available, settings)?;
     let mut out = Vec::new();
-    for (label, mut label_groups) in groups {
-        label_groups.sort_by(|a, b| a[0].path.cmp(&b[0].path));
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(label_seed(settings.seed, label));
-        label_groups.shuffle(&mut rng);
-        let available: usize = label_groups.iter().map(Vec::len).sum();
-        let counts = counts(label, available, settings)?;
-        let mut queue = label_groups;
-        for (split, count) in SPLITS.iter().zip(counts) {
-            let mut taken = 0;
-            let mut left = Vec::new();
-            for group in queue {
-                if taken + group.len() <= count {
-                    taken += group.len();
-                    out.extend(group.iter().map(|m| Assigned {
-                        path: m.path.clone(),
-                        label: m.label.clone(),
-                        sha256: m.sha256.clone(),
-                        split,
-                    }));
-                } else {
-                    left.push(group);
-                }
-            }
-            if taken < count {
-                let sizes: Vec<String> = left.iter().map(|g| g.len().to_string()).collect();
-                let nearest = taken + left.iter().map(Vec::len).min().unwrap_or(0);
-                return Err(SplitError::Inexact {
-                    label: label.to_string(),
+    let mut queue = label_groups;
+    for (split, count) in SPLITS.iter().zip(counts) {
+        let mut taken = 0;
+        let mut left = Vec::new();
+        for group in queue {
+            if taken + group.len() <= count {
+                taken += group.len();
+                out.extend(group.iter().map(|m| Assigned {
+                    path: m.path.clone(),
+                    label: m.label.clone(),
+                    sha256: m.sha256.clone(),
                     split,
-                    count,
-                    sizes: sizes.join(", "),
-                    nearest,
-                });
+                }));
+            } else {
+                left.push(group);
             }
-            queue = left;
         }
+        if taken < count {
+            let sizes: Vec<String> = left.iter().map(|g| g.len().to_string()).collect();
+            let nearest = taken + left.iter().map(Vec::len).min().unwrap_or(0);
+            return Err(SplitError::Inexact {
+                label: label.to_string(),
+                split,
+                count,
+                sizes: sizes.join(", "),
+                nearest,
+            });
+        }
+        queue = left;
     }
-    let rank = |split: &str| SPLITS.iter().position(|s| *s == split).unwrap_or(SPLITS.len());
-    out.sort_by(|a, b| (rank(a.split), &a.label, &a.path).cmp(&(rank(b.split), &b.label, &b.path)));
     Ok(out)
 }
 
@@ -237,21 +255,31 @@ pub fn manifest_csv(rows: &[ManifestRow]) -> Vec<u8> {
     writer.into_inner().unwrap_or_default()
 }
 
+/// A split manifest that does not read: its name, the line and what is wrong there.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{name}, line {line}: {problem}")]
+pub struct ManifestError {
+    pub name: String,
+    pub line: usize,
+    pub problem: String,
+}
+
 /// Reads a split manifest written by [`manifest_csv`]; `name` names it in errors.
-pub fn read_manifest_csv(bytes: &[u8], name: &str) -> Result<Vec<ManifestRow>, String> {
+pub fn read_manifest_csv(bytes: &[u8], name: &str) -> Result<Vec<ManifestRow>, ManifestError> {
     let mut reader = csv::Reader::from_reader(bytes);
     let mut out = Vec::new();
     for (index, record) in reader.records().enumerate() {
         let line = index + 2;
-        let record = record.map_err(|e| format!("{name}, line {line}: {e}"))?;
-        let field = |i: usize| record.get(i).ok_or_else(|| format!("{name}, line {line}: too few columns"));
-        let id: u32 = field(0)?.parse().map_err(|_| format!("{name}, line {line}: bad image id"))?;
+        let error = |problem: String| ManifestError { name: name.to_string(), line, problem };
+        let record = record.map_err(|e| error(e.to_string()))?;
+        let field = |i: usize| record.get(i).ok_or_else(|| error("too few columns".into()));
+        let id: u32 = field(0)?.parse().map_err(|_| error("bad image id".into()))?;
         if id as usize != out.len() {
-            return Err(format!("{name}, line {line}: image ids must count up from 0"));
+            return Err(error("image ids must count up from 0".into()));
         }
         let sha256 = field(4)?;
         if sha256.len() != 64 {
-            return Err(format!("{name}, line {line}: the sha256 column must hold 64 hexadecimal digits"));
+            return Err(error("the sha256 column must hold 64 hexadecimal digits".into()));
         }
         out.push(ManifestRow {
             path: field(1)?.to_string(),
@@ -336,7 +364,7 @@ mod tests {
         let unsplit = format!("image,path,label,split,sha256\n0,x,a,,{sha}\n");
         assert_eq!(read_manifest_csv(unsplit.as_bytes(), "m.csv").unwrap()[0].split, None);
         let bad_id = format!("image,path,label,split,sha256\n1,x,a,train,{sha}\n");
-        assert!(read_manifest_csv(bad_id.as_bytes(), "m.csv").unwrap_err().contains("line 2"));
+        assert!(read_manifest_csv(bad_id.as_bytes(), "m.csv").unwrap_err().to_string().contains("line 2"));
     }
 
     #[test]

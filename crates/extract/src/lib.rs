@@ -21,14 +21,21 @@ pub use preprocess::{ImageError, Preprocessor};
 pub use stage::{ExtractError, ExtractOptions, ExtractSummary, run_extract};
 pub use weights::WeightsError;
 
+/// A device choice this machine cannot meet.
+#[derive(Debug, thiserror::Error)]
+pub enum DeviceError {
+    #[error("CUDA was asked for (--device cuda) but libtorch finds no CUDA device")]
+    NoCuda,
+}
+
 /// Resolves a device choice against what this machine has.
-pub fn select_device(choice: padim_core::config::DeviceChoice) -> Result<tch::Device, String> {
+pub fn select_device(choice: padim_core::config::DeviceChoice) -> Result<tch::Device, DeviceError> {
     use padim_core::config::DeviceChoice;
     match choice {
         DeviceChoice::Cpu => Ok(tch::Device::Cpu),
         DeviceChoice::Auto => Ok(tch::Device::cuda_if_available()),
         DeviceChoice::Cuda if tch::Cuda::is_available() => Ok(tch::Device::Cuda(0)),
-        DeviceChoice::Cuda => Err("CUDA was asked for (--device cuda) but libtorch finds no CUDA device".into()),
+        DeviceChoice::Cuda => Err(DeviceError::NoCuda),
     }
 }
 

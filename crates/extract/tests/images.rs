@@ -119,7 +119,7 @@ threads = 2
 fn bad_images_stop_the_stage_naming_every_file_and_publish_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let (job, expected) = bad_dataset(dir.path());
-    let error = run_extract(&job, padim_core::Shard::ALL, &ExtractOptions::default(), &NoProgress).unwrap_err();
+    let error = run_extract(&job, &ExtractOptions::default(), &NoProgress).unwrap_err();
     let message = error.to_string();
     let ExtractError::BadImages { count, errors, .. } = &error else { panic!("unexpected error: {message}") };
     assert_eq!(*count, expected.len(), "{message}");
@@ -143,7 +143,7 @@ fn skip_bad_records_every_skipped_file() {
     let dir = tempfile::tempdir().unwrap();
     let (mut job, expected) = bad_dataset(dir.path());
     job.extract.skip_bad = true;
-    let summary = run_extract(&job, padim_core::Shard::ALL, &ExtractOptions::default(), &NoProgress).unwrap();
+    let summary = run_extract(&job, &ExtractOptions::default(), &NoProgress).unwrap();
     assert_eq!((summary.images, summary.skipped), (2, expected.len()));
     let store = Store::open(&job.output).unwrap();
     let rows = read_image_table(&store, &summary.images_key).unwrap();

@@ -123,7 +123,7 @@ fn format(message: impl Into<String>) -> ModelError {
 
 /// Encodes `model` (its matrices, optionally as f16) with `info`.
 pub fn encode_bundle(model: &Model, info: &BundleInfo) -> Result<Vec<u8>, ModelError> {
-    model.validate().map_err(format)?;
+    model.validate().map_err(|problem| format(problem.to_string()))?;
     encode_unchecked(model, info)
 }
 
@@ -234,7 +234,7 @@ pub fn decode_bundle(bytes: &[u8]) -> Result<Bundle, ModelError> {
         };
         Model { info: info.model.clone(), channels, mean, precision, bank: Vec::new() }
     };
-    model.validate().map_err(format)?;
+    model.validate().map_err(|problem| format(problem.to_string()))?;
     Ok(Bundle { info, model })
 }
 

@@ -213,35 +213,54 @@ impl Model {
     /// Checks what a file cannot be trusted to hold: channel indices within the embedding, no
     /// channel twice, and finite means and precisions. A model that fails would score garbage
     /// (or index out of range), so it is refused at load, naming the problem.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ModelProblem> {
         let n_channels = self.info.embedding_channels;
-        if let Some(bad) = self.channels.iter().find(|&&c| c >= n_channels) {
-            return Err(format!("channel index {bad} is outside the embedding's {n_channels} channels"));
+        if let Some(&channel) = self.channels.iter().find(|&&c| c >= n_channels) {
+            return Err(ModelProblem::ChannelOutOfRange { channel, n_channels });
         }
         let mut seen = std::collections::BTreeSet::new();
-        if let Some(twice) = self.channels.iter().find(|&&c| !seen.insert(c)) {
-            return Err(format!("channel {twice} is listed twice"));
+        if let Some(&channel) = self.channels.iter().find(|&&c| !seen.insert(c)) {
+            return Err(ModelProblem::ChannelTwice(channel));
         }
         let k = self.channels.len().max(1);
         if let Some(i) = self.mean.iter().position(|v| !v.is_finite()) {
-            return Err(format!("the mean at patch {}, channel {} is not finite", i / k, i % k));
+            return Err(ModelProblem::Mean { patch: i / k, channel: i % k });
         }
         if let Some(i) = self.precision.iter().position(|v| !v.is_finite()) {
-            return Err(format!("the precision matrix of patch {} holds a value that is not finite", i / (k * k)));
+            return Err(ModelProblem::Precision { patch: i / (k * k) });
         }
         if self.is_nearest() {
             let n_bank = self.n_bank();
             if n_bank == 0 || self.bank.len() != self.n_patches() * n_bank * k || !self.mean.is_empty() {
-                return Err(format!("a nearest-patch model needs a bank of {} patches x n x {k}", self.n_patches()));
+                return Err(ModelProblem::BankShape { patches: self.n_patches(), k });
             }
             if let Some(i) = self.bank.iter().position(|v| !v.is_finite()) {
-                return Err(format!("the bank at patch {} holds a value that is not finite", i / (n_bank * k)));
+                return Err(ModelProblem::Bank { patch: i / (n_bank * k) });
             }
         } else if !self.bank.is_empty() {
-            return Err("a Gaussian model holds a bank".into());
+            return Err(ModelProblem::BankInGaussian);
         }
         Ok(())
     }
+}
+
+/// What a model file holds that cannot be trusted ([`Model::validate`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModelProblem {
+    #[error("channel index {channel} is outside the embedding's {n_channels} channels")]
+    ChannelOutOfRange { channel: usize, n_channels: usize },
+    #[error("channel {0} is listed twice")]
+    ChannelTwice(usize),
+    #[error("the mean at patch {patch}, channel {channel} is not finite")]
+    Mean { patch: usize, channel: usize },
+    #[error("the precision matrix of patch {patch} holds a value that is not finite")]
+    Precision { patch: usize },
+    #[error("a nearest-patch model needs a bank of {patches} patches x n x {k}")]
+    BankShape { patches: usize, k: usize },
+    #[error("the bank at patch {patch} holds a value that is not finite")]
+    Bank { patch: usize },
+    #[error("a Gaussian model holds a bank")]
+    BankInGaussian,
 }
 
 fn metadata(bytes: &[u8], kind: &'static str) -> Result<String, ModelError> {
@@ -305,7 +324,7 @@ pub fn decode_model(bytes: &[u8]) -> Result<Model, ModelError> {
         let precision = le_f32s(tensor(&file, "precision", Dtype::F32, &[p, k, k], kind)?);
         Model { info, channels, mean, precision, bank: Vec::new() }
     };
-    model.validate().map_err(format)?;
+    model.validate().map_err(|problem| format(problem.to_string()))?;
     Ok(model)
 }
 
@@ -355,7 +374,7 @@ pub fn decode_partial(bytes: &[u8], n_patches: usize) -> Result<(PatchStats, Str
     let channels = if channels.is_empty() {
         ChannelSubset::union(std::iter::empty())
     } else {
-        ChannelSubset::explicit(channels, usize::MAX).map_err(format)?
+        ChannelSubset::explicit(channels, usize::MAX).map_err(|e| format(e.to_string()))?
     };
     let stats =
         PatchStats::from_parts(n_patches, channels, count, mean, comoment).map_err(|e| format(e.to_string()))?;
@@ -396,7 +415,7 @@ pub fn decode_bank_partial(bytes: &[u8]) -> Result<(Bank, String), ModelError> {
     if values.iter().any(|v| !v.is_finite()) {
         return Err(format("the bank holds values that are not finite".into()));
     }
-    let channels = ChannelSubset::explicit(channels, usize::MAX).map_err(format)?;
+    let channels = ChannelSubset::explicit(channels, usize::MAX).map_err(|e| format(e.to_string()))?;
     let ids = images
         .iter()
         .map(|&i| u32::try_from(i).map_err(|_| format(format!("image id {i}"))))

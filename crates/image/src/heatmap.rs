@@ -41,11 +41,21 @@ pub fn overlay(rgb: &[u8], map: &[f32], display_max: f64) -> Vec<u8> {
     out
 }
 
+/// Why pixels could not be encoded as PNG.
+#[derive(Debug, thiserror::Error)]
+pub enum PngError {
+    #[error("{len} bytes are not the RGB8 pixels of a {width}x{height} image")]
+    Size { width: u32, height: u32, len: usize },
+    #[error("cannot encode PNG")]
+    Encode(#[source] image::ImageError),
+}
+
 /// RGB8 pixels to PNG bytes.
-pub fn encode_png(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>, String> {
-    let image = image::RgbImage::from_raw(width, height, rgb).ok_or("buffer size")?;
+pub fn encode_png(width: u32, height: u32, rgb: Vec<u8>) -> Result<Vec<u8>, PngError> {
+    let len = rgb.len();
+    let image = image::RgbImage::from_raw(width, height, rgb).ok_or(PngError::Size { width, height, len })?;
     let mut out = std::io::Cursor::new(Vec::new());
-    image.write_to(&mut out, image::ImageFormat::Png).map_err(|e| e.to_string())?;
+    image.write_to(&mut out, image::ImageFormat::Png).map_err(PngError::Encode)?;
     Ok(out.into_inner())
 }
 

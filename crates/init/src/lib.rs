@@ -65,6 +65,8 @@ pub enum InitError {
     NotAFolder { dir: PathBuf },
     #[error("cannot read or write {path}")]
     Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot list {path}")]
+    List { path: PathBuf, source: padim_core::dataset::FilesError },
     #[error(
         "{dir} has no sub-folder with images{loose}: padim takes the labels from sub-folders; put the \
          defect-free images in one (e.g. {dir}/good) and the defective ones in others (e.g. {dir}/defect)"
@@ -269,7 +271,7 @@ fn files_below(dir: &Path) -> Result<Vec<PathBuf>, InitError> {
     use padim_core::dataset::Files;
     padim_core::dataset::LocalFiles
         .list_files(dir)
-        .map_err(|message| InitError::Io { path: dir.to_path_buf(), source: std::io::Error::other(message) })
+        .map_err(|source| InitError::List { path: dir.to_path_buf(), source })
 }
 
 /// The masks found beside the images.

@@ -23,7 +23,8 @@ pub fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>, PredictError> {
             let listed: Vec<PathBuf> = padim_store::list_inputs(&path)?.into_iter().filter(|p| is_image(p)).collect();
             if listed.is_empty() && !input.ends_with('/') { vec![path] } else { listed }
         } else if path.is_dir() {
-            let files = LocalFiles.list_files(&path).map_err(PredictError::Input)?;
+            let files =
+                LocalFiles.list_files(&path).map_err(|source| PredictError::List { path: path.clone(), source })?;
             files.into_iter().filter(|p| is_image(p)).collect()
         } else if path.exists() {
             vec![path]

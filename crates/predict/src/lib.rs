@@ -35,15 +35,22 @@ pub enum PredictError {
     Weights(#[from] padim_extract::WeightsError),
     #[error(transparent)]
     Store(#[from] padim_store::StoreError),
-    #[error("device: {0}")]
-    Device(String),
+    #[error(transparent)]
+    Device(#[from] padim_extract::DeviceError),
     #[error("{path}: {message}")]
     Image { path: PathBuf, message: String },
+    /// An image that could not be read (one row of the table; the batch goes on).
+    #[error("{path}: cannot read: {message}")]
+    Read { path: PathBuf, message: String },
+    #[error("cannot write {what}")]
+    Png { what: String, source: padim_image::heatmap::PngError },
     /// An image that cannot be decoded or pre-processed; the error names the file itself.
     #[error(transparent)]
     Prepare(#[from] padim_image::ImageError),
     #[error("{0}")]
     Input(String),
+    #[error("cannot list {path}")]
+    List { path: PathBuf, source: padim_core::dataset::FilesError },
     #[error("cannot write {what}: {message}")]
     Output { what: String, message: String },
     #[error("loading the bundle {path}")]
@@ -66,7 +73,7 @@ impl PredictError {
     /// unexpected unless an error underneath says otherwise.
     pub fn is_transient(&self) -> Option<bool> {
         match self {
-            PredictError::Publish(e) => Some(e.is_transient()),
+            PredictError::Publish(e) | PredictError::Store(e) => Some(e.is_transient()),
             PredictError::Stopped(e) => e.is_transient(),
             _ => None,
         }
@@ -104,7 +111,7 @@ impl Predictor {
     ) -> Result<Predictor, PredictError> {
         let bundle_error =
             |message: String| PredictError::Bundle { path: bundle_location.display().to_string(), message };
-        let bytes = padim_store::read_input(bundle_location).map_err(|e| bundle_error(e.to_string()))?;
+        let bytes = padim_store::read_input(bundle_location)?;
         let bundle = decode_bundle(&bytes).map_err(|e| bundle_error(e.to_string()))?;
         let info = &bundle.info;
         fn parse<T: serde::de::DeserializeOwned>(what: &str, value: &str) -> Result<T, String> {
@@ -120,7 +127,7 @@ impl Predictor {
         if actual != expected {
             return Err(PredictError::WrongWeights { path: weights_location.display().to_string(), actual, expected });
         }
-        let device = padim_extract::select_device(device).map_err(PredictError::Device)?;
+        let device = padim_extract::select_device(device)?;
         padim_extract::set_threads(threads);
         let net = Backbone::load(kind, &local, tap, device).map_err(|e| e.named(&weights_location))?;
         let (mean, std) = net.normalization();
@@ -141,15 +148,15 @@ impl Predictor {
     /// network's view and the smoothed map of each.
     pub fn predict(
         &self,
-        batch: &[(PathBuf, Result<bytes::Bytes, String>)],
+        batch: &[(PathBuf, Result<bytes::Bytes, padim_store::StoreError>)],
         heatmaps: bool,
     ) -> Vec<Result<Prediction, PredictError>> {
         let preprocessor = &self.preprocessor;
         let prepared: Vec<Result<padim_image::Prepared, PredictError>> = batch
             .par_iter()
             .map(|(path, bytes)| {
-                let image_error = |message: String| PredictError::Image { path: path.clone(), message };
-                let bytes = bytes.as_ref().map_err(|e| image_error(e.clone()))?;
+                let bytes =
+                    bytes.as_ref().map_err(|e| PredictError::Read { path: path.clone(), message: e.to_string() })?;
                 preprocessor.prepare(path, bytes).map_err(PredictError::Prepare)
             })
             .collect();
@@ -242,15 +249,19 @@ impl Predictor {
     }
 
     /// The network's view of an image (resized and cropped RGB8), for overlays.
-    fn view(&self, path: &Path, bytes: &Result<bytes::Bytes, String>) -> Result<Vec<u8>, PredictError> {
-        let image_error = |message: String| PredictError::Image { path: path.to_path_buf(), message };
-        let bytes = bytes.as_ref().map_err(|e| image_error(e.clone()))?;
+    fn view(
+        &self,
+        path: &Path,
+        bytes: &Result<bytes::Bytes, padim_store::StoreError>,
+    ) -> Result<Vec<u8>, PredictError> {
+        let bytes =
+            bytes.as_ref().map_err(|e| PredictError::Read { path: path.to_path_buf(), message: e.to_string() })?;
         let rgb = padim_image::decode_rgb8(path, bytes, &self.bundle.info.preprocess)?;
         Ok(self.preprocessor.resize_and_crop(path, rgb)?)
     }
 
     /// The overlay PNG of a prediction's heatmap (the bundle's display range).
-    pub fn overlay_png(&self, heatmap: &(Vec<u8>, Vec<f32>)) -> Result<Vec<u8>, String> {
+    pub fn overlay_png(&self, heatmap: &(Vec<u8>, Vec<f32>)) -> Result<Vec<u8>, padim_image::heatmap::PngError> {
         let (height, width) = (self.bundle.info.model.input_height, self.bundle.info.model.input_width);
         let rgb = padim_image::heatmap::overlay(&heatmap.0, &heatmap.1, self.bundle.info.display_range[1]);
         padim_image::heatmap::encode_png(width as u32, height as u32, rgb)

@@ -58,18 +58,16 @@ pub fn run_predict(
     for chunk in images.chunks(options.batch_size.max(1)) {
         let paths: Vec<&Path> = chunk.iter().map(PathBuf::as_path).collect();
         let contents = padim_store::read_inputs(&paths);
-        let batch: Vec<(PathBuf, Result<_, String>)> =
-            chunk.iter().cloned().zip(contents.into_iter().map(|c| c.map_err(|e| e.to_string()))).collect();
+        let batch: Vec<(PathBuf, Result<_, padim_store::StoreError>)> = chunk.iter().cloned().zip(contents).collect();
         for ((path, _), result) in batch.iter().zip(predictor.predict(&batch, overlays.is_some())) {
             let name = path.display().to_string();
             match result {
                 Ok(prediction) => {
                     let mut overlay = None;
                     if let (Some(store), Some(heatmap)) = (&overlays, &prediction.heatmap) {
-                        let png = predictor.overlay_png(heatmap).map_err(|message| PredictError::Output {
-                            what: format!("the overlay of {name}"),
-                            message,
-                        })?;
+                        let png = predictor
+                            .overlay_png(heatmap)
+                            .map_err(|source| PredictError::Png { what: format!("the overlay of {name}"), source })?;
                         let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
                         let key = format!("{:06}-{stem}.png", rows.len());
                         store.put(&key, png).map_err(PredictError::Publish)?;

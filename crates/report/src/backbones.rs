@@ -4,6 +4,7 @@
 //! channels), the best by calibration AUROC across backbones as the headline, and that run's
 //! pictures, page and bundle.
 
+use crate::ReportOptions;
 use crate::error::{ReportError, table_error};
 use crate::stage::{finished_summary, publish_done};
 use crate::summary::ReportSummary;
@@ -11,18 +12,23 @@ use crate::sweep::{Experiment, SweepSummary, best, experiments_frame, groups, gr
 use crate::tables::put_table;
 use padim_core::Progress;
 use padim_core::config::Job;
-use padim_store::{DoneMarker, Store, layout};
+use padim_store::layout::{self, counts};
+use padim_store::{DoneMarker, Gate, GateRules, Inputs, Store};
 use std::collections::BTreeMap;
 
 /// Runs (or reuses) each backbone's report, then writes the comparison. Redone when the job
 /// changed or any backbone's report was redone since.
-pub fn run_backbones_report(job: &Job, force: bool, progress: &dyn Progress) -> Result<ReportSummary, ReportError> {
+pub(crate) fn run_backbones_report(
+    job: &Job,
+    options: &ReportOptions,
+    progress: &dyn Progress,
+) -> Result<ReportSummary, ReportError> {
     let span = tracing::info_span!("report (backbones)", job = %job.name);
     let _entered = span.enter();
     let variants = job.variants();
     let mut runs = Vec::new();
     for variant in &variants {
-        let summary = crate::stage::run_report(variant, force, progress)?;
+        let summary = crate::stage::report_run(variant, options, progress)?;
         let store = Store::open(&variant.output)?;
         let marker = DoneMarker::read(&store, layout::report::DONE)?.ok_or_else(|| ReportError::Table {
             what: store.url_of(layout::report::DONE),
@@ -35,10 +41,8 @@ pub fn run_backbones_report(job: &Job, force: bool, progress: &dyn Progress) -> 
         runs.iter().map(|(_, _, store, marker)| (store.url_of(layout::report::DONE), marker.run_id.clone())).collect();
     let store = Store::open(&job.output)?;
     let hash = job.hash();
-    if let Some(marker) = DoneMarker::read(&store, layout::report::DONE)?
-        && !force
-        && marker.config_hash == hash
-        && marker.made_from == made_from
+    let rules = GateRules { force: options.force, inputs: Inputs::Exactly(&made_from), refuse_other: false };
+    if let Gate::Current(_) = DoneMarker::gate(&store, layout::report::DONE, &hash, rules)?
         && let Some(summary) = finished_summary(&store)?
     {
         return Ok(summary);
@@ -109,6 +113,6 @@ pub fn run_backbones_report(job: &Job, force: bool, progress: &dyn Progress) -> 
         [layout::report::HTML, layout::report::BUNDLE, layout::report::RUN_MANIFEST, layout::report::METRICS]
             .map(String::from),
     );
-    publish_done(&store, hash, files, ("backbones", runs.len()), made_from)?;
+    publish_done(&store, hash, files, (counts::BACKBONES, runs.len()), made_from)?;
     Ok(summary)
 }

@@ -12,7 +12,7 @@
 
 use crate::inputs::Scored;
 use crate::summary::{Candidate, ModelMetrics, Resampled};
-use padim_core::config::{ScoreKind, ScoreRule};
+use padim_core::config::{ScoreKind, ScoreRule, SplitName};
 use rand::{Rng, SeedableRng};
 use std::collections::{BTreeMap, HashMap};
 
@@ -89,7 +89,7 @@ pub(crate) fn candidates(
     normal: &[String],
     groups: Option<&BTreeMap<String, String>>,
 ) -> (Vec<Candidate>, Resampled) {
-    let calibration: Vec<&Scored> = rows.iter().filter(|r| r.split == "calibration").collect();
+    let calibration: Vec<&Scored> = rows.iter().filter(|r| r.split == Some(SplitName::Calibration)).collect();
     let (bad, good): (Vec<&Scored>, Vec<&Scored>) = calibration.into_iter().partition(|r| !normal.contains(&r.label));
     let values = |set: &[&Scored], kind: ScoreKind| set.iter().map(|r| r.score(kind)).collect::<Vec<f64>>();
     let full = |kind: ScoreKind| auroc(&values(&bad, kind), &values(&good, kind));
@@ -169,7 +169,8 @@ mod tests {
             image: 0,
             path: String::new(),
             label: label.into(),
-            split: "calibration".into(),
+            split: Some(SplitName::Calibration),
+            split_text: SplitName::Calibration.name().into(),
             mean,
             max,
             min: 0.0,
@@ -282,7 +283,7 @@ mod tests {
         for i in 0..1000 {
             let x = i as f64 / 1000.0;
             for (label, shift) in [("ok", 0.0), ("bad", 1.0)] {
-                rows.push(Scored { split: "test".into(), ..scored(label, 1.0 - x, x + shift, 1.0 - x) });
+                rows.push(Scored { split: Some(SplitName::Test), ..scored(label, 1.0 - x, x + shift, 1.0 - x) });
             }
         }
         let with_test = candidates(&rows, &ScoreKind::ALL, &normal, None);

@@ -10,8 +10,8 @@ impl ReportError {
     /// Whether a rerun later may succeed (a storage failure), see [`StoreError::is_transient`].
     pub fn is_transient(&self) -> bool {
         match self {
-            ReportError::Store(e) => e.is_transient(),
-            ReportError::Extract(e) => e.is_transient(),
+            ReportError::Store(e) | ReportError::Input { source: e, .. } => e.is_transient(),
+            ReportError::Shards(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -21,7 +21,7 @@ impl ReportError {
 pub enum ReportError {
     /// The job's extract shards are missing, incomplete or of another identity.
     #[error(transparent)]
-    Extract(#[from] padim_fit::FitError),
+    Shards(#[from] padim_store::ShardsError),
     #[error("{url} is stale: {input} was redone after it was made (a forced rerun); run `padim score JOB` first")]
     Stale { url: String, input: String },
     #[error(transparent)]
@@ -43,8 +43,12 @@ pub enum ReportError {
          test = {{ Negative = 1000, Positive = 1000 }})"
     )]
     NoSplits { url: String, found: String },
-    #[error("{path}: {message}")]
-    Image { path: PathBuf, message: String },
+    /// An image or mask that could not be read: a storage failure keeps its kind.
+    #[error("cannot read {path}")]
+    Input { path: PathBuf, source: StoreError },
+    /// An image or mask that could not be decoded (the error names the file).
+    #[error(transparent)]
+    Image(#[from] padim_image::ImageError),
     #[error("{url} was made by another configuration; use --force to redo it")]
     ConfigMismatch { url: String },
 }

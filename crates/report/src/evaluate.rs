@@ -5,7 +5,7 @@ use crate::error::ReportError;
 use crate::inputs::Scored;
 use crate::metrics::{Confusion, MetricError, Roc, average_precision};
 use crate::summary::{ModelMetrics, SetMetrics};
-use padim_core::config::{Job, ScoreKind, ThresholdRule};
+use padim_core::config::{Job, ScoreKind, SplitName, ThresholdRule};
 
 pub(crate) fn set_metrics(
     scores: &[f64],
@@ -32,13 +32,13 @@ pub(crate) fn set_metrics(
 /// Normalised scores and truth of one split.
 pub(crate) fn split_scores(
     rows: &[Scored],
-    split: &str,
+    split: SplitName,
     kind: ScoreKind,
     range: [f64; 2],
     normal: &[String],
 ) -> (Vec<f64>, Vec<bool>) {
     rows.iter()
-        .filter(|r| r.split == split)
+        .filter(|r| r.split == Some(split))
         .map(|r| ((r.score(kind) - range[0]) / (range[1] - range[0]), !normal.contains(&r.label)))
         .unzip()
 }
@@ -51,14 +51,14 @@ pub(crate) fn evaluate(
     normal: &[String],
 ) -> Result<ModelMetrics, ReportError> {
     let what = format!("model {model}, {} score, calibration", kind.name());
-    let calibration: Vec<&Scored> = rows.iter().filter(|r| r.split == "calibration").collect();
+    let calibration: Vec<&Scored> = rows.iter().filter(|r| r.split == Some(SplitName::Calibration)).collect();
     let lo = calibration.iter().map(|r| r.min).fold(f64::INFINITY, f64::min);
     let hi = calibration.iter().map(|r| r.max).fold(f64::NEG_INFINITY, f64::max);
     if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return Err(ReportError::Metric { what: what.clone(), source: MetricError::Constant { what, value: lo } });
     }
     let range = [lo, hi];
-    let (cal_scores, cal_truth) = split_scores(rows, "calibration", kind, range, normal);
+    let (cal_scores, cal_truth) = split_scores(rows, SplitName::Calibration, kind, range, normal);
     let roc = Roc::new(&cal_scores, &cal_truth, &what)
         .map_err(|source| ReportError::Metric { what: what.clone(), source })?;
     if cal_scores.iter().all(|&s| s == cal_scores[0]) {
@@ -91,7 +91,7 @@ pub(crate) fn evaluate(
     }
     let threshold = roc.thresholds[point];
     let calibration = set_metrics(&cal_scores, &cal_truth, threshold, &what)?;
-    let (test_scores, test_truth) = split_scores(rows, "test", kind, range, normal);
+    let (test_scores, test_truth) = split_scores(rows, SplitName::Test, kind, range, normal);
     let test =
         set_metrics(&test_scores, &test_truth, threshold, &format!("model {model}, {} score, test", kind.name()))?;
     Ok(ModelMetrics {

@@ -10,7 +10,7 @@ use crate::pictures::{self, Tile};
 use crate::pixels::{map_filter, network_view};
 use crate::summary::{ModelMetrics, ReportSummary};
 use padim_core::Progress;
-use padim_core::config::Job;
+use padim_core::config::{Job, SplitName};
 use rayon::prelude::*;
 use std::collections::{BTreeSet, HashMap};
 use std::path::Path;
@@ -27,8 +27,8 @@ pub(crate) fn pictures(
 ) -> Result<Vec<(String, Vec<u8>)>, ReportError> {
     let kind = headline.score;
     let normal = &job.dataset.normal;
-    let (cal, cal_truth) = split_scores(rows, "calibration", kind, headline.normalisation, normal);
-    let (test, test_truth) = split_scores(rows, "test", kind, headline.normalisation, normal);
+    let (cal, cal_truth) = split_scores(rows, SplitName::Calibration, kind, headline.normalisation, normal);
+    let (test, test_truth) = split_scores(rows, SplitName::Test, kind, headline.normalisation, normal);
     let mut pictures: Vec<(String, Vec<u8>)> = Vec::new();
     pictures.push((
         "histograms.png".into(),
@@ -55,10 +55,33 @@ pub(crate) fn pictures(
         )?,
     ));
 
-    // Montages: the worst mistakes first; the correct ones spread over their score range.
+    pictures.extend(montages(job, maps, headline, rows, display_max, progress)?);
+    pictures.push(("colorbar.png".into(), pictures::colorbar(display_max)?));
+    if let Some(sweep) = &summary.sweep {
+        pictures.push(("sweep-auroc.png".into(), crate::sweep::auroc_plot(&sweep.groups)?));
+    }
+    Ok(pictures)
+}
+
+/// A montage: file name, title, and the images with their normalised scores.
+type Montage<'a> = (&'static str, &'static str, Vec<(&'a Scored, f64)>);
+
+/// The montages of the test split's true and false positives and negatives, as (file name, PNG):
+/// the worst mistakes first; the correct ones spread over their score range.
+fn montages(
+    job: &Job,
+    maps: &HashMap<u32, Vec<f32>>,
+    headline: &ModelMetrics,
+    rows: &[Scored],
+    display_max: f64,
+    progress: &dyn Progress,
+) -> Result<Vec<(String, Vec<u8>)>, ReportError> {
+    let normal = &job.dataset.normal;
+    let kind = headline.score;
+    let mut pictures = Vec::new();
     let tests: Vec<(&Scored, f64, bool)> = rows
         .iter()
-        .filter(|r| r.split == "test")
+        .filter(|r| r.split == Some(SplitName::Test))
         .map(|r| {
             let s =
                 (r.score(kind) - headline.normalisation[0]) / (headline.normalisation[1] - headline.normalisation[0]);
@@ -72,8 +95,6 @@ pub(crate) fn pictures(
         ("false-positives", "false positives (normal, flagged)", false, true),
         ("false-negatives", "false negatives (anomalous, passed)", true, false),
     ];
-    /// A montage: file name, title, and the images with their normalised scores.
-    type Montage<'a> = (&'static str, &'static str, Vec<(&'a Scored, f64)>);
     let mut chosen: Vec<Montage> = Vec::new();
     for (name, title, anomalous, flagged) in groups {
         let mut members: Vec<(&Scored, f64)> = tests
@@ -119,10 +140,6 @@ pub(crate) fn pictures(
         pictures.push((format!("montage-{name}.png"), pictures::montage(&title, &tiles?, 4)?));
     }
     progress.finish();
-    pictures.push(("colorbar.png".into(), pictures::colorbar(display_max)?));
-    if let Some(sweep) = &summary.sweep {
-        pictures.push(("sweep-auroc.png".into(), crate::sweep::auroc_plot(&sweep.groups)?));
-    }
     Ok(pictures)
 }
 

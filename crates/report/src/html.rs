@@ -193,7 +193,6 @@ const LEADERBOARD: usize = 10;
 /// The sweep's best experiments by calibration AUROC, with their test outcomes and what sets each
 /// apart from the best, right after the headline.
 fn leaderboard(sweep: &crate::sweep::SweepSummary) -> String {
-    let cell = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
     let board = crate::sweep::leaderboard(&sweep.experiments, LEADERBOARD);
     let mut html = format!(
         "<section id=\"leaderboard\"><h2>Leaderboard</h2><p>The best {} of {} experiments by calibration AUROC \
@@ -208,7 +207,7 @@ fn leaderboard(sweep: &crate::sweep::SweepSummary) -> String {
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td style=\"text-align:left\">{}</td></tr>",
             rank + 1,
             escape(&e.id),
-            escape(e.score.as_deref().unwrap_or("-")),
+            e.score.map_or("-", ScoreKind::name),
             cell(e.calibration_auroc),
             cell(e.test_auroc),
             cell(e.accuracy),
@@ -226,21 +225,10 @@ const rows=[...body.rows];rows.sort((a,b)=>{const x=a.cells[i].textContent,y=b.c
 const nx=parseFloat(x),ny=parseFloat(y);const c=isNaN(nx)||isNaN(ny)?x.localeCompare(y):nx-ny;return asc?c:-c;});\
 rows.forEach(r=>body.appendChild(r));}));</script>";
 
-/// The page; `pictures` are (file name, PNG bytes), shown in order.
+/// The page; `pictures` are (file name, PNG bytes), shown in order: the headline, a sweep's
+/// leaderboard, the pictures, the sweep's tables, then every model's metrics.
 pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) -> String {
-    let mut html = String::new();
-    html.push_str(&format!(
-        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
-         <title>padim report: {name}</title><style>\
-         body{{font-family:sans-serif;margin:2em auto;padding:0 1em;max-width:1200px;line-height:1.4}}\
-         table{{border-collapse:collapse;font-size:13px}} .wide{{overflow-x:auto}}\
-         td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#eee}}\
-         table.sortable th{{cursor:pointer}} img{{max-width:100%;margin:6px 0}}\
-         #headline{{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:0.2em 1em}}\
-         .headline{{font-size:18px}} code{{background:#f4f4f4}} summary{{cursor:pointer;font-weight:bold}}\
-         </style></head><body><h1>padim report: {name}</h1>",
-        name = escape(&summary.job)
-    ));
+    let mut html = head(&summary.job);
     html.push_str(&headline(job, summary));
     html.push_str(&format!(
         "<p>Backbone <code>{}</code>; config hash <code>{}</code>. Scores are normalised with the calibration maps' \
@@ -264,77 +252,111 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
         ));
     }
     if let Some(sweep) = &summary.sweep {
-        let cell = |v: Option<f64>| v.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into());
-        html.push_str(&format!(
-            "<h2>Sweep</h2><p>{} experiments from one extraction, fitted together from one accumulation of their \
-             channels. Best by calibration AUROC ({} score): \
-             <b>{}</b>. Per layer combination, covariance and channel count, mean &plusmn; standard deviation over seeds:</p>\
-             <div class=\"wide\"><table class=\"sortable\"><thead><tr><th>backbone</th><th>layers</th><th>covariance</th><th>channels</th><th>experiments</th>\
-             <th>calibration AUROC</th><th>test AUROC</th><th>accuracy</th></tr></thead><tbody>",
-            sweep.experiments.len(),
-            job.report.score.name(),
-            escape(sweep.best.as_deref().unwrap_or("none"))
-        ));
-        // A group of one experiment has no standard deviation: its value alone.
-        let spread = |mean: Option<f64>, std: Option<f64>| match std {
-            Some(_) => format!("{} &plusmn; {}", cell(mean), cell(std)),
-            None => cell(mean),
-        };
-        for g in &sweep.groups {
-            html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-                escape(if g.backbone.is_empty() { job.backbone.kind.name() } else { &g.backbone }),
-                escape(&g.layers),
-                escape(&g.covariance),
-                g.channels,
-                g.experiments,
-                spread(g.calibration_auroc_mean, g.calibration_auroc_std),
-                spread(g.test_auroc_mean, g.test_auroc_std),
-                spread(g.accuracy_mean, g.accuracy_std)
-            ));
-        }
-        html.push_str(
-            "</tbody></table></div><details><summary>Every experiment</summary><div class=\"wide\">\
-             <table class=\"sortable\"><thead><tr><th>experiment</th><th>layers</th><th>channels</th><th>seed</th>\
-             <th>score</th><th>calibration AUROC</th><th>test AUROC</th>\
-             <th>calibration AUROC mean / max / top</th><th>test AUROC mean / max / top</th>\
-             <th>accuracy</th><th>F1</th><th>pixel AUROC (calibration / test)</th><th>model MB</th><th>score CPU s</th></tr></thead><tbody>",
-        );
-        for e in &sweep.experiments {
-            html.push_str(&format!(
-                "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
-                 <td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td></tr>",
-                escape(&e.id),
-                escape(&e.layers),
-                e.channels,
-                e.seed.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
-                escape(e.score.as_deref().unwrap_or("-")),
-                cell(e.calibration_auroc),
-                cell(e.test_auroc),
-                [e.calibration_auroc_mean_score, e.calibration_auroc_max_score, e.calibration_auroc_top_score]
-                    .map(cell)
-                    .join(" / "),
-                [e.test_auroc_mean_score, e.test_auroc_max_score, e.test_auroc_top_score].map(cell).join(" / "),
-                cell(e.accuracy),
-                cell(e.f1),
-                match e.calibration_pixel_auroc {
-                    Some(c) => format!("{} / {}", cell(Some(c)), cell(e.pixel_auroc)),
-                    None => cell(e.pixel_auroc),
-                },
-                e.model_bytes as f64 / 1e6,
-                e.score_cpu_seconds
-            ));
-        }
-        html.push_str("</tbody></table></div></details>");
+        html.push_str(&sweep_tables(job, sweep));
     }
-    html.push_str(&format!(
+    html.push_str(&models_tables(summary));
+    html.push_str(SORT_SCRIPT);
+    html.push_str("</body></html>\n");
+    html
+}
+
+/// The document's head and title.
+fn head(job_name: &str) -> String {
+    format!(
+        "<!DOCTYPE html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width\">\
+         <title>padim report: {name}</title><style>\
+         body{{font-family:sans-serif;margin:2em auto;padding:0 1em;max-width:1200px;line-height:1.4}}\
+         table{{border-collapse:collapse;font-size:13px}} .wide{{overflow-x:auto}}\
+         td,th{{border:1px solid #ccc;padding:3px 6px;text-align:right}} th{{background:#eee}}\
+         table.sortable th{{cursor:pointer}} img{{max-width:100%;margin:6px 0}}\
+         #headline{{background:#f6f8fa;border:1px solid #d0d7de;border-radius:6px;padding:0.2em 1em}}\
+         .headline{{font-size:18px}} code{{background:#f4f4f4}} summary{{cursor:pointer;font-weight:bold}}\
+         </style></head><body><h1>padim report: {name}</h1>",
+        name = escape(job_name)
+    )
+}
+
+fn cell(value: Option<f64>) -> String {
+    value.map(|v| format!("{v:.4}")).unwrap_or_else(|| "-".into())
+}
+
+/// The sweep's groups (mean and standard deviation over seeds) and, collapsed, every experiment.
+fn sweep_tables(job: &Job, sweep: &crate::sweep::SweepSummary) -> String {
+    let mut html = format!(
+        "<h2>Sweep</h2><p>{} experiments from one extraction, fitted together from one accumulation of their \
+         channels. Best by calibration AUROC ({} score): \
+         <b>{}</b>. Per layer combination, covariance and channel count, mean &plusmn; standard deviation over seeds:</p>\
+         <div class=\"wide\"><table class=\"sortable\"><thead><tr><th>backbone</th><th>layers</th><th>covariance</th><th>channels</th><th>experiments</th>\
+         <th>calibration AUROC</th><th>test AUROC</th><th>accuracy</th></tr></thead><tbody>",
+        sweep.experiments.len(),
+        job.report.score.name(),
+        escape(sweep.best.as_deref().unwrap_or("none"))
+    );
+    // A group of one experiment has no standard deviation: its value alone.
+    let spread = |mean: Option<f64>, std: Option<f64>| match std {
+        Some(_) => format!("{} &plusmn; {}", cell(mean), cell(std)),
+        None => cell(mean),
+    };
+    for g in &sweep.groups {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            escape(if g.backbone.is_empty() { job.backbone.kind.name() } else { &g.backbone }),
+            escape(&g.layers),
+            g.covariance,
+            g.channels,
+            g.experiments,
+            spread(g.calibration_auroc_mean, g.calibration_auroc_std),
+            spread(g.test_auroc_mean, g.test_auroc_std),
+            spread(g.accuracy_mean, g.accuracy_std)
+        ));
+    }
+    html.push_str(
+        "</tbody></table></div><details><summary>Every experiment</summary><div class=\"wide\">\
+         <table class=\"sortable\"><thead><tr><th>experiment</th><th>layers</th><th>channels</th><th>seed</th>\
+         <th>score</th><th>calibration AUROC</th><th>test AUROC</th>\
+         <th>calibration AUROC mean / max / top</th><th>test AUROC mean / max / top</th>\
+         <th>accuracy</th><th>F1</th><th>pixel AUROC (calibration / test)</th><th>model MB</th><th>score CPU s</th></tr></thead><tbody>",
+    );
+    for e in &sweep.experiments {
+        html.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td>\
+             <td>{}</td><td>{}</td><td>{}</td><td>{:.1}</td><td>{:.2}</td></tr>",
+            escape(&e.id),
+            escape(&e.layers),
+            e.channels,
+            e.seed.map(|s| s.to_string()).unwrap_or_else(|| "-".into()),
+            e.score.map_or("-", ScoreKind::name),
+            cell(e.calibration_auroc),
+            cell(e.test_auroc),
+            [e.calibration_auroc_mean_score, e.calibration_auroc_max_score, e.calibration_auroc_top_score]
+                .map(cell)
+                .join(" / "),
+            [e.test_auroc_mean_score, e.test_auroc_max_score, e.test_auroc_top_score].map(cell).join(" / "),
+            cell(e.accuracy),
+            cell(e.f1),
+            match e.calibration_pixel_auroc {
+                Some(c) => format!("{} / {}", cell(Some(c)), cell(e.pixel_auroc)),
+                None => cell(e.pixel_auroc),
+            },
+            e.model_bytes as f64 / 1e6,
+            e.score_cpu_seconds
+        ));
+    }
+    html.push_str("</tbody></table></div></details>");
+    html
+}
+
+/// Collapsed: every model's metrics with every image score, each model's score choice, and the
+/// combinations that could not be calibrated.
+fn models_tables(summary: &ReportSummary) -> String {
+    let mut html = format!(
         "<h2>Every model</h2><details><summary>Metrics of {} model(s), every image score, calibration and test \
          (click a column to sort)</summary><div class=\"wide\"><table class=\"sortable\"><thead><tr><th>model</th>\
          <th>score</th><th>set</th><th>normal/anomalous</th><th>AUROC</th><th>AUPR</th><th>threshold</th>\
          <th>accuracy</th><th>precision</th><th>recall</th><th>specificity</th><th>F1</th>\
          <th>TP / FP / TN / FN</th></tr></thead><tbody>",
         summary.models.iter().map(|m| &m.model).collect::<std::collections::BTreeSet<_>>().len()
-    ));
+    );
     for m in &summary.models {
         html.push_str(&row(&m.model, m.score.name(), "calibration", m.threshold, &m.calibration));
         html.push_str(&row(&m.model, m.score.name(), "test", m.threshold, &m.test));
@@ -362,7 +384,5 @@ pub fn page(job: &Job, summary: &ReportSummary, pictures: &[(String, Vec<u8>)]) 
             escape(&u.reason)
         ));
     }
-    html.push_str(SORT_SCRIPT);
-    html.push_str("</body></html>\n");
     html
 }

@@ -5,7 +5,7 @@
 use crate::error::{ReportError, table_error};
 use crate::summary::{LeftOut, SkippedFile};
 use padim_core::Shard;
-use padim_core::config::ScoreKind;
+use padim_core::config::{ScoreKind, SplitName};
 use padim_store::{DoneMarker, Store, layout, read_maps};
 use polars::prelude::*;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -17,7 +17,10 @@ pub(crate) struct Scored {
     pub(crate) image: u32,
     pub(crate) path: String,
     pub(crate) label: String,
-    pub(crate) split: String,
+    /// The image's split (`None`: a split of no meaning to the report, or none).
+    pub(crate) split: Option<SplitName>,
+    /// The split as the manifest names it (empty without one), for the tables.
+    pub(crate) split_text: String,
     pub(crate) mean: f64,
     pub(crate) max: f64,
     pub(crate) min: f64,
@@ -62,7 +65,7 @@ pub(crate) fn score_shards(
     extract_hash: &str,
     score_hash: &str,
 ) -> Result<Vec<ScoreShard>, ReportError> {
-    let shards = padim_fit::stage::extract_shards(store, extract_hash)?;
+    let shards = padim_store::extract_shards(store, extract_hash)?;
     let count = shards.first().map_or(0, |s| s.count);
     let models: Vec<String> = DoneMarker::read(store, layout::fit::DONE)?
         .map(|m| m.files)
@@ -189,7 +192,8 @@ pub(crate) fn group_by_model(df: &DataFrame) -> Result<BTreeMap<String, Vec<Scor
             image: id.unwrap_or_default(),
             path: path[i].clone(),
             label: label[i].clone(),
-            split: split[i].clone(),
+            split: SplitName::from_name(&split[i]),
+            split_text: split[i].clone(),
             mean: mean[i],
             max: max[i],
             min: min[i],

@@ -29,7 +29,24 @@ pub mod summary;
 pub mod sweep;
 pub mod tables;
 
-pub use backbones::run_backbones_report;
 pub use error::ReportError;
-pub use stage::run_report;
+
+use padim_core::{Job, Progress};
+
+/// Choices of one invocation of the report stage.
+#[derive(Debug, Clone, Default)]
+pub struct ReportOptions {
+    /// Redo the report even if it is marked done.
+    pub force: bool,
+}
+
+/// Runs the report stage: of the job's run, or with `[sweep] backbones` of each backbone's run and
+/// then their comparison ([`backbones`]).
+pub fn run_report(job: &Job, options: &ReportOptions, progress: &dyn Progress) -> Result<ReportSummary, ReportError> {
+    if job.sweep.as_ref().is_some_and(|s| !s.backbones.is_empty()) {
+        backbones::run_backbones_report(job, options, progress)
+    } else {
+        stage::report_run(job, options, progress)
+    }
+}
 pub use summary::ReportSummary;

@@ -9,7 +9,7 @@ use plotters::prelude::*;
 use plotters::style::register_font;
 use std::sync::OnceLock;
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum PictureError {
     #[error(
         "no font for the report's pictures (tried {tried}): install Debian's fonts-dejavu-core (`make setup` does) \
@@ -18,11 +18,14 @@ pub enum PictureError {
     NoFont { tried: String },
     #[error("drawing {what}: {message}")]
     Draw { what: String, message: String },
+    #[error("drawing {what}")]
+    Png { what: String, source: padim_image::heatmap::PngError },
 }
 
 const FONT_CANDIDATES: [&str; 2] =
     ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"];
-static FONT: OnceLock<Result<(), PictureError>> = OnceLock::new();
+/// The font's registration: `Err` with the paths tried.
+static FONT: OnceLock<Result<(), String>> = OnceLock::new();
 
 /// Registers the font once per process.
 pub fn ensure_font() -> Result<(), PictureError> {
@@ -38,9 +41,10 @@ pub fn ensure_font() -> Result<(), PictureError> {
                 }
             }
         }
-        Err(PictureError::NoFont { tried: candidates.join(", ") })
+        Err(candidates.join(", "))
     })
     .clone()
+    .map_err(|tried| PictureError::NoFont { tried })
 }
 
 fn draw_error(what: &str) -> impl Fn(String) -> PictureError + '_ {
@@ -61,7 +65,7 @@ pub(crate) fn render(
         draw(&root).map_err(draw_error(what))?;
         root.present().map_err(|e| e.to_string()).map_err(draw_error(what))?;
     }
-    encode_png(width, height, buffer).map_err(draw_error(what))
+    encode_png(width, height, buffer).map_err(|source| PictureError::Png { what: what.to_string(), source })
 }
 
 pub use padim_image::heatmap::{encode_png, overlay};

@@ -24,18 +24,14 @@ pub(crate) fn preprocessor(job: &Job) -> Preprocessor {
 
 /// The image as the network saw it (resized and cropped), RGB8.
 pub(crate) fn network_view(job: &Job, path: &Path) -> Result<Vec<u8>, ReportError> {
-    let bytes =
-        padim_store::read_input(path).map_err(|e| ReportError::Image { path: path.into(), message: e.to_string() })?;
+    let bytes = padim_store::read_input(path).map_err(|source| ReportError::Input { path: path.into(), source })?;
     network_view_of(job, path, &bytes)
 }
 
 /// [`network_view`] of the encoded image `bytes` (`path` names it in errors).
 pub(crate) fn network_view_of(job: &Job, path: &Path, bytes: &[u8]) -> Result<Vec<u8>, ReportError> {
-    let rgb = padim_image::decode_rgb8(path, bytes, &job.preprocess)
-        .map_err(|e| ReportError::Image { path: path.into(), message: e.to_string() })?;
-    preprocessor(job)
-        .resize_and_crop(path, rgb)
-        .map_err(|e| ReportError::Image { path: path.into(), message: e.to_string() })
+    let rgb = padim_image::decode_rgb8(path, bytes, &job.preprocess)?;
+    Ok(preprocessor(job).resize_and_crop(path, rgb)?)
 }
 
 /// The mask file of an image, by the job's pattern.
@@ -47,7 +43,7 @@ pub(crate) fn mask_path(job: &Job, image: &Path) -> Option<PathBuf> {
 /// at > 127; `None` if the job names no masks or the image has no mask file.
 pub(crate) fn network_mask(job: &Job, image: &Path) -> Result<Option<Vec<bool>>, ReportError> {
     let Some(path) = mask_path(job, image) else { return Ok(None) };
-    let read_error = |e: padim_store::StoreError| ReportError::Image { path: path.clone(), message: e.to_string() };
+    let read_error = |source| ReportError::Input { path: path.clone(), source };
     let Some(bytes) = padim_store::read_input_opt(&path).map_err(read_error)? else { return Ok(None) };
     let rgb = network_view_of(job, &path, &bytes)?;
     Ok(Some(rgb.chunks_exact(3).map(|p| p[0] > 127).collect()))

@@ -4,9 +4,58 @@
 //! count with error bars, one line per layer combination.
 
 use crate::pictures::{PictureError, render};
+use padim_core::config::{CovarianceEstimator, CovariancePool, ScoreKind};
 use plotters::prelude::*;
 use polars::prelude::*;
 use serde::{Deserialize, Serialize};
+
+/// An experiment's covariance: its estimator and pool, written `sample`, `oas`, `nearest`,
+/// `sample pool 2`, `oas pool all` in the tables and `metrics.json`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Covariance {
+    pub estimator: CovarianceEstimator,
+    pub pool: CovariancePool,
+}
+
+impl std::fmt::Display for Covariance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let estimator = self.estimator.name();
+        match self.pool {
+            CovariancePool::None => write!(f, "{estimator}"),
+            CovariancePool::Radius(r) => write!(f, "{estimator} pool {r}"),
+            CovariancePool::All => write!(f, "{estimator} pool all"),
+        }
+    }
+}
+
+impl std::str::FromStr for Covariance {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Covariance, String> {
+        let (estimator, pool) = text.split_once(" pool ").map_or((text, None), |(e, p)| (e, Some(p)));
+        let estimator = [CovarianceEstimator::Sample, CovarianceEstimator::Oas, CovarianceEstimator::Nearest]
+            .into_iter()
+            .find(|e| e.name() == estimator)
+            .ok_or_else(|| format!("unknown covariance `{text}`"))?;
+        let pool = match pool {
+            None => CovariancePool::None,
+            Some("all") => CovariancePool::All,
+            Some(r) => CovariancePool::Radius(r.parse().map_err(|_| format!("unknown pool in `{text}`"))?),
+        };
+        Ok(Covariance { estimator, pool })
+    }
+}
+
+impl Serialize for Covariance {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Covariance {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        String::deserialize(deserializer)?.parse().map_err(serde::de::Error::custom)
+    }
+}
 
 /// One experiment's numbers; metrics are of its chosen image score (`score`, by `report.score`)
 /// unless named.
@@ -19,10 +68,9 @@ pub struct Experiment {
     pub backbone: String,
     /// `1+2+3`, `2+3`, ...
     pub layers: String,
-    /// The covariance estimator (`sample`, `oas`, `nearest`), with its pool if any (`sample pool 2`,
-    /// `oas pool all`).
-    #[serde(default = "sample")]
-    pub covariance: String,
+    /// The covariance estimator, with its pool if any.
+    #[serde(default)]
+    pub covariance: Covariance,
     /// The requested count; `None` for all channels of the layers.
     pub count: Option<usize>,
     /// Channels the model uses.
@@ -31,7 +79,7 @@ pub struct Experiment {
     /// The image score it classifies with; `None` where the calibration split cannot calibrate the
     /// experiment (see `unusable`), like the metrics.
     #[serde(default)]
-    pub score: Option<String>,
+    pub score: Option<ScoreKind>,
     pub calibration_auroc: Option<f64>,
     pub test_auroc: Option<f64>,
     #[serde(default)]
@@ -57,10 +105,6 @@ pub struct Experiment {
     pub score_cpu_seconds: f64,
 }
 
-fn sample() -> String {
-    "sample".into()
-}
-
 /// Per layer combination, count and covariance estimator: mean and standard deviation over seeds.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -68,8 +112,8 @@ pub struct Group {
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub backbone: String,
     pub layers: String,
-    #[serde(default = "sample")]
-    pub covariance: String,
+    #[serde(default)]
+    pub covariance: Covariance,
     pub channels: usize,
     pub experiments: usize,
     pub calibration_auroc_mean: Option<f64>,
@@ -96,11 +140,11 @@ pub fn experiments_frame(experiments: &[Experiment]) -> PolarsResult<DataFrame> 
         "id" => experiments.iter().map(|e| e.id.as_str()).collect::<Vec<_>>(),
         "backbone" => experiments.iter().map(|e| e.backbone.as_str()).collect::<Vec<_>>(),
         "layers" => experiments.iter().map(|e| e.layers.as_str()).collect::<Vec<_>>(),
-        "covariance" => experiments.iter().map(|e| e.covariance.as_str()).collect::<Vec<_>>(),
+        "covariance" => experiments.iter().map(|e| e.covariance.to_string()).collect::<Vec<_>>(),
         "count" => experiments.iter().map(|e| e.count.map(|c| c as u32)).collect::<Vec<_>>(),
         "channels" => experiments.iter().map(|e| e.channels as u32).collect::<Vec<_>>(),
         "seed" => experiments.iter().map(|e| e.seed).collect::<Vec<_>>(),
-        "score" => experiments.iter().map(|e| e.score.as_deref()).collect::<Vec<_>>(),
+        "score" => experiments.iter().map(|e| e.score.map(ScoreKind::name)).collect::<Vec<_>>(),
         "calibration_auroc" => experiments.iter().map(|e| e.calibration_auroc).collect::<Vec<_>>(),
         "test_auroc" => experiments.iter().map(|e| e.test_auroc).collect::<Vec<_>>(),
         "calibration_auroc_mean_score" => experiments.iter().map(|e| e.calibration_auroc_mean_score).collect::<Vec<_>>(),
@@ -155,21 +199,23 @@ pub fn groups(frame: &DataFrame) -> PolarsResult<Vec<Group>> {
     let (cal_mean, cal_std) = (floats("calibration_auroc_mean")?, floats("calibration_auroc_std")?);
     let (test_mean, test_std) = (floats("test_auroc_mean")?, floats("test_auroc_std")?);
     let (acc_mean, acc_std) = (floats("accuracy_mean")?, floats("accuracy_std")?);
-    Ok((0..frame.height())
-        .map(|i| Group {
-            backbone: backbone[i].clone(),
-            layers: layers[i].clone(),
-            covariance: covariance[i].clone(),
-            channels: channels[i],
-            experiments: n[i],
-            calibration_auroc_mean: cal_mean[i],
-            calibration_auroc_std: cal_std[i],
-            test_auroc_mean: test_mean[i],
-            test_auroc_std: test_std[i],
-            accuracy_mean: acc_mean[i],
-            accuracy_std: acc_std[i],
+    (0..frame.height())
+        .map(|i| {
+            Ok(Group {
+                backbone: backbone[i].clone(),
+                layers: layers[i].clone(),
+                covariance: covariance[i].parse().map_err(|e: String| PolarsError::ComputeError(e.into()))?,
+                channels: channels[i],
+                experiments: n[i],
+                calibration_auroc_mean: cal_mean[i],
+                calibration_auroc_std: cal_std[i],
+                test_auroc_mean: test_mean[i],
+                test_auroc_std: test_std[i],
+                accuracy_mean: acc_mean[i],
+                accuracy_std: acc_std[i],
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The best experiment by calibration AUROC; ties go to fewer channels, then to the smaller id.
@@ -219,7 +265,7 @@ fn apart(leader: &Experiment, e: &Experiment) -> String {
         parts.push(format!("seed {}", e.seed.unwrap_or_default()));
     }
     if e.score != leader.score {
-        parts.push(format!("{} score", e.score.as_deref().unwrap_or("-")));
+        parts.push(format!("{} score", e.score.map_or("-", ScoreKind::name)));
     }
     if parts.is_empty() { "the same settings".into() } else { parts.join(", ") }
 }
@@ -247,8 +293,8 @@ pub fn auroc_plot(groups: &[Group]) -> Result<Vec<u8>, PictureError> {
     // One line per backbone, layer combination and estimator (the estimator named unless it is
     // `sample`).
     let label = |g: &Group| {
-        let layers = match g.covariance.as_str() {
-            "sample" => g.layers.clone(),
+        let layers = match g.covariance {
+            Covariance { estimator: CovarianceEstimator::Sample, pool: CovariancePool::None } => g.layers.clone(),
             other => format!("{} {other}", g.layers),
         };
         if g.backbone.is_empty() {
@@ -312,11 +358,11 @@ mod tests {
             id: id.into(),
             backbone: String::new(),
             layers: layers.into(),
-            covariance: "sample".into(),
+            covariance: Covariance::default(),
             count: Some(channels),
             channels,
             seed: Some(seed),
-            score: Some("mean".into()),
+            score: Some(ScoreKind::Mean),
             calibration_auroc: Some(cal),
             test_auroc: Some(test),
             calibration_auroc_mean_score: Some(cal),
@@ -360,9 +406,10 @@ mod tests {
     #[test]
     fn the_leaderboard_ranks_by_calibration_and_says_what_differs_from_the_best() {
         let mut oas = experiment("all-l23-oas", "2+3", 152, 0, 0.93, 0.95);
-        (oas.count, oas.seed, oas.covariance) = (None, None, "oas".into());
+        (oas.count, oas.seed) = (None, None);
+        oas.covariance = Covariance { estimator: CovarianceEstimator::Oas, pool: CovariancePool::None };
         let mut top = experiment("c010-s1-l123", "1+2+3", 10, 1, 0.92, 0.99);
-        top.score = Some("top".into());
+        top.score = Some(ScoreKind::Top);
         let mut uncalibrated = experiment("c010-s9-l123", "1+2+3", 10, 9, 0.0, 0.0);
         uncalibrated.calibration_auroc = None;
         let experiments = vec![

@@ -6,7 +6,7 @@ use crate::evaluate::split_scores;
 use crate::inputs::Scored;
 use crate::metrics::{Confusion, Roc};
 use crate::summary::{ModelMetrics, ReportSummary, SetMetrics};
-use padim_core::config::{Job, ScoreKind};
+use padim_core::config::{Job, ScoreKind, SplitName};
 use padim_store::{Store, layout};
 use polars::prelude::*;
 use std::collections::BTreeMap;
@@ -51,7 +51,7 @@ pub(crate) fn write_tables(
         "image" => rows.iter().map(|(_, r, _, _, _)| r.image).collect::<Vec<u32>>(),
         "path" => rows.iter().map(|(_, r, _, _, _)| r.path.as_str()).collect::<Vec<&str>>(),
         "label" => rows.iter().map(|(_, r, _, _, _)| r.label.as_str()).collect::<Vec<&str>>(),
-        "split" => rows.iter().map(|(_, r, _, _, _)| r.split.as_str()).collect::<Vec<&str>>(),
+        "split" => rows.iter().map(|(_, r, _, _, _)| r.split_text.as_str()).collect::<Vec<&str>>(),
         "model" => rows.iter().map(|(m, _, _, _, _)| *m).collect::<Vec<&str>>(),
         "mean" => rows.iter().map(|(_, r, _, _, _)| r.mean).collect::<Vec<f64>>(),
         "max" => rows.iter().map(|(_, r, _, _, _)| r.max).collect::<Vec<f64>>(),
@@ -96,8 +96,9 @@ pub(crate) fn write_tables(
     let mut points: Vec<(&str, &str, &str, f64, f64, f64)> = Vec::new();
     for m in &summary.models {
         let kind = m.score;
-        for set in ["calibration", "test"] {
-            let (scores, truth) = split_scores(&by_model[&m.model], set, kind, m.normalisation, &job.dataset.normal);
+        for split in [SplitName::Calibration, SplitName::Test] {
+            let set = split.name();
+            let (scores, truth) = split_scores(&by_model[&m.model], split, kind, m.normalisation, &job.dataset.normal);
             let roc =
                 Roc::new(&scores, &truth, set).map_err(|source| ReportError::Metric { what: set.into(), source })?;
             for i in 0..roc.fpr.len() {

@@ -21,7 +21,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 use padim_core::split::{ManifestRow, manifest_csv};
 use padim_core::{Job, NoProgress};
 use padim_fit::stage::{FitOptions, run_fit};
-use padim_score::stage::run_score;
+use padim_score::stage::{ScoreOptions, run_score};
 use padim_store::{
     DoneMarker, EmbeddingMeta, EmbeddingWriter, ImageRow, ImageStatus, LayerInfo, Store, WriterSettings,
     write_image_table,
@@ -196,7 +196,7 @@ fn fit(job: &Job) -> f64 {
 }
 
 fn score(job: &Job) -> f64 {
-    seconds(|| run_score(job, true, None, None, &NoProgress).unwrap())
+    seconds(|| run_score(job, &ScoreOptions { force: true, ..ScoreOptions::default() }, &NoProgress).unwrap())
 }
 
 /// Seconds the PyTorch reference takes for `command` (bench-fit or bench-score) with `job`'s models.

@@ -13,4 +13,4 @@ pub mod stage;
 
 pub use mahalanobis::{ScoreError, distances, distances_many};
 pub use maps::{MapFilter, MapStats, gaussian_kernel, resize_bilinear, smooth_gaussian};
-pub use stage::{ScoreStageError, ScoreSummary, run_score};
+pub use stage::{ScoreOptions, ScoreStageError, ScoreSummary, run_score};

@@ -7,9 +7,10 @@ use crate::nearest::model_nearest_distances;
 use padim_core::config::Job;
 use padim_core::{Progress, Shard};
 use padim_fit::model::{Model, ModelError, decode_model};
-use padim_store::layout;
+use padim_store::layout::{self, counts};
 use padim_store::{
-    DoneMarker, EmbeddingReader, ImageRow, MapsWriter, ScoreRow, Store, StoreError, read_image_table, write_scores,
+    DoneMarker, EmbeddingReader, Gate, GateRules, ImageRow, Inputs, MapsWriter, ScoreRow, ShardsError, Store,
+    StoreError, read_image_table, write_scores,
 };
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ impl ScoreStageError {
     pub fn is_transient(&self) -> bool {
         match self {
             ScoreStageError::Store(e) => e.is_transient(),
-            ScoreStageError::Extract(e) => e.is_transient(),
+            ScoreStageError::Shards(e) => e.is_transient(),
             _ => false,
         }
     }
@@ -30,7 +31,7 @@ impl ScoreStageError {
 pub enum ScoreStageError {
     /// The job's extract shards are missing, incomplete or of another identity.
     #[error(transparent)]
-    Extract(#[from] padim_fit::FitError),
+    Shards(#[from] ShardsError),
     #[error("{url} is stale: {input} was redone after it was made (a forced rerun); run `{command}` first")]
     Stale { url: String, input: String, command: String },
     #[error(transparent)]
@@ -64,245 +65,326 @@ pub struct ScoreSummary {
     pub shards_skipped: usize,
 }
 
-/// Scores every extract shard (or, with `shard`, that shard of the extract shards) with every model
-/// of the job's fit (or, with `models`, that part of them, in the fit's order: a sweep's experiments
-/// sharded across tasks, each reading the embeddings once for its models). A part's outputs carry
-/// its tag (`score/scores-TAG-models-J-of-M.parquet`, its own done marker); the report takes, per
-/// extract shard, the whole-model marker or parts that together cover every model once.
-pub fn run_score(
-    job: &Job,
-    force: bool,
-    shard: Option<Shard>,
-    models: Option<Shard>,
-    progress: &dyn Progress,
-) -> Result<ScoreSummary, ScoreStageError> {
+/// Choices of one invocation of the score stage.
+#[derive(Debug, Clone, Default)]
+pub struct ScoreOptions {
+    /// Redo shards even if they are marked done.
+    pub force: bool,
+    /// Score only this shard of the extract shards (default: all).
+    pub shard: Option<Shard>,
+    /// Score only this part of the fit's models, in their order (default: all; 0/1 is all).
+    pub models: Option<Shard>,
+}
+
+/// Scores every extract shard (or, with `options.shard`, that shard of the extract shards) with
+/// every model of the job's fit (or, with `options.models`, that part of them, in the fit's order:
+/// a sweep's experiments sharded across tasks, each reading the embeddings once for its models). A
+/// part's outputs carry its tag (`score/scores-TAG-models-J-of-M.parquet`, its own done marker); the
+/// report takes, per extract shard, the whole-model marker or parts that together cover every model
+/// once. Steps: the fit to score with, the plan of passes within the memory budget, then each
+/// shard (its gate, its passes, its outputs and done marker).
+pub fn run_score(job: &Job, options: &ScoreOptions, progress: &dyn Progress) -> Result<ScoreSummary, ScoreStageError> {
     let span = tracing::info_span!("score", job = %job.name);
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
     let inputs = padim_store::identity::input_digests(job, &store)?;
-    let fit_done = DoneMarker::read(&store, layout::fit::DONE)?
-        .filter(|m| m.config_hash == job.fit_hash(&inputs))
+    let fit_done = current_fit(&store, &job.fit_hash(&inputs))?;
+    let plan = ScorePlan::new(&store, job, &fit_done, options.models)?;
+    let score_hash = job.score_hash(&inputs);
+    let mut shards = padim_store::extract_shards(&store, &job.extract_hash(&inputs))?;
+    if let Some(part) = options.shard {
+        shards = shards[part.range(shards.len())].to_vec();
+    }
+    let mut summary = ScoreSummary {
+        images: 0,
+        models: plan.files.len(),
+        passes: plan.groups.len(),
+        shards_done: 0,
+        shards_skipped: 0,
+    };
+    progress.start("score", shards.len() as u64);
+    for shard in shards {
+        match score_shard(&store, job, &plan, shard, (&score_hash, options.force))? {
+            Some(images) => {
+                summary.images += images;
+                summary.shards_done += 1;
+            }
+            None => summary.shards_skipped += 1,
+        }
+        progress.advance(1);
+    }
+    progress.finish();
+    Ok(summary)
+}
+
+/// The fit's done marker of this identity, with nothing it was made from redone since.
+fn current_fit(store: &Store, fit_hash: &str) -> Result<DoneMarker, ScoreStageError> {
+    let fit_done = DoneMarker::read(store, layout::fit::DONE)?
+        .filter(|m| m.config_hash == fit_hash)
         .ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(layout::fit::DONE) })?;
-    if let Some(input) = fit_done.stale_input(&store)? {
+    if let Some(input) = fit_done.stale_input(store)? {
         return Err(ScoreStageError::Stale {
             url: store.url_of(layout::fit::DONE),
             input: store.url_of(&input),
             command: "padim fit JOB".into(),
         });
     }
-    // Part 0/1 is every model: the same outputs as no part, so that templates can always pass one.
-    let part = models.filter(|p| p.count > 1);
-    let files = match part {
-        Some(part) => &fit_done.files[part.range(fit_done.files.len())],
-        None => &fit_done.files[..],
-    };
-    if let Some(part) = part
-        && files.is_empty()
-    {
-        return Err(ScoreStageError::EmptyPart { part: part.to_string(), models: fit_done.files.len() });
-    }
-    // Models in groups that fit the memory budget (one group, read once, unless a sweep's models
-    // do not fit together); each further group is one more pass over each shard's embeddings.
-    let sizes = files
-        .par_iter()
-        .map(|key| store.size(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) }))
-        .collect::<Result<Vec<u64>, _>>()?;
-    let budget = job.score.memory_budget_gib * (1u64 << 30) as f64;
-    let groups = memory_groups(&sizes, budget, rayon::current_num_threads()).map_err(|(index, need)| {
-        ScoreStageError::MemoryBudget {
-            url: store.url_of(&files[index]),
-            need_gib: need / (1u64 << 30) as f64,
-            budget_gib: job.score.memory_budget_gib,
-        }
-    })?;
-    if groups.len() > 1 {
-        tracing::info!(
-            passes = groups.len(),
-            models = files.len(),
-            "the models exceed score.memory-budget-gib together"
-        );
-    }
-    let resident = match groups.as_slice() {
-        [_] => Some(Pass::load(&store, files)?),
-        _ => None,
-    };
-    let score_hash = job.score_hash(&inputs);
-    let mut shards = padim_fit::stage::extract_shards(&store, &job.extract_hash(&inputs))?;
-    if let Some(part) = shard {
-        shards = shards[part.range(shards.len())].to_vec();
-    }
-    let mut summary =
-        ScoreSummary { images: 0, models: files.len(), passes: groups.len(), shards_done: 0, shards_skipped: 0 };
-    progress.start("score", shards.len() as u64);
-    for shard in shards {
-        let done_key = layout::score::done(shard, part);
-        let made_from =
-            DoneMarker::current_ids(&store, &[layout::fit::DONE.to_string(), layout::extract::done(shard)])?;
-        if !force
-            && let Some(marker) = DoneMarker::read(&store, &done_key)?
-            && marker.config_hash == score_hash
+    Ok(fit_done)
+}
+
+/// Which models this task scores, and in how many passes over each shard's embeddings.
+struct ScorePlan {
+    /// The models' keys (the fit's, or one part of them).
+    files: Vec<String>,
+    /// The `--models` part (none: every model).
+    part: Option<Shard>,
+    /// Consecutive models read together, within the memory budget.
+    groups: Vec<std::ops::Range<usize>>,
+    /// With one group, its models, loaded once for every shard.
+    resident: Option<Pass>,
+}
+
+impl ScorePlan {
+    fn new(
+        store: &Store,
+        job: &Job,
+        fit_done: &DoneMarker,
+        models: Option<Shard>,
+    ) -> Result<ScorePlan, ScoreStageError> {
+        // Part 0/1 is every model: the same outputs as no part, so that templates can always pass one.
+        let part = models.filter(|p| p.count > 1);
+        let files = match part {
+            Some(part) => fit_done.files[part.range(fit_done.files.len())].to_vec(),
+            None => fit_done.files.clone(),
+        };
+        if let Some(part) = part
+            && files.is_empty()
         {
-            if marker.made_from == made_from {
-                summary.shards_skipped += 1;
-                progress.advance(1);
-                continue;
-            }
-            tracing::warn!(
-                "{} is stale: the fit or extract shard it was made from was redone since; scoring again",
-                store.url_of(&done_key)
-            );
+            return Err(ScoreStageError::EmptyPart { part: part.to_string(), models: fit_done.files.len() });
         }
-        store.delete(&done_key)?;
-        let images: HashMap<u32, ImageRow> = read_image_table(&store, &layout::extract::images(shard))?
-            .into_iter()
-            .map(|row| (row.image, row))
-            .collect();
-        let embeddings_key = layout::extract::embeddings(shard);
-        let url = store.url_of(&embeddings_key);
-        // Per model (in the fit's order): its rows, its maps (spilled to a temporary file, so that
-        // memory does not grow with the shard's images) and the CPU time spent on its distances,
-        // resizing and smoothing (summed over threads). Rows are written model by model, so that
-        // the files do not depend on how the models were grouped.
-        let mut names = vec![String::new(); files.len()];
-        let mut score_rows: Vec<Vec<ScoreRow>> = vec![Vec::new(); files.len()];
-        let maps_key = layout::score::maps(shard, part);
-        let spill_error = |source| ScoreStageError::Spill { url: store.url_of(&maps_key), source };
-        let mut spills = (0..files.len())
-            .map(|_| tempfile::tempfile().map(std::io::BufWriter::new))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(spill_error)?;
-        let mut model_time = vec![Duration::ZERO; files.len()];
-        for (pass_index, range) in groups.iter().enumerate() {
-            let loaded;
-            let pass = match &resident {
-                Some(pass) => pass,
-                None => {
-                    loaded = Pass::load(&store, &files[range.clone()])?;
-                    &loaded
-                }
-            };
-            let mut reader = EmbeddingReader::open(&store, &embeddings_key, Some(&pass.union), job.score.batch_images)?;
-            let meta = reader.meta().clone();
-            for (name, model) in &pass.models {
-                let info = &model.info;
-                if (info.backbone.as_str(), info.weights_sha256.as_str(), info.grid_height, info.grid_width)
-                    != (meta.backbone.as_str(), meta.weights_sha256.as_str(), meta.grid_height, meta.grid_width)
-                {
-                    return Err(ScoreStageError::Mismatch {
-                        model: name.clone(),
-                        url,
-                        found: format!("{} ({}x{} grid)", info.backbone, info.grid_height, info.grid_width),
-                        expected: format!("{} ({}x{} grid)", meta.backbone, meta.grid_height, meta.grid_width),
-                    });
-                }
+        // Models in groups that fit the memory budget (one group, read once, unless a sweep's models
+        // do not fit together); each further group is one more pass over each shard's embeddings.
+        let sizes = files
+            .par_iter()
+            .map(|key| store.size(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) }))
+            .collect::<Result<Vec<u64>, _>>()?;
+        let budget = job.score.memory_budget_gib * (1u64 << 30) as f64;
+        let groups = memory_groups(&sizes, budget, rayon::current_num_threads()).map_err(|(index, need)| {
+            ScoreStageError::MemoryBudget {
+                url: store.url_of(&files[index]),
+                need_gib: need / (1u64 << 30) as f64,
+                budget_gib: job.score.memory_budget_gib,
             }
-            let n_patches = meta.grid_height * meta.grid_width;
-            let filter = MapFilter::new(
-                meta.grid_height,
-                meta.grid_width,
-                meta.input_height,
-                meta.input_width,
-                job.score.sigma,
-                job.score.kernel_size,
-            );
-            // Gaussian models in one pass over each batch; nearest-patch models one by one.
-            let with_positions: Vec<(&Model, &[usize])> = pass
-                .models
-                .iter()
-                .zip(&pass.positions)
-                .filter(|((_, model), _)| !model.is_nearest())
-                .map(|((_, model), p)| (model, p.as_slice()))
-                .collect();
-            let at = range.start;
-            for (m, (name, _)) in pass.models.iter().enumerate() {
-                names[at + m] = name.clone();
-            }
-            while let Some(batch) = reader.next_batch()? {
-                let n = batch.image_ids.len();
-                let score_error = |source| ScoreStageError::Score { url: url.clone(), source };
-                let mut gaussian_maps = distances_many(&with_positions, &pass.union, &batch.image_ids, &batch.values)
-                    .map_err(score_error)?
-                    .into_iter();
-                let maps = pass
-                    .models
-                    .iter()
-                    .zip(&pass.positions)
-                    .map(|((_, model), positions)| match model.is_nearest() {
-                        true => model_nearest_distances(model, positions, &pass.union, &batch.image_ids, &batch.values)
-                            .map_err(score_error),
-                        false => Ok(gaussian_maps.next().expect("one map set per Gaussian model")),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?;
-                // Resizing and smoothing are independent per map: one map per task.
-                let stats: Vec<(MapStats, Duration)> = maps
-                    .iter()
-                    .flat_map(|(maps, _)| maps.chunks(n_patches))
-                    .collect::<Vec<_>>()
-                    .into_par_iter()
-                    .map(|map| {
-                        let clock = Instant::now();
-                        let stats = MapStats::of(&filter.apply(map), job.score.top_fraction);
-                        (stats, clock.elapsed())
-                    })
-                    .collect();
-                let mut stats = stats.into_iter();
-                for (m, (maps, spent)) in maps.into_iter().enumerate() {
-                    let name = &names[at + m];
-                    model_time[at + m] += spent;
-                    for (&id, map) in batch.image_ids.iter().zip(maps.chunks(n_patches)) {
-                        let (stats, spent) = stats.next().expect("one statistic per map");
-                        model_time[at + m] += spent;
-                        let row = images.get(&id);
-                        score_rows[at + m].push(ScoreRow {
-                            image: id,
-                            label: row.map(|r| r.label.clone()).unwrap_or_default(),
-                            split: row.and_then(|r| r.split.clone()),
-                            model: name.clone(),
-                            mean: stats.mean,
-                            max: stats.max,
-                            min: stats.min,
-                            top: stats.top,
-                        });
-                        spill_map(&mut spills[at + m], map).map_err(spill_error)?;
-                    }
-                }
-                if pass_index == 0 {
-                    summary.images += n;
-                }
-            }
-        }
-        let scores_key = layout::score::scores(shard, part);
-        write_maps_from_spills(&store, &maps_key, &score_rows, spills).map_err(|e| match e {
-            SpillOrStore::Spill(source) => spill_error(source),
-            SpillOrStore::Store(e) => ScoreStageError::Store(e),
         })?;
-        write_scores(&store, &scores_key, &score_rows.concat())?;
-        DoneMarker {
-            stage: "score".into(),
-            shard: match part {
-                Some(part) => format!("{shard}, models {part}"),
-                None => shard.to_string(),
-            },
-            config_hash: score_hash.clone(),
-            digest: None,
-            run_id: DoneMarker::new_run_id(),
-            made_from,
-            files: vec![scores_key, maps_key],
-            counts: std::iter::once(("rows".to_string(), score_rows.len() as u64))
-                .chain(
-                    names
-                        .iter()
-                        .zip(&model_time)
-                        .map(|(name, time)| (layout::score::micros_count(name), time.as_micros() as u64)),
-                )
-                .collect(),
+        if groups.len() > 1 {
+            tracing::info!(
+                passes = groups.len(),
+                models = files.len(),
+                "the models exceed score.memory-budget-gib together"
+            );
         }
-        .publish(&store, &done_key)?;
-        summary.shards_done += 1;
-        progress.advance(1);
+        let resident = match groups.as_slice() {
+            [_] => Some(Pass::load(store, &files)?),
+            _ => None,
+        };
+        Ok(ScorePlan { files, part, groups, resident })
     }
-    progress.finish();
-    Ok(summary)
+}
+
+/// What one shard's scoring gathers, per model in the fit's order: its rows, its maps (spilled to a
+/// temporary file, so that memory does not grow with the shard's images) and the CPU time spent on
+/// its distances, resizing and smoothing (summed over threads). Rows are written model by model, so
+/// that the files do not depend on how the models were grouped.
+struct ShardScores {
+    names: Vec<String>,
+    rows: Vec<Vec<ScoreRow>>,
+    spills: Vec<std::io::BufWriter<std::fs::File>>,
+    time: Vec<Duration>,
+    images: usize,
+}
+
+/// Scores one extract shard with the plan's models, unless its done marker is current: `None`
+/// when skipped, else the images scored.
+fn score_shard(
+    store: &Store,
+    job: &Job,
+    plan: &ScorePlan,
+    shard: Shard,
+    (score_hash, force): (&str, bool),
+) -> Result<Option<usize>, ScoreStageError> {
+    let done_key = layout::score::done(shard, plan.part);
+    let made_from = DoneMarker::current_ids(store, &[layout::fit::DONE.to_string(), layout::extract::done(shard)])?;
+    let rules = GateRules { force, inputs: Inputs::Exactly(&made_from), refuse_other: false };
+    if let Gate::Current(_) = DoneMarker::gate(store, &done_key, score_hash, rules)? {
+        return Ok(None);
+    }
+    store.delete(&done_key)?;
+    let images: HashMap<u32, ImageRow> =
+        read_image_table(store, &layout::extract::images(shard))?.into_iter().map(|row| (row.image, row)).collect();
+    let maps_key = layout::score::maps(shard, plan.part);
+    let spill_error = |source| ScoreStageError::Spill { url: store.url_of(&maps_key), source };
+    let n = plan.files.len();
+    let mut out = ShardScores {
+        names: vec![String::new(); n],
+        rows: vec![Vec::new(); n],
+        spills: (0..n)
+            .map(|_| tempfile::tempfile().map(std::io::BufWriter::new))
+            .collect::<Result<_, _>>()
+            .map_err(spill_error)?,
+        time: vec![Duration::ZERO; n],
+        images: 0,
+    };
+    for (pass_index, range) in plan.groups.iter().enumerate() {
+        let loaded;
+        let pass = match &plan.resident {
+            Some(pass) => pass,
+            None => {
+                loaded = Pass::load(store, &plan.files[range.clone()])?;
+                &loaded
+            }
+        };
+        let images_seen = score_pass(store, job, pass, shard, (&images, range.start), &mut out)?;
+        if pass_index == 0 {
+            out.images = images_seen;
+        }
+    }
+    let scores_key = layout::score::scores(shard, plan.part);
+    write_maps_from_spills(store, &maps_key, &out.rows, out.spills).map_err(|e| match e {
+        SpillOrStore::Spill(source) => spill_error(source),
+        SpillOrStore::Store(e) => ScoreStageError::Store(e),
+    })?;
+    write_scores(store, &scores_key, &out.rows.concat())?;
+    let rows = out.rows.iter().map(Vec::len).sum::<usize>() as u64;
+    DoneMarker {
+        stage: "score".into(),
+        shard: match plan.part {
+            Some(part) => format!("{shard}, models {part}"),
+            None => shard.to_string(),
+        },
+        config_hash: score_hash.to_string(),
+        digest: None,
+        run_id: DoneMarker::new_run_id(),
+        made_from,
+        files: vec![scores_key, maps_key],
+        counts: std::iter::once((counts::ROWS.to_string(), rows))
+            .chain(
+                out.names
+                    .iter()
+                    .zip(&out.time)
+                    .map(|(name, time)| (layout::score::micros_count(name), time.as_micros() as u64)),
+            )
+            .collect(),
+    }
+    .publish(store, &done_key)?;
+    Ok(Some(out.images))
+}
+
+/// One pass over `shard`'s embeddings with the models of `pass`, which are models `at..` of the
+/// plan; their rows, maps and times go to `out`. Returns the images read.
+fn score_pass(
+    store: &Store,
+    job: &Job,
+    pass: &Pass,
+    shard: Shard,
+    (images, at): (&HashMap<u32, ImageRow>, usize),
+    out: &mut ShardScores,
+) -> Result<usize, ScoreStageError> {
+    let embeddings_key = layout::extract::embeddings(shard);
+    let url = store.url_of(&embeddings_key);
+    let mut reader = EmbeddingReader::open(store, &embeddings_key, Some(&pass.union), job.score.batch_images)?;
+    let meta = reader.meta().clone();
+    for (name, model) in &pass.models {
+        let info = &model.info;
+        if (info.backbone.as_str(), info.weights_sha256.as_str(), info.grid_height, info.grid_width)
+            != (meta.backbone.as_str(), meta.weights_sha256.as_str(), meta.grid_height, meta.grid_width)
+        {
+            return Err(ScoreStageError::Mismatch {
+                model: name.clone(),
+                url,
+                found: format!("{} ({}x{} grid)", info.backbone, info.grid_height, info.grid_width),
+                expected: format!("{} ({}x{} grid)", meta.backbone, meta.grid_height, meta.grid_width),
+            });
+        }
+    }
+    let n_patches = meta.grid_height * meta.grid_width;
+    let filter = MapFilter::new(
+        meta.grid_height,
+        meta.grid_width,
+        meta.input_height,
+        meta.input_width,
+        job.score.sigma,
+        job.score.kernel_size,
+    );
+    for (m, (name, _)) in pass.models.iter().enumerate() {
+        out.names[at + m] = name.clone();
+    }
+    let spill_error = |source| ScoreStageError::Spill { url: url.clone(), source };
+    let mut seen = 0;
+    while let Some(batch) = reader.next_batch()? {
+        let maps = batch_maps(pass, &batch, &url)?;
+        // Resizing and smoothing are independent per map: one map per task.
+        let stats: Vec<(MapStats, Duration)> = maps
+            .iter()
+            .flat_map(|(maps, _)| maps.chunks(n_patches))
+            .collect::<Vec<_>>()
+            .into_par_iter()
+            .map(|map| {
+                let clock = Instant::now();
+                let stats = MapStats::of(&filter.apply(map), job.score.top_fraction);
+                (stats, clock.elapsed())
+            })
+            .collect();
+        let mut stats = stats.into_iter();
+        for (m, (maps, spent)) in maps.into_iter().enumerate() {
+            out.time[at + m] += spent;
+            for (&id, map) in batch.image_ids.iter().zip(maps.chunks(n_patches)) {
+                let (stats, spent) = stats.next().expect("one statistic per map");
+                out.time[at + m] += spent;
+                let row = images.get(&id);
+                out.rows[at + m].push(ScoreRow {
+                    image: id,
+                    label: row.map(|r| r.label.clone()).unwrap_or_default(),
+                    split: row.and_then(|r| r.split.clone()),
+                    model: out.names[at + m].clone(),
+                    mean: stats.mean,
+                    max: stats.max,
+                    min: stats.min,
+                    top: stats.top,
+                });
+                spill_map(&mut out.spills[at + m], map).map_err(spill_error)?;
+            }
+        }
+        seen += batch.image_ids.len();
+    }
+    Ok(seen)
+}
+
+/// Every model's distance maps of a batch (`[n_images, n_patches]` each) and the CPU time they
+/// took: the Gaussian models in one pass over the batch, nearest-patch models one by one.
+fn batch_maps(
+    pass: &Pass,
+    batch: &padim_store::EmbeddingBatch,
+    url: &str,
+) -> Result<Vec<(Vec<f32>, Duration)>, ScoreStageError> {
+    let score_error = |source| ScoreStageError::Score { url: url.to_string(), source };
+    let with_positions: Vec<(&Model, &[usize])> = pass
+        .models
+        .iter()
+        .zip(&pass.positions)
+        .filter(|((_, model), _)| !model.is_nearest())
+        .map(|((_, model), p)| (model, p.as_slice()))
+        .collect();
+    let mut gaussian_maps =
+        distances_many(&with_positions, &pass.union, &batch.image_ids, &batch.values).map_err(score_error)?.into_iter();
+    pass.models
+        .iter()
+        .zip(&pass.positions)
+        .map(|((_, model), positions)| match model.is_nearest() {
+            true => model_nearest_distances(model, positions, &pass.union, &batch.image_ids, &batch.values)
+                .map_err(score_error),
+            false => Ok(gaussian_maps.next().expect("one map set per Gaussian model")),
+        })
+        .collect()
 }
 
 /// Appends a map's values (little-endian f32) to a model's spill file.

@@ -11,10 +11,11 @@ use padim_core::Progress;
 use padim_core::config::Job;
 use padim_core::dataset::{DatasetError, ImageRecord, list_images_in};
 use padim_core::split::{ManifestRow, SplitError, SplitInput, assign, manifest_csv, read_manifest_csv};
+use padim_store::layout::counts as layout_counts;
 use padim_store::layout::split::{
     DONE as SPLIT_DONE_KEY, LISTING as SPLIT_LISTING_KEY, MANIFEST as SPLIT_MANIFEST_KEY,
 };
-use padim_store::{DoneMarker, InputFiles, Published, Store, StoreError};
+use padim_store::{DoneMarker, Gate, GateRules, InputFiles, Inputs, Published, Store, StoreError};
 use rayon::prelude::*;
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -45,8 +46,17 @@ pub enum SplitStageError {
          image: add a line `path,group` for each (paths relative to the dataset's base, as split/listing.csv has them)"
     )]
     Ungrouped { file: String, missing: usize, list: String },
-    #[error("{0}")]
-    Manifest(String),
+    #[error(transparent)]
+    ReadManifest(#[from] padim_core::split::ManifestError),
+    #[error(
+        "another task split the dataset at the same time and saw other files ({url}); rerun `padim split JOB --force`"
+    )]
+    RacedSplit { url: String },
+    #[error(
+        "{url} does not match the digest its done marker records (written by another task?); rerun \
+         `padim split JOB --force`"
+    )]
+    ManifestDigest { url: String },
 }
 
 impl SplitStageError {
@@ -64,29 +74,71 @@ pub struct SplitSummary {
     pub already_done: bool,
 }
 
+/// Choices of one invocation of the split stage.
+#[derive(Debug, Clone, Default)]
+pub struct SplitOptions {
+    /// Redo the split even if it is marked done, or marked done by another configuration.
+    pub force: bool,
+}
+
 /// Runs the split stage of the job. When it is done already, the dataset is listed again and any
 /// file added or removed since is reported (replaced files are found by the extract stage, which
-/// checks each file it reads against the manifest's SHA-256).
-pub fn run_split(job: &Job, force: bool, progress: &dyn Progress) -> Result<SplitSummary, SplitStageError> {
+/// checks each file it reads against the manifest's SHA-256). Steps: the gate, hashing, the groups,
+/// the manifest, publishing it.
+pub fn run_split(job: &Job, options: &SplitOptions, progress: &dyn Progress) -> Result<SplitSummary, SplitStageError> {
     let span = tracing::info_span!("split", job = %job.name);
     let _entered = span.enter();
     let store = Store::open(&job.output)?;
     let hash = job.split_hash();
     let images = list_images_in(&job.dataset, &InputFiles)?;
-    if let Some(marker) = DoneMarker::read(&store, SPLIT_DONE_KEY)? {
-        let current = marker.config_hash == hash && marker.digest.is_some();
-        if current && !force {
+    let rules = GateRules { force: options.force, inputs: Inputs::Unchecked, refuse_other: true };
+    match DoneMarker::gate(&store, SPLIT_DONE_KEY, &hash, rules)? {
+        // A marker without the manifest's digest is of an older format: another configuration.
+        Gate::Current(marker) if marker.digest.is_some() => {
             check_unchanged(job, &store, &images)?;
             return Ok(summary_of(marker, true));
         }
-        if !current && !force {
+        Gate::Current(_) | Gate::Conflict(_) => {
             return Err(SplitStageError::ConfigMismatch { url: store.url_of(SPLIT_DONE_KEY) });
         }
-        store.delete(SPLIT_DONE_KEY)?;
+        Gate::Redo { marker: Some(_), .. } => store.delete(SPLIT_DONE_KEY)?,
+        Gate::Redo { marker: None, .. } => {}
     }
+    let mut inputs = hash_images(&images, progress)?;
+    let relative = |path: &std::path::Path| job.dataset.relative_path(path);
+    let listing: Vec<ManifestRow> = images
+        .iter()
+        .zip(&inputs)
+        .map(|(record, input)| ManifestRow {
+            path: relative(&record.path),
+            label: record.label.clone(),
+            split: record.split.clone(),
+            sha256: input.sha256.clone(),
+        })
+        .collect();
+    assign_groups(job, &mut inputs, &listing)?;
+    let manifest: Vec<ManifestRow> = match &job.split {
+        Some(settings) => assign(&inputs, settings)
+            .map_err(|error| SplitStageError::Split { job: job.name.clone(), error: Box::new(error) })?
+            .into_iter()
+            .map(|a| ManifestRow {
+                path: relative(&a.path),
+                label: a.label,
+                split: Some(a.split.to_string()),
+                sha256: a.sha256,
+            })
+            .collect(),
+        // Without a [split] every listed image is used, in listing order.
+        None => listing.clone(),
+    };
+    publish(&store, hash, (&manifest, &listing), images.len())
+}
+
+/// Every image's SHA-256, read in chunks (object stores: many requests in flight), hashed in
+/// parallel.
+fn hash_images(images: &[ImageRecord], progress: &dyn Progress) -> Result<Vec<SplitInput>, SplitStageError> {
     progress.start("split (hashing)", images.len() as u64);
     let mut inputs: Vec<SplitInput> = Vec::with_capacity(images.len());
-    // Read in chunks (object stores: many requests in flight), hashed in parallel.
     for chunk in images.chunks(64) {
         let paths: Vec<&std::path::Path> = chunk.iter().map(|r| r.path.as_path()).collect();
         let contents = padim_store::read_inputs(&paths);
@@ -102,80 +154,66 @@ pub fn run_split(job: &Job, force: bool, progress: &dyn Progress) -> Result<Spli
         progress.advance(chunk.len() as u64);
     }
     progress.finish();
-    let relative = |path: &std::path::Path| job.dataset.relative_path(path);
-    let listing: Vec<ManifestRow> = images
-        .iter()
-        .zip(&inputs)
-        .map(|(record, input)| ManifestRow {
-            path: relative(&record.path),
-            label: record.label.clone(),
-            split: record.split.clone(),
-            sha256: input.sha256.clone(),
-        })
-        .collect();
-    if let Some(groups) = job.split.as_ref().and_then(|s| s.groups.as_ref()) {
-        let mut missing = Vec::new();
-        for (input, row) in inputs.iter_mut().zip(&listing) {
-            input.group = groups.of.get(&row.path).cloned();
-            if input.group.is_none() {
-                missing.push(row.path.as_str());
-            }
-        }
-        if !missing.is_empty() {
-            let more = if missing.len() > LISTED_CHANGES { ", ..." } else { "" };
-            let list = missing.iter().take(LISTED_CHANGES).copied().collect::<Vec<_>>().join(", ");
-            return Err(SplitStageError::Ungrouped {
-                file: groups.path.display().to_string(),
-                missing: missing.len(),
-                list: format!("{list}{more}"),
-            });
+    Ok(inputs)
+}
+
+/// Gives every image its `split.groups` group; an image the file does not name is an error.
+fn assign_groups(job: &Job, inputs: &mut [SplitInput], listing: &[ManifestRow]) -> Result<(), SplitStageError> {
+    let Some(groups) = job.split.as_ref().and_then(|s| s.groups.as_ref()) else { return Ok(()) };
+    let mut missing = Vec::new();
+    for (input, row) in inputs.iter_mut().zip(listing) {
+        input.group = groups.of.get(&row.path).cloned();
+        if input.group.is_none() {
+            missing.push(row.path.as_str());
         }
     }
-    let manifest: Vec<ManifestRow> = match &job.split {
-        Some(settings) => assign(&inputs, settings)
-            .map_err(|error| SplitStageError::Split { job: job.name.clone(), error: Box::new(error) })?
-            .into_iter()
-            .map(|a| ManifestRow {
-                path: relative(&a.path),
-                label: a.label,
-                split: Some(a.split.to_string()),
-                sha256: a.sha256,
-            })
-            .collect(),
-        // Without a [split] every listed image is used, in listing order.
-        None => listing.clone(),
-    };
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let more = if missing.len() > LISTED_CHANGES { ", ..." } else { "" };
+    let list = missing.iter().take(LISTED_CHANGES).copied().collect::<Vec<_>>().join(", ");
+    Err(SplitStageError::Ungrouped {
+        file: groups.path.display().to_string(),
+        missing: missing.len(),
+        list: format!("{list}{more}"),
+    })
+}
+
+/// Publishes the manifest and the listing under a done marker with the counts per split and label.
+fn publish(
+    store: &Store,
+    hash: String,
+    (manifest, listing): (&[ManifestRow], &[ManifestRow]),
+    listed: usize,
+) -> Result<SplitSummary, SplitStageError> {
     let mut counts: BTreeMap<String, u64> = BTreeMap::new();
-    for row in &manifest {
-        *counts.entry(format!("{}/{}", row.split.as_deref().unwrap_or("all"), row.label)).or_default() += 1;
+    for row in manifest {
+        *counts.entry(layout_counts::split_label(row.split.as_deref().unwrap_or("all"), &row.label)).or_default() += 1;
     }
-    let unused = images.len() - manifest.len();
+    let unused = listed - manifest.len();
     let mut marker_counts = counts.clone();
-    marker_counts.insert("unused".into(), unused as u64);
+    marker_counts.insert(layout_counts::UNUSED.into(), unused as u64);
     let (digest, published) = padim_store::identity::publish_split(
-        &store,
+        store,
         hash,
-        manifest_csv(&manifest),
-        manifest_csv(&listing),
+        manifest_csv(manifest),
+        manifest_csv(listing),
         marker_counts,
     )?;
     if let Published::AlreadyDone(other) = published
         && other.digest.as_deref() != Some(digest.as_str())
     {
         // Another task split other files at the same moment: the manifest is now one of the two.
-        return Err(SplitStageError::Manifest(format!(
-            "another task split the dataset at the same time and saw other files ({}); rerun `padim split JOB --force`",
-            store.url_of(SPLIT_DONE_KEY)
-        )));
+        return Err(SplitStageError::RacedSplit { url: store.url_of(SPLIT_DONE_KEY) });
     }
     tracing::info!(images = manifest.len(), unused, "split done");
     Ok(SplitSummary { counts, unused, already_done: false })
 }
 
 fn summary_of(marker: DoneMarker, already_done: bool) -> SplitSummary {
-    let unused = marker.counts.get("unused").copied().unwrap_or(0) as usize;
+    let unused = marker.count(layout_counts::UNUSED) as usize;
     let mut counts = marker.counts;
-    counts.remove("unused");
+    counts.remove(layout_counts::UNUSED);
     SplitSummary { counts, unused, already_done }
 }
 
@@ -185,7 +223,7 @@ fn check_unchanged(job: &Job, store: &Store, images: &[ImageRecord]) -> Result<(
     let url = store.url_of(SPLIT_LISTING_KEY);
     let bytes = store.get(SPLIT_LISTING_KEY)?.ok_or_else(|| SplitStageError::NotSplit { url: url.clone() })?;
     let recorded: BTreeSet<(String, String)> = read_manifest_csv(&bytes, &url)
-        .map_err(SplitStageError::Manifest)?
+        .map_err(SplitStageError::ReadManifest)?
         .into_iter()
         .map(|row| (row.path, row.label))
         .collect();
@@ -221,12 +259,9 @@ pub fn job_images(job: &Job, store: &Store) -> Result<Vec<ImageRecord>, SplitSta
     let url = store.url_of(SPLIT_MANIFEST_KEY);
     let bytes = store.get(SPLIT_MANIFEST_KEY)?.ok_or_else(|| SplitStageError::NotSplit { url: url.clone() })?;
     if padim_core::hash::sha256_hex(&bytes) != done {
-        return Err(SplitStageError::Manifest(format!(
-            "{url} does not match the digest its done marker records (written by another task?); \
-             rerun `padim split JOB --force`"
-        )));
+        return Err(SplitStageError::ManifestDigest { url });
     }
-    let rows = read_manifest_csv(&bytes, &url).map_err(SplitStageError::Manifest)?;
+    let rows = read_manifest_csv(&bytes, &url).map_err(SplitStageError::ReadManifest)?;
     Ok(rows
         .into_iter()
         .enumerate()
@@ -245,7 +280,7 @@ pub fn job_images(job: &Job, store: &Store) -> Result<Vec<ImageRecord>, SplitSta
 pub fn ensure_split(job: &Job, store: &Store, progress: &dyn Progress) -> Result<(), SplitStageError> {
     let done = DoneMarker::read(store, SPLIT_DONE_KEY)?;
     if done.is_none() {
-        run_split(job, false, progress)?;
+        run_split(job, &SplitOptions::default(), progress)?;
     }
     Ok(())
 }

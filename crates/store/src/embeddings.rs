@@ -471,6 +471,44 @@ pub struct EmbeddingReader {
     positions: Vec<usize>,
 }
 
+/// The embedding metadata in a Parquet footer, of a format this padim reads.
+fn footer_meta(metadata: &parquet::file::metadata::ParquetMetaData, url: &str) -> Result<EmbeddingMeta, StoreError> {
+    let format_error = |message: String| StoreError::Format { url: url.to_string(), message };
+    let meta_json = metadata
+        .file_metadata()
+        .key_value_metadata()
+        .and_then(|kv| kv.iter().find(|kv| kv.key == EMBEDDINGS_META_KEY))
+        .and_then(|kv| kv.value.clone())
+        .ok_or_else(|| format_error(format!("no `{EMBEDDINGS_META_KEY}` metadata")))?;
+    let meta: EmbeddingMeta =
+        serde_json::from_str(&meta_json).map_err(|e| format_error(format!("bad metadata: {e}")))?;
+    if meta.format_version > EmbeddingMeta::FORMAT_VERSION {
+        return Err(format_error(format!(
+            "format version {} is newer than this padim understands ({})",
+            meta.format_version,
+            EmbeddingMeta::FORMAT_VERSION
+        )));
+    }
+    Ok(meta)
+}
+
+/// The row groups whose image ids (column statistics, `[min, max]`) may hold a wanted image; a
+/// row group without statistics must be read to know.
+fn wanted_row_groups(
+    metadata: &parquet::file::metadata::ParquetMetaData,
+    wanted: &dyn Fn(u32, u32) -> bool,
+) -> Vec<usize> {
+    (0..metadata.num_row_groups())
+        .filter(|&g| match metadata.row_group(g).column(0).statistics() {
+            Some(Statistics::Int32(stats)) => match (stats.min_opt(), stats.max_opt()) {
+                (Some(&min), Some(&max)) => wanted(min as u32, max as u32),
+                _ => true,
+            },
+            _ => true,
+        })
+        .collect()
+}
+
 impl EmbeddingReader {
     /// Opens `key`; `channels` selects embedding channels (all when `None`); each batch holds up to
     /// `images_per_batch` images.
@@ -503,28 +541,7 @@ impl EmbeddingReader {
         #[allow(deprecated)]
         let reader = ParquetObjectReader::new(store.inner(), store.object_path(key)).with_file_size(size);
         let builder = store.block_on(ParquetRecordBatchStreamBuilder::new(reader)).map_err(parquet_error)?;
-        let meta_json = builder
-            .metadata()
-            .file_metadata()
-            .key_value_metadata()
-            .and_then(|kv| kv.iter().find(|kv| kv.key == EMBEDDINGS_META_KEY))
-            .and_then(|kv| kv.value.clone())
-            .ok_or_else(|| StoreError::Format {
-                url: url.clone(),
-                message: format!("no `{EMBEDDINGS_META_KEY}` metadata"),
-            })?;
-        let meta: EmbeddingMeta = serde_json::from_str(&meta_json)
-            .map_err(|e| StoreError::Format { url: url.clone(), message: format!("bad metadata: {e}") })?;
-        if meta.format_version > EmbeddingMeta::FORMAT_VERSION {
-            return Err(StoreError::Format {
-                url,
-                message: format!(
-                    "format version {} is newer than this padim understands ({})",
-                    meta.format_version,
-                    EmbeddingMeta::FORMAT_VERSION
-                ),
-            });
-        }
+        let meta = footer_meta(builder.metadata(), &url)?;
         let channels: Vec<usize> = match channels {
             Some(list) => list.to_vec(),
             None => meta.stored(),
@@ -565,18 +582,7 @@ impl EmbeddingReader {
         let builder = match wanted {
             None => builder,
             Some(wanted) => {
-                let groups: Vec<usize> = (0..builder.metadata().num_row_groups())
-                    .filter(|&g| {
-                        match builder.metadata().row_group(g).column(0).statistics() {
-                            Some(Statistics::Int32(stats)) => match (stats.min_opt(), stats.max_opt()) {
-                                (Some(&min), Some(&max)) => wanted(min as u32, max as u32),
-                                _ => true,
-                            },
-                            // Without statistics the row group must be read to know.
-                            _ => true,
-                        }
-                    })
-                    .collect();
+                let groups = wanted_row_groups(builder.metadata(), wanted);
                 builder.with_row_groups(groups)
             }
         };

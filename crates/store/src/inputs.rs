@@ -104,14 +104,16 @@ pub fn list_inputs(prefix: &Path) -> Result<Vec<PathBuf>, StoreError> {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct InputFiles;
 
+use padim_core::dataset::FilesError;
+
 impl padim_core::dataset::Files for InputFiles {
-    fn read(&self, path: &Path) -> Result<Vec<u8>, String> {
-        read_input(path).map(|b| b.to_vec()).map_err(|e| e.to_string())
+    fn read(&self, path: &Path) -> Result<Vec<u8>, FilesError> {
+        read_input(path).map(|b| b.to_vec()).map_err(|e| e.into())
     }
 
-    fn list_files(&self, dir: &Path) -> Result<Vec<PathBuf>, String> {
+    fn list_files(&self, dir: &Path) -> Result<Vec<PathBuf>, FilesError> {
         if is_url(dir) {
-            list_inputs(dir).map_err(|e| e.to_string())
+            list_inputs(dir).map_err(|e| e.into())
         } else {
             padim_core::dataset::LocalFiles.list_files(dir)
         }

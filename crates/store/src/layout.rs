@@ -14,6 +14,27 @@
 
 use padim_core::Shard;
 
+/// The names of the done markers' counts ([`crate::DoneMarker::count`]).
+pub mod counts {
+    /// split: images no split takes (beside one count per `split/label`).
+    pub const UNUSED: &str = "unused";
+    /// extract: images extracted; report: images of the headline model's rows.
+    pub const IMAGES: &str = "images";
+    /// extract: images skipped as bad (`skip-bad`).
+    pub const SKIPPED: &str = "skipped";
+    /// extract, score: rows written.
+    pub const ROWS: &str = "rows";
+    /// fit (and its partial states): training images accumulated.
+    pub const TRAIN_IMAGES: &str = "train-images";
+    /// A backbone sweep's report: backbones compared.
+    pub const BACKBONES: &str = "backbones";
+
+    /// The split's count of `label` in `split` (`all` without splits).
+    pub fn split_label(split: &str, label: &str) -> String {
+        format!("{split}/{label}")
+    }
+}
+
 /// The split stage's keys.
 pub mod split {
     /// The image manifest: every image the job works on, numbered.

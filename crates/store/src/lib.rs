@@ -15,6 +15,7 @@ pub mod layout;
 mod location;
 mod marker;
 mod scores;
+pub mod shards;
 mod table;
 
 pub use embeddings::{
@@ -24,8 +25,9 @@ pub use embeddings::{
 pub use images::{ImageRow, ImageStatus, read_image_table, write_image_table};
 pub use inputs::{InputFiles, is_url, list_inputs, local_copy, read_input, read_input_opt, read_inputs};
 pub use location::{Lock, Store};
-pub use marker::{DoneMarker, Published, claim};
+pub use marker::{DoneMarker, Gate, GateRules, Inputs, Published, claim};
 pub use scores::{MapRow, MapsWriter, ScoreRow, read_maps, read_scores, write_maps, write_scores};
+pub use shards::{ShardsError, extract_shards};
 
 use std::path::PathBuf;
 

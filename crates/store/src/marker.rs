@@ -150,6 +150,86 @@ impl DoneMarker {
     }
 }
 
+/// How a stage judges the done marker it finds (see [`DoneMarker::gate`]): the staleness rules of
+/// every stage, in one place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GateRules<'a> {
+    /// Redo the work whatever the marker says (`--force`).
+    pub force: bool,
+    /// How the marker's inputs are checked.
+    pub inputs: Inputs<'a>,
+    /// Whether a marker of another identity is refused ([`Gate::Conflict`]) rather than redone.
+    pub refuse_other: bool,
+}
+
+/// How a marker's inputs are checked for a rerun upstream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inputs<'a> {
+    /// Not at all: the identity covers them (split, extract).
+    Unchecked,
+    /// Its `made_from` markers, and theirs in turn, must still carry the run ids it recorded (fit,
+    /// report; see [`DoneMarker::stale_input`]).
+    Upstream,
+    /// Its `made_from` must be exactly these run ids (a score shard: its fit and extract shard).
+    Exactly(&'a std::collections::BTreeMap<String, String>),
+}
+
+/// What a stage found at its done marker, before any work.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Gate {
+    /// Done with this identity from inputs that are still current: nothing to do.
+    Current(DoneMarker),
+    /// To do: no marker, a forced rerun, a stale marker (an input was redone since: its key in
+    /// `stale`, already logged) or one of another identity that the rules redo. The marker, if any,
+    /// is still there; the stage withdraws it ([`Store::delete`]) before it writes.
+    Redo { marker: Option<DoneMarker>, stale: Option<String> },
+    /// Made by another identity, and not forced: the stage refuses, naming it.
+    Conflict(DoneMarker),
+}
+
+impl DoneMarker {
+    /// Judges the marker at `key` for a stage whose identity is `identity`, by `rules`.
+    pub fn gate(store: &Store, key: &str, identity: &str, rules: GateRules) -> Result<Gate, StoreError> {
+        let Some(marker) = DoneMarker::read(store, key)? else {
+            return Ok(Gate::Redo { marker: None, stale: None });
+        };
+        if rules.force {
+            return Ok(Gate::Redo { marker: Some(marker), stale: None });
+        }
+        if marker.config_hash != identity {
+            return Ok(if rules.refuse_other {
+                Gate::Conflict(marker)
+            } else {
+                Gate::Redo { marker: Some(marker), stale: None }
+            });
+        }
+        let stale = match rules.inputs {
+            Inputs::Unchecked => None,
+            Inputs::Upstream => marker.stale_input(store)?,
+            Inputs::Exactly(made_from) => {
+                (&marker.made_from != made_from).then(|| marker.made_from.keys().next().cloned().unwrap_or_default())
+            }
+        };
+        match stale {
+            None => Ok(Gate::Current(marker)),
+            Some(input) => {
+                tracing::warn!(
+                    "{} is stale: {} was redone after it was made (a forced rerun); redoing its {} stage",
+                    store.url_of(key),
+                    if input.is_empty() { "an input".to_string() } else { store.url_of(&input) },
+                    marker.stage
+                );
+                Ok(Gate::Redo { marker: Some(marker), stale: Some(input) })
+            }
+        }
+    }
+
+    /// A count this marker recorded (see [`crate::layout::counts`]); 0 when it has none.
+    pub fn count(&self, name: &str) -> u64 {
+        self.counts.get(name).copied().unwrap_or(0)
+    }
+}
+
 /// Claims the output keys of a shard for one identity before a task writes them: a create-only
 /// object at `key` naming the identity. A claim of the same identity is shared (its tasks write the
 /// same values, so either's files are right); a claim of another identity, left by a task that is
@@ -229,6 +309,32 @@ mod tests {
             let mine = if i % 2 == 0 { "even" } else { "odd" };
             assert_eq!(result.is_ok(), mine == winner, "task {i}: {result:?}");
         }
+    }
+
+    #[test]
+    fn the_gate_applies_each_stages_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().display().to_string()).unwrap();
+        let rules = GateRules { force: false, inputs: Inputs::Unchecked, refuse_other: true };
+        let gate = |identity: &str, rules: GateRules| DoneMarker::gate(&store, "done.json", identity, rules).unwrap();
+        assert_eq!(gate("a", rules), Gate::Redo { marker: None, stale: None }, "no marker: to do");
+        let mut done = marker("a");
+        done.made_from = DoneMarker::current_ids(&store, &["up.json".to_string()]).unwrap();
+        done.write(&store, "done.json").unwrap();
+        assert_eq!(gate("a", rules), Gate::Current(done.clone()));
+        assert_eq!(gate("b", rules), Gate::Conflict(done.clone()), "another identity is refused");
+        let redo = Gate::Redo { marker: Some(done.clone()), stale: None };
+        assert_eq!(gate("b", GateRules { refuse_other: false, ..rules }), redo, "or redone, by the rules");
+        assert_eq!(gate("a", GateRules { force: true, ..rules }), redo, "forced");
+        assert_eq!(gate("b", GateRules { force: true, ..rules }), redo, "forced past another identity");
+        // An input redone since: stale by the chain upstream, or against the exact run ids.
+        DoneMarker { run_id: "r1".into(), ..marker("x") }.write(&store, "up.json").unwrap();
+        let stale = Gate::Redo { marker: Some(done.clone()), stale: Some("up.json".into()) };
+        assert_eq!(gate("a", GateRules { inputs: Inputs::Upstream, ..rules }), stale);
+        assert_eq!(gate("a", rules), Gate::Current(done.clone()), "unchecked inputs are not looked at");
+        let now = DoneMarker::current_ids(&store, &["up.json".to_string()]).unwrap();
+        assert_eq!(gate("a", GateRules { inputs: Inputs::Exactly(&now), ..rules }), stale);
+        assert_eq!(gate("a", GateRules { inputs: Inputs::Exactly(&done.made_from), ..rules }), Gate::Current(done));
     }
 
     #[test]

@@ -11,44 +11,18 @@ pub(super) fn invalid(path: &Path, key: &'static str, problem: impl Into<String>
     ConfigError::Invalid { path: path.to_path_buf(), key, problem: problem.into() }
 }
 
+/// The job of a parsed file: each section resolved and checked in turn.
 pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, ConfigError> {
     if raw.run.name.trim().is_empty() {
         return Err(invalid(path, "run.name", "must not be empty"));
     }
     let output = resolve_location(&raw.run.output, base);
-
-    let sources = [!raw.dataset.root.is_empty(), raw.dataset.list.is_some(), raw.dataset.manifest.is_some()];
-    if sources.iter().filter(|s| **s).count() != 1 {
-        return Err(invalid(path, "dataset", "needs exactly one of `root`, `list` or `manifest`"));
-    }
-    let source = if !raw.dataset.root.is_empty() {
-        let candidates: Vec<PathBuf> = raw.dataset.root.iter().map(|r| resolve_input(r, base)).collect();
-        // A URL is taken as it is (listing it needs the network; extract does that).
-        let root = candidates.iter().find(|c| is_url(c) || c.is_dir()).cloned().ok_or_else(|| {
-            let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
-            let hint = if raw.dataset.source_hint.is_empty() {
-                String::new()
-            } else {
-                format!(". {}", raw.dataset.source_hint)
-            };
-            invalid(path, "dataset.root", format!("names no existing folder (tried {}){hint}", tried.join(", ")))
-        })?;
-        let extensions = raw.dataset.extensions.iter().map(|e| e.trim_start_matches('.').to_lowercase()).collect();
-        DatasetSource::Folders { root, labels: raw.dataset.labels.clone(), extensions }
-    } else if let Some(list) = &raw.dataset.list {
-        DatasetSource::List { path: resolve_input(list, base) }
-    } else if let Some(manifest) = &raw.dataset.manifest {
-        DatasetSource::Manifest { path: resolve_input(manifest, base) }
-    } else {
-        unreachable!("exactly one source was checked above")
-    };
-
+    let source = resolve_source(&raw.dataset, base, path)?;
     let pre = raw.preprocess;
     check_sizes(path, "preprocess.crop", pre.resize, pre.crop)?;
     if pre.max_pixels == 0 {
         return Err(invalid(path, "preprocess.max-pixels", "must be positive"));
     }
-
     check_sha256(path, "backbone.sha256", raw.backbone.sha256.as_deref())?;
     let backbone = Backbone {
         kind: raw.backbone.name,
@@ -56,25 +30,89 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
         sha256: raw.backbone.sha256.map(|s| s.to_lowercase()),
         tap: raw.backbone.tap,
     };
-
     let mut sweep = raw.sweep;
     if let Some(sweep) = &mut sweep {
-        let mut seen = Vec::new();
-        for b in &mut sweep.backbones {
-            check_sha256(path, "sweep.backbones.sha256", b.sha256.as_deref())?;
-            b.sha256 = b.sha256.as_ref().map(|s| s.to_lowercase());
-            check_sizes(path, "sweep.backbones", b.resize.unwrap_or(pre.resize), b.crop.unwrap_or(pre.crop))?;
-            b.weights = resolve_input(&b.weights.to_string_lossy(), base);
-            if seen.contains(&b.name) {
-                return Err(invalid(path, "sweep.backbones", format!("`{}` is listed twice", b.name.name())));
-            }
-            seen.push(b.name);
-        }
+        resolve_sweep(sweep, &pre, base, path)?;
     }
     let mut fit = raw.fit;
     if let Some(sweep) = &sweep {
-        fit.subsets.extend(sweep.experiments().map_err(|message| invalid(path, "sweep", message))?);
+        fit.subsets.extend(sweep.experiments().map_err(|error| invalid(path, "sweep", error.to_string()))?);
     }
+    check_fit(&fit, path)?;
+    check_score(&raw.score, path)?;
+    check_extract(&raw.extract, path)?;
+    let mut split = raw.split;
+    if let Some(split) = &mut split {
+        validate_split(split, path)?;
+        if let Some(groups) = &mut split.groups {
+            *groups = read_groups(&groups.path, base, path)?;
+        }
+        // With splits, only the training split trains unless the job says otherwise.
+        if fit.train_split.is_none() {
+            fit.train_split = Some("train".into());
+        }
+    }
+    if let Some(mask) = &raw.dataset.mask
+        && (!mask.contains("{stem}") || mask.contains('/'))
+    {
+        return Err(invalid(path, "dataset.mask", "must be a file name containing `{stem}`, e.g. \"{stem}.png\""));
+    }
+    check_report(&raw.report, &fit, path)?;
+    Ok(Job {
+        name: raw.run.name,
+        output,
+        dataset: Dataset { source, normal: raw.dataset.normal, mask: raw.dataset.mask },
+        preprocess: pre,
+        backbone,
+        extract: raw.extract,
+        fit,
+        score: raw.score,
+        split,
+        report: raw.report,
+        sweep,
+    })
+}
+
+/// The dataset's one source: the first `root` that exists (or a URL), a list, or a manifest.
+fn resolve_source(dataset: &RawDataset, base: &Path, path: &Path) -> Result<DatasetSource, ConfigError> {
+    let sources = [!dataset.root.is_empty(), dataset.list.is_some(), dataset.manifest.is_some()];
+    if sources.iter().filter(|s| **s).count() != 1 {
+        return Err(invalid(path, "dataset", "needs exactly one of `root`, `list` or `manifest`"));
+    }
+    if let Some(list) = &dataset.list {
+        return Ok(DatasetSource::List { path: resolve_input(list, base) });
+    }
+    if let Some(manifest) = &dataset.manifest {
+        return Ok(DatasetSource::Manifest { path: resolve_input(manifest, base) });
+    }
+    let candidates: Vec<PathBuf> = dataset.root.iter().map(|r| resolve_input(r, base)).collect();
+    // A URL is taken as it is (listing it needs the network; extract does that).
+    let root = candidates.iter().find(|c| is_url(c) || c.is_dir()).cloned().ok_or_else(|| {
+        let tried: Vec<String> = candidates.iter().map(|c| c.display().to_string()).collect();
+        let hint = if dataset.source_hint.is_empty() { String::new() } else { format!(". {}", dataset.source_hint) };
+        invalid(path, "dataset.root", format!("names no existing folder (tried {}){hint}", tried.join(", ")))
+    })?;
+    let extensions = dataset.extensions.iter().map(|e| e.trim_start_matches('.').to_lowercase()).collect();
+    Ok(DatasetSource::Folders { root, labels: dataset.labels.clone(), extensions })
+}
+
+/// A sweep's backbones: checksums, input sizes, weights resolved, none twice.
+fn resolve_sweep(sweep: &mut SweepSettings, pre: &Preprocess, base: &Path, path: &Path) -> Result<(), ConfigError> {
+    let mut seen = Vec::new();
+    for b in &mut sweep.backbones {
+        check_sha256(path, "sweep.backbones.sha256", b.sha256.as_deref())?;
+        b.sha256 = b.sha256.as_ref().map(|s| s.to_lowercase());
+        check_sizes(path, "sweep.backbones", b.resize.unwrap_or(pre.resize), b.crop.unwrap_or(pre.crop))?;
+        b.weights = resolve_input(&b.weights.to_string_lossy(), base);
+        if seen.contains(&b.name) {
+            return Err(invalid(path, "sweep.backbones", format!("`{}` is listed twice", b.name.name())));
+        }
+        seen.push(b.name);
+    }
+    Ok(())
+}
+
+fn check_fit(fit: &FitSettings, path: &Path) -> Result<(), ConfigError> {
     if fit
         .subsets
         .iter()
@@ -93,36 +131,43 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
     }
     let mut names = std::collections::BTreeSet::new();
     for subset in &fit.subsets {
-        let kinds = [subset.count.is_some(), subset.channels.is_some(), subset.all];
-        if kinds.iter().filter(|k| **k).count() != 1 {
-            return Err(invalid(
-                path,
-                "fit.subsets",
-                format!(
-                    "subset `{}` needs exactly one of `count` (with `seed`), `channels` or `all = true`",
-                    subset.name
-                ),
-            ));
-        }
-        if subset.name.is_empty() || !subset.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
-            return Err(invalid(
-                path,
-                "fit.subsets",
-                format!("subset name `{}` must be letters, digits, - or _", subset.name),
-            ));
-        }
-        if !names.insert(subset.name.clone()) {
-            return Err(invalid(path, "fit.subsets", format!("subset name `{}` is used twice", subset.name)));
-        }
-        if !subset.pool.is_none() && fit.covariance_of(subset).is_nearest() {
-            return Err(invalid(
-                path,
-                "fit.subsets",
-                format!("subset `{}`: a nearest-patch model has no covariance to pool; drop `pool`", subset.name),
-            ));
+        let problem = check_subset(fit, subset, &mut names);
+        if let Some(problem) = problem {
+            return Err(invalid(path, "fit.subsets", problem));
         }
     }
-    let score = raw.score;
+    Ok(())
+}
+
+/// What is wrong with one subset (its name unique among `names`), if anything.
+fn check_subset(
+    fit: &FitSettings,
+    subset: &SubsetSpec,
+    names: &mut std::collections::BTreeSet<String>,
+) -> Option<String> {
+    let kinds = [subset.count.is_some(), subset.channels.is_some(), subset.all];
+    if kinds.iter().filter(|k| **k).count() != 1 {
+        return Some(format!(
+            "subset `{}` needs exactly one of `count` (with `seed`), `channels` or `all = true`",
+            subset.name
+        ));
+    }
+    if subset.name.is_empty() || !subset.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+        return Some(format!("subset name `{}` must be letters, digits, - or _", subset.name));
+    }
+    if !names.insert(subset.name.clone()) {
+        return Some(format!("subset name `{}` is used twice", subset.name));
+    }
+    if !subset.pool.is_none() && fit.covariance_of(subset).is_nearest() {
+        return Some(format!("subset `{}`: a nearest-patch model has no covariance to pool; drop `pool`", subset.name));
+    }
+    if subset.name == BEST_MODEL {
+        return Some(format!("the name `{BEST_MODEL}` is kept for report.model's choice; rename that subset"));
+    }
+    None
+}
+
+fn check_score(score: &ScoreSettings, path: &Path) -> Result<(), ConfigError> {
     if !(score.sigma > 0.0 && score.sigma.is_finite()) {
         return Err(invalid(path, "score.sigma", "must be a positive number"));
     }
@@ -138,31 +183,20 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
     if score.memory_budget_gib.is_nan() || score.memory_budget_gib <= 0.0 {
         return Err(invalid(path, "score.memory-budget-gib", "must be positive"));
     }
-    let extract = raw.extract;
+    Ok(())
+}
+
+fn check_extract(extract: &ExtractSettings, path: &Path) -> Result<(), ConfigError> {
     if extract.batch_size == 0 {
         return Err(invalid(path, "extract.batch-size", "must be at least 1"));
     }
     if extract.row_group_mib == 0 {
         return Err(invalid(path, "extract.row-group-mib", "must be at least 1"));
     }
+    Ok(())
+}
 
-    let mut split = raw.split;
-    if let Some(split) = &mut split {
-        validate_split(split, path)?;
-        if let Some(groups) = &mut split.groups {
-            *groups = read_groups(&groups.path, base, path)?;
-        }
-        // With splits, only the training split trains unless the job says otherwise.
-        if fit.train_split.is_none() {
-            fit.train_split = Some("train".into());
-        }
-    }
-    if let Some(mask) = &raw.dataset.mask
-        && (!mask.contains("{stem}") || mask.contains('/'))
-    {
-        return Err(invalid(path, "dataset.mask", "must be a file name containing `{stem}`, e.g. \"{stem}.png\""));
-    }
-    let report = raw.report;
+fn check_report(report: &ReportSettings, fit: &FitSettings, path: &Path) -> Result<(), ConfigError> {
     if !(report.target_rate > 0.0 && report.target_rate < 1.0) {
         return Err(invalid(path, "report.target-rate", "must be between 0 and 1"));
     }
@@ -179,27 +213,7 @@ pub(super) fn resolve(raw: RawJob, base: &Path, path: &Path) -> Result<Job, Conf
             format!("names no subset of `fit.subsets` (`{model}`); name one, or \"{BEST_MODEL}\""),
         ));
     }
-    if fit.subsets.iter().any(|s| s.name == BEST_MODEL) {
-        return Err(invalid(
-            path,
-            "fit.subsets",
-            format!("the name `{BEST_MODEL}` is kept for report.model's choice; rename that subset"),
-        ));
-    }
-
-    Ok(Job {
-        name: raw.run.name,
-        output,
-        dataset: Dataset { source, normal: raw.dataset.normal, mask: raw.dataset.mask },
-        preprocess: pre,
-        backbone,
-        extract,
-        fit,
-        score,
-        split,
-        report,
-        sweep,
-    })
+    Ok(())
 }
 
 /// Sizes are positive, the crop fits in the resize and is a multiple of 4.
@@ -268,7 +282,7 @@ fn read_groups(named: &Path, base: &Path, path: &Path) -> Result<SplitGroups, Co
     }
     let file = normalize(&base.join(named));
     let bytes = std::fs::read(&file).map_err(|e| invalid(path, key, format!("cannot read {}: {e}", file.display())))?;
-    SplitGroups::read(file, &bytes).map_err(|problem| invalid(path, key, problem))
+    SplitGroups::read(file, &bytes).map_err(|error| invalid(path, key, error.to_string()))
 }
 
 /// A location is kept as a URL when it has a scheme, else made an absolute local path.

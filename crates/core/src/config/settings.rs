@@ -95,14 +95,19 @@ pub enum DeviceChoice {
     Cuda,
 }
 
+/// A device name that is not `auto`, `cpu` or `cuda`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown device `{0}`: use auto, cpu or cuda")]
+pub struct UnknownDevice(pub String);
+
 impl std::str::FromStr for DeviceChoice {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
+    type Err = UnknownDevice;
+    fn from_str(text: &str) -> Result<Self, UnknownDevice> {
         match text {
             "auto" => Ok(DeviceChoice::Auto),
             "cpu" => Ok(DeviceChoice::Cpu),
             "cuda" => Ok(DeviceChoice::Cuda),
-            other => Err(format!("unknown device `{other}`: use auto, cpu or cuda")),
+            other => Err(UnknownDevice(other.to_string())),
         }
     }
 }
@@ -295,6 +300,21 @@ pub enum AllChannels {
     All,
 }
 
+/// A `[sweep]` that names no valid set of experiments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SweepError {
+    #[error("covariances: `{0}` is listed twice")]
+    EstimatorTwice(&'static str),
+    #[error("pools: `{0}` is listed twice")]
+    PoolTwice(String),
+    #[error("layers `{0}`: use 1, 2 and 3 joined by +, e.g. \"1+2+3\"")]
+    Layers(String),
+    #[error("counts must be positive")]
+    ZeroCount,
+    #[error("names no experiment (empty `counts`, `seeds` or `layers`)")]
+    NoExperiment,
+}
+
 /// A sweep over channel subsets: every combination of layers, count and seed is one experiment,
 /// fitted and scored in the same pass as the others (`fit.subsets` gains one subset per experiment;
 /// scoring takes several passes only when the models exceed `score.memory-budget-gib`).
@@ -352,19 +372,19 @@ impl SweepSettings {
     /// `c050-s0-l123` (50 channels, seed 0, layers 1+2+3), `all-l23`, with a covariance estimator
     /// other than the sample covariance its name as a suffix (`all-l23-oas`), then the pool's
     /// (`all-l23-oas-pall`).
-    pub fn experiments(&self) -> Result<Vec<SubsetSpec>, String> {
+    pub fn experiments(&self) -> Result<Vec<SubsetSpec>, SweepError> {
         let mut out = Vec::new();
         let estimators: Vec<Option<CovarianceEstimator>> =
             if self.covariances.is_empty() { vec![None] } else { self.covariances.iter().copied().map(Some).collect() };
         for (i, estimator) in estimators.iter().enumerate() {
             if estimators[..i].contains(estimator) {
-                return Err(format!("covariances: `{}` is listed twice", estimator.unwrap_or_default().name()));
+                return Err(SweepError::EstimatorTwice(estimator.unwrap_or_default().name()));
             }
         }
         let pools = if self.pools.is_empty() { vec![CovariancePool::None] } else { self.pools.clone() };
         for (i, pool) in pools.iter().enumerate() {
             if pools[..i].contains(pool) {
-                return Err(format!("pools: `{}` is listed twice", serde_json::to_string(pool).expect("a pool")));
+                return Err(SweepError::PoolTwice(serde_json::to_string(pool).unwrap_or_default()));
             }
         }
         for combination in &self.layers {
@@ -372,7 +392,7 @@ impl SweepSettings {
             for part in combination.split('+') {
                 match part.trim().parse::<usize>() {
                     Ok(layer @ 1..=3) if !layers.contains(&layer) => layers.push(layer),
-                    _ => return Err(format!("layers `{combination}`: use 1, 2 and 3 joined by +, e.g. \"1+2+3\"")),
+                    _ => return Err(SweepError::Layers(combination.clone())),
                 }
             }
             layers.sort_unstable();
@@ -381,7 +401,7 @@ impl SweepSettings {
                 let mut base = Vec::new();
                 match count {
                     SweepCount::All(_) => base.push((format!("all-l{tag}"), None, 0, true)),
-                    SweepCount::Count(0) => return Err("counts must be positive".into()),
+                    SweepCount::Count(0) => return Err(SweepError::ZeroCount),
                     SweepCount::Count(n) => {
                         for &seed in &self.seeds {
                             base.push((format!("c{n:03}-s{seed}-l{tag}"), Some(*n), seed, false));
@@ -414,7 +434,7 @@ impl SweepSettings {
             }
         }
         if out.is_empty() {
-            return Err("names no experiment (empty `counts`, `seeds` or `layers`)".into());
+            return Err(SweepError::NoExperiment);
         }
         Ok(out)
     }
@@ -547,6 +567,33 @@ pub enum SplitAmount {
 /// The names of the splits, in the order they are filled and listed.
 pub const SPLITS: [&str; 3] = ["train", "calibration", "test"];
 
+/// A split of the protocol: train (the fit), calibration (every choice), test (the outcome).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum SplitName {
+    Train,
+    Calibration,
+    Test,
+}
+
+impl SplitName {
+    /// Every split, in [`SPLITS`] order.
+    pub const ALL: [SplitName; 3] = [SplitName::Train, SplitName::Calibration, SplitName::Test];
+
+    /// The split's name as manifests and tables spell it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SplitName::Train => SPLITS[0],
+            SplitName::Calibration => SPLITS[1],
+            SplitName::Test => SPLITS[2],
+        }
+    }
+
+    /// The split named `name`; `None` for any other text (a manifest's own split names).
+    pub fn from_name(name: &str) -> Option<SplitName> {
+        SplitName::ALL.into_iter().find(|s| s.name() == name)
+    }
+}
+
 /// Seeded, disjoint train / calibration / test splits, per label (`padim split`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
@@ -598,30 +645,39 @@ impl<'de> Deserialize<'de> for SplitGroups {
 impl SplitGroups {
     /// Parses `bytes`, the file at `path`: one line `path,group` per image after the header. Errors
     /// name the file and the line.
-    pub fn read(path: PathBuf, bytes: &[u8]) -> Result<SplitGroups, String> {
-        let name = path.display();
+    pub fn read(path: PathBuf, bytes: &[u8]) -> Result<SplitGroups, GroupsError> {
+        let error = |line: Option<usize>, problem: String| GroupsError { path: path.clone(), line, problem };
         let mut reader = csv::Reader::from_reader(bytes);
-        let header = reader.headers().map_err(|e| format!("{name}: {e}"))?;
+        let header = reader.headers().map_err(|e| error(None, e.to_string()))?;
         if header.iter().collect::<Vec<_>>() != ["path", "group"] {
-            return Err(format!("{name}: the header must be `path,group` (one line per image after it)"));
+            return Err(error(None, "the header must be `path,group` (one line per image after it)".into()));
         }
         let mut of = BTreeMap::new();
         for (index, record) in reader.records().enumerate() {
-            let line = index + 2;
-            let record = record.map_err(|e| format!("{name}, line {line}: {e}"))?;
+            let line = Some(index + 2);
+            let record = record.map_err(|e| error(line, e.to_string()))?;
             let (image, group) = (record.get(0).unwrap_or(""), record.get(1).unwrap_or(""));
             if image.is_empty() || group.is_empty() {
-                return Err(format!("{name}, line {line}: give an image path and a group name"));
+                return Err(error(line, "give an image path and a group name".into()));
             }
             if of.insert(image.to_string(), group.to_string()).is_some() {
-                return Err(format!("{name}, line {line}: {image} is named twice; an image has one group"));
+                return Err(error(line, format!("{image} is named twice; an image has one group")));
             }
         }
         if of.is_empty() {
-            return Err(format!("{name}: names no image"));
+            return Err(error(None, "names no image".into()));
         }
         Ok(SplitGroups { path, sha256: crate::hash::sha256_hex(bytes), of })
     }
+}
+
+/// A `split.groups` file that does not read: the file, the line (if one) and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{}: {problem}", path.display(), line.map(|l| format!(", line {l}")).unwrap_or_default())]
+pub struct GroupsError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub problem: String,
 }
 
 impl SplitSettings {
