@@ -99,6 +99,7 @@ lint: ## Formatting and clippy, warnings as errors.
 bench: setup ## Benchmarks, as ratios against PyTorch in the same run.
 	cargo bench --workspace --bench extract
 	cargo bench --workspace --bench stages
+	cargo bench --workspace --bench distances
 	cargo bench --workspace --bench scale
 	cargo bench --workspace --bench predict
 	cargo bench --workspace --bench sweep

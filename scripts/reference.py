@@ -148,7 +148,20 @@ def cmd_fit(args):
     ids = table.column("image").to_numpy()
     values = np.stack([table.column(c).to_numpy() for c in columns], axis=-1)  # [rows, k]
     keep = np.isin(ids, list(train))
-    n_patches = model["mean"].shape[0]
+    from safetensors import safe_open
+
+    with safe_open(f"{args.run_dir}/fit/model-{args.subset}.safetensors", "np") as f:
+        model_info = _json.loads(f.metadata()["padim"])
+    # A model on a coarser grid (grid-factor f) holds the Gaussian of the patch where each f x f cell
+    # starts: fitted here on the embedding grid, compared there, and every patch of a cell checked to
+    # have the same Gaussian (the features were upsampled).
+    factor = model_info.get("grid-factor", 1)
+    fine_width = model_info["grid-width"] * factor
+    n_patches = model["mean"].shape[0] * factor * factor
+    anchors = [
+        (cell // model_info["grid-width"]) * factor * fine_width + (cell % model_info["grid-width"]) * factor
+        for cell in range(model["mean"].shape[0])
+    ]
     x = torch.from_numpy(values[keep].reshape(-1, n_patches, len(channels))).double()  # [N, P, k]
     n = x.shape[0]
     mean = x.mean(0)
@@ -198,10 +211,15 @@ def cmd_fit(args):
     else:
         cov = torch.einsum("npi,npj->pij", centered, centered) / (n - 1) + args.epsilon * eye
     precision = torch.linalg.inv(cov)
+    if factor > 1:
+        cells = torch.tensor([(p // fine_width // factor) * model_info["grid-width"] + (p % fine_width) // factor for p in range(n_patches)])
+        anchor_of = torch.tensor(anchors)[cells]
+        result["cell-spread"] = float(max((mean - mean[anchor_of]).abs().max(), (cov - cov[anchor_of]).abs().max()))
+        mean, precision = mean[anchors], precision[anchors]
     ours_mean = torch.from_numpy(model["mean"]).double()
     ours_precision = torch.from_numpy(model["precision"]).double()
     rel = lambda a, b: float(((a - b).abs().max() / b.abs().max()).item())
-    result.update({"mean": rel(ours_mean, mean), "precision": rel(ours_precision, precision)})
+    result.update({"mean": rel(ours_mean, mean), "precision": rel(ours_precision, precision), "cells": len(anchors)})
     print(_json.dumps(result))
 
 
@@ -226,7 +244,12 @@ def cmd_score(args):
     channels = model["channels"].tolist()
     columns = [f"c{c:04d}" for c in channels]
     table = pq.read_table(sorted(glob.glob(f"{args.run_dir}/extract/embeddings-*.parquet")), columns=["image"] + columns)
-    n_patches = info["grid-height"] * info["grid-width"]
+    # A model on a coarser grid (grid-factor f): its cell's Gaussian at every patch of the cell, as
+    # nearest-neighbour upsampling of the model onto the embedding grid.
+    factor = info.get("grid-factor", 1)
+    height, width = info["grid-height"] * factor, info["grid-width"] * factor
+    n_patches = height * width
+    cells = [(p // width // factor) * info["grid-width"] + (p % width) // factor for p in range(n_patches)]
     ids = table.column("image").to_numpy()[::n_patches]
     x = torch.from_numpy(np.stack([table.column(c).to_numpy() for c in columns], -1).reshape(len(ids), n_patches, -1)).double()
     if info.get("covariance") == "nearest":
@@ -245,10 +268,10 @@ def cmd_score(args):
         bank = pooled[torch.tensor([i in train for i in ids.tolist()])]
         dist = torch.cdist(pooled.transpose(0, 1), bank.transpose(0, 1)).min(-1).values.transpose(0, 1)
     else:
-        d = x - torch.from_numpy(model["mean"]).double()
-        precision = torch.from_numpy(model["precision"]).double()
+        d = x - torch.from_numpy(model["mean"]).double()[cells]
+        precision = torch.from_numpy(model["precision"]).double()[cells]
         dist = torch.einsum("npi,pij,npj->np", d, precision, d).clamp(min=0).sqrt()
-    maps = dist.reshape(len(ids), 1, info["grid-height"], info["grid-width"])
+    maps = dist.reshape(len(ids), 1, height, width)
     resized = F.interpolate(maps, size=(info["input-height"], info["input-width"]), mode="bilinear", align_corners=False)
     half = args.kernel_size // 2
     taps = torch.arange(args.kernel_size, dtype=torch.float64) - half

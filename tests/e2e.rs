@@ -189,7 +189,8 @@ fn fit_matches_pytorch_on_real_embeddings() {
     let job = write_job(dir.path(), 8);
     let mut text = std::fs::read_to_string(&job).unwrap();
     text.push_str(
-        "[fit]\nepsilon = 0.01\nbatch-images = 5\nsubsets = [{ name = \"r40\", count = 40, seed = 3 }, { name = \"all\", all = true }]\n",
+        "[fit]\nepsilon = 0.01\nbatch-images = 5\nsubsets = [{ name = \"r40\", count = 40, seed = 3 }, { name = \"all\", all = true }, \
+         { name = \"l23\", all = true, layers = [2, 3] }]\n",
     );
     std::fs::write(&job, text).unwrap();
     let job_arg = job.to_str().unwrap();
@@ -201,19 +202,31 @@ fn fit_matches_pytorch_on_real_embeddings() {
     assert!(stdout(&padim(&["fit", job_arg])).contains("already done"));
 
     let run = dir.path().join("run");
-    for subset in ["r40", "all"] {
+    for subset in ["r40", "all", "l23"] {
         let result = reference_fit(&run, subset, &[]);
         assert_eq!(result["n"], 24);
         // The model stores f32: relative 1e-4 of the largest value bounds f32 rounding.
         assert!(result["mean"].as_f64().unwrap() <= 1e-4, "{result}");
         assert!(result["precision"].as_f64().unwrap() <= 1e-4, "{result}");
     }
+    // Layers 2+3 have stride 8 on the stride-4 grid: every 2x2 cell of the 56x56 grid holds one
+    // Gaussian (the reference's are equal within each cell, exactly), so the model keeps 28x28 of
+    // them, a quarter of the size; the others keep the embedding grid.
+    let l23 = reference_fit(&run, "l23", &[]);
+    assert_eq!((l23["cells"].as_u64(), l23["cell-spread"].as_f64()), (Some(28 * 28), Some(0.0)), "{l23}");
+    let header = support::safetensors_header(&run.join("fit/model-l23.safetensors"));
+    assert!(header.contains("\\\"grid-factor\\\":2") && header.contains("[784,152,152]"), "{header}");
+    let size = std::fs::metadata(run.join("fit/model-l23.safetensors")).unwrap().len() as f64;
+    let full_grid = (3136 * 152 * 152 * 4) as f64;
+    assert!((size / full_grid - 0.25).abs() < 0.01, "a quarter of the embedding grid's precisions: {size}");
+    assert!(!support::safetensors_header(&run.join("fit/model-all.safetensors")).contains("grid-factor"));
 
-    // Scoring: the maps and image scores equal a plain PyTorch implementation of the recipe.
+    // Scoring: the maps and image scores equal a plain PyTorch implementation of the recipe (the
+    // coarser model's map upsampled as the features were).
     let out = stdout(&padim(&["score", job_arg]));
-    assert!(out.contains("score done: 28 images x 2 models in 2 shard(s)"), "{out}");
+    assert!(out.contains("score done: 28 images x 3 models in 2 shard(s)"), "{out}");
     assert!(stdout(&padim(&["score", job_arg])).contains("2 shard(s) already done"));
-    for subset in ["r40", "all"] {
+    for subset in ["r40", "all", "l23"] {
         assert_scores_match_reference(&run, subset, &[], 28);
     }
 

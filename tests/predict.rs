@@ -9,9 +9,10 @@ fn predict_agrees_with_the_report() {
     let dir = tempfile::tempdir().unwrap();
     copy_concrete(dir.path(), 16, 8);
     let split = Split { seed: 2, train: 8, calibration: 3 };
-    // The bundle classifies with the top-fraction mean (predict computes it like score).
+    // The bundle classifies with the top-fraction mean (predict computes it like score), with a
+    // model of layers 2 and 3 (on their own grid: one Gaussian per 2x2 cell of the embedding's).
     let extra = r#"[fit]
-subsets = [{ name = "r40", count = 40, seed = 1 }]
+subsets = [{ name = "r40", count = 40, seed = 1, layers = [2, 3] }]
 [score]
 top-fraction = 0.05
 [report]
@@ -21,7 +22,9 @@ score = "top""#;
     let run = dir.path().join("run");
     let bundle = run.join("report/bundle.safetensors");
     let report: Vec<_> = csv_rows(&run.join("report/scores.csv"));
-    let threshold = decode_bundle(&std::fs::read(&bundle).unwrap()).unwrap().info.threshold;
+    let decoded = decode_bundle(&std::fs::read(&bundle).unwrap()).unwrap();
+    let threshold = decoded.info.threshold;
+    assert_eq!((decoded.info.model.grid_factor, decoded.info.format_version), (2, 4), "a bundle of the coarser grid");
 
     // Every image of the run, with a corrupt one among them, as CSV with overlays.
     let corrupt = dir.path().join("data/corrupt.jpg");

@@ -65,8 +65,15 @@ fn f32_values() -> padim_core::config::ValueType {
 
 impl BundleInfo {
     /// 2: f16 bundles store the precision's Cholesky factor (`precision-factor`); version 1's f16
-    /// `precision` is still read. 3: `embedding-values`.
-    pub const FORMAT_VERSION: u32 = 3;
+    /// `precision` is still read. 3: `embedding-values`. 4: a model on a coarser grid
+    /// (`ModelInfo::grid_factor`).
+    pub const FORMAT_VERSION: u32 = 4;
+
+    /// The format version a bundle of `model` is written with: 4 for a model on a coarser grid
+    /// (which an older padim cannot score), else 3.
+    pub fn format_for(model: &ModelInfo) -> u32 {
+        if model.grid_factor == 1 { 3 } else { 4 }
+    }
 }
 
 /// The tensor of an f16 bundle's precision factors.
@@ -260,6 +267,7 @@ mod tests {
             config_hash: "cd".repeat(32),
             covariance: Default::default(),
             pool: Default::default(),
+            grid_factor: 1,
         };
         let model = Model {
             info: info.clone(),

@@ -8,6 +8,7 @@
 //!
 //! The numerics do no IO: callers feed it embeddings and store what it returns.
 
+pub mod blas;
 pub mod bundle;
 pub mod model;
 pub mod nearest;

@@ -50,10 +50,53 @@ pub struct ModelInfo {
     /// The positions whose covariances were pooled (absent: each position its own).
     #[serde(default, skip_serializing_if = "CovariancePool::is_none")]
     pub pool: CovariancePool,
+    /// Embedding-grid cells per model cell along each axis (absent: 1). A subset whose finest layer
+    /// is coarser than the embedding grid (layers 2+3: stride 8 on the stride-4 grid) has the same
+    /// values, so the same Gaussian, in every `factor x factor` block of cells: its model holds one
+    /// per block (`grid_height x grid_width` is the model's grid), scored where the block starts and
+    /// its distance given to every cell of the block, as the features were upsampled.
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub grid_factor: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+fn is_one(value: &usize) -> bool {
+    *value == 1
 }
 
 impl ModelInfo {
-    pub const FORMAT_VERSION: u32 = 1;
+    /// The newest format this padim reads: 2 adds `grid-factor` (models on a coarser grid are
+    /// written as 2, others as 1, which older padim reads).
+    pub const FORMAT_VERSION: u32 = 2;
+
+    /// The format version a model of this grid is written with.
+    pub fn format_for(grid_factor: usize) -> u32 {
+        if grid_factor == 1 { 1 } else { 2 }
+    }
+
+    /// The embedding grid (height, width) the model's grid covers.
+    pub fn embedding_grid(&self) -> (usize, usize) {
+        (self.grid_height * self.grid_factor, self.grid_width * self.grid_factor)
+    }
+
+    /// The embedding-grid patch where each model cell's block starts, in the model's row-major
+    /// order (the identity with a factor of 1).
+    pub fn anchor_patches(&self) -> Vec<usize> {
+        let (f, width) = (self.grid_factor, self.grid_width * self.grid_factor);
+        (0..self.grid_height * self.grid_width)
+            .map(|c| (c / self.grid_width) * f * width + (c % self.grid_width) * f)
+            .collect()
+    }
+
+    /// The model cell of each embedding-grid patch (row-major), the nearest-neighbour upsampling
+    /// of the model's grid onto the embedding's.
+    pub fn cell_of_patches(&self) -> Vec<usize> {
+        let (f, (height, width)) = (self.grid_factor, self.embedding_grid());
+        (0..height * width).map(|p| (p / width / f) * self.grid_width + (p % width) / f).collect()
+    }
 }
 
 /// The values of one tensor to write.
@@ -461,6 +504,7 @@ mod tests {
             config_hash: "h".into(),
             covariance: Default::default(),
             pool: Default::default(),
+            grid_factor: 1,
         };
         let model = decode_model(&encode_model(&gaussians, &info).unwrap()).unwrap();
         assert_eq!(model.info, info);
@@ -498,6 +542,7 @@ mod tests {
             config_hash: "h".into(),
             covariance: CovarianceEstimator::Nearest,
             pool: CovariancePool::None,
+            grid_factor: 1,
         };
         let model = decode_model(&encode_nearest(&subset, &laid, &info).unwrap()).unwrap();
         assert_eq!((model.info.clone(), model.channels.clone(), model.n_bank()), (info.clone(), vec![3], 3));

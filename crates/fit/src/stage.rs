@@ -151,13 +151,43 @@ impl FitSummary {
     }
 }
 
-/// One subset to fit, with its estimator and pool resolved.
+/// One subset to fit, with its estimator, pool and grid resolved.
 #[derive(Debug, Clone)]
 struct PlannedSubset {
     name: String,
     channels: ChannelSubset,
     estimator: CovarianceEstimator,
     pool: CovariancePool,
+    /// Embedding-grid cells per model cell along each axis (see `ModelInfo::grid_factor`).
+    grid_factor: usize,
+}
+
+/// The grid a subset's model can live on without changing a value: `factor` when the subset's
+/// finest layer has `factor` times the embedding grid's stride and the grid divides into such
+/// blocks exactly (then every block holds copies of one upsampled feature vector: same values,
+/// same Gaussian, same distance). A nearest-patch model (its patches average their 3x3
+/// neighbourhood) and covariances pooled over a window of cells differ within a block, so they keep
+/// the embedding grid; pooling over every cell is the same everywhere and does not.
+fn grid_factor(
+    meta: &EmbeddingMeta,
+    channels: &ChannelSubset,
+    estimator: CovarianceEstimator,
+    pool: CovariancePool,
+) -> usize {
+    if estimator.is_nearest() || matches!(pool, CovariancePool::Radius(_)) {
+        return 1;
+    }
+    let Some(grid_stride) = meta.layers.iter().map(|l| l.stride).min() else { return 1 };
+    let finest = meta
+        .layers
+        .iter()
+        .filter(|l| channels.channels().iter().any(|c| (l.first_channel..l.first_channel + l.channels).contains(c)))
+        .map(|l| l.stride)
+        .min()
+        .unwrap_or(grid_stride);
+    let factor = finest / grid_stride.max(1);
+    let exact = factor > 1 && meta.grid_height.is_multiple_of(factor) && meta.grid_width.is_multiple_of(factor);
+    if exact { factor } else { 1 }
 }
 
 /// What the fit reads and makes, decided before any statistic is accumulated.
@@ -195,16 +225,14 @@ impl FitPlan {
             .into_iter()
             .map(|(name, channels)| {
                 let spec = job.fit.subsets.iter().find(|s| s.name == name);
-                PlannedSubset {
-                    estimator: spec.map_or(job.fit.covariance, |s| job.fit.covariance_of(s)),
-                    pool: spec.map_or(CovariancePool::None, |s| s.pool),
-                    name,
-                    channels,
-                }
+                let estimator = spec.map_or(job.fit.covariance, |s| job.fit.covariance_of(s));
+                let pool = spec.map_or(CovariancePool::None, |s| s.pool);
+                let grid_factor = grid_factor(&meta, &channels, estimator, pool);
+                PlannedSubset { estimator, pool, grid_factor, name, channels }
             })
             .collect();
         let (nearest, mut gaussian): (Vec<_>, Vec<_>) = subsets.iter().cloned().partition(|s| s.estimator.is_nearest());
-        gaussian.sort_by_key(|s| s.pool);
+        gaussian.sort_by_key(|s| (s.pool, s.grid_factor));
         let stats_union = ChannelSubset::union(gaussian.iter().map(|s| &s.channels));
         let bank_union = (!nearest.is_empty()).then(|| ChannelSubset::union(nearest.iter().map(|s| &s.channels)));
         let union = ChannelSubset::union(subsets.iter().map(|s| &s.channels));
@@ -222,11 +250,11 @@ impl FitPlan {
         // The statistics, plus the larger of a batch being accumulated and the models in flight (a
         // group being inverted, one queued for the writer, one being encoded: see `model_groups`).
         let batch = (job.fit.batch_images * self.union.len() * n_patches * 8) as u64;
-        let largest = self.gaussian.iter().map(|s| precision_bytes(n_patches, s.channels.len())).max().unwrap_or(0);
+        let largest = self.gaussian.iter().map(|s| s.precision_bytes(n_patches)).max().unwrap_or(0);
         let group = self
             .model_groups()
             .iter()
-            .map(|g| g.iter().map(|s| precision_bytes(n_patches, s.channels.len())).sum::<u64>())
+            .map(|g| g.iter().map(|s| s.precision_bytes(n_patches)).sum::<u64>())
             .max()
             .unwrap_or(0);
         // A bank holds every training image's values (f32); writing a nearest-patch model (after the
@@ -251,18 +279,22 @@ impl FitPlan {
         Ok(())
     }
 
-    /// The Gaussian subsets in groups inverted together: within one pool, at most [`GROUP_BYTES`]
-    /// of precision matrices each.
+    /// The Gaussian subsets in groups inverted together: within one pool and grid, at most
+    /// [`GROUP_BYTES`] of precision matrices each.
     fn model_groups(&self) -> Vec<&[PlannedSubset]> {
         let n_patches = self.meta.n_patches();
-        self.gaussian.chunk_by(|a, b| a.pool == b.pool).flat_map(|g| model_groups(g, n_patches)).collect()
+        self.gaussian
+            .chunk_by(|a, b| (a.pool, a.grid_factor) == (b.pool, b.grid_factor))
+            .flat_map(|g| model_groups(g, n_patches))
+            .collect()
     }
 
     /// The metadata of `subset`'s model.
     fn model_info(&self, job: &Job, subset: &PlannedSubset, n_train: u64, fit_hash: &str) -> ModelInfo {
         let meta = &self.meta;
+        let factor = subset.grid_factor;
         ModelInfo {
-            format_version: ModelInfo::FORMAT_VERSION,
+            format_version: ModelInfo::format_for(factor),
             subset: subset.name.clone(),
             backbone: meta.backbone.clone(),
             weights_sha256: meta.weights_sha256.clone(),
@@ -270,14 +302,15 @@ impl FitPlan {
             layers: meta.layers.iter().map(|l| l.name.clone()).collect(),
             input_height: meta.input_height,
             input_width: meta.input_width,
-            grid_height: meta.grid_height,
-            grid_width: meta.grid_width,
+            grid_height: meta.grid_height / factor,
+            grid_width: meta.grid_width / factor,
             embedding_channels: meta.n_channels,
             epsilon: job.fit.epsilon,
             n_train_images: n_train,
             config_hash: fit_hash.to_string(),
             covariance: subset.estimator,
             pool: subset.pool,
+            grid_factor: factor,
         }
     }
 }
@@ -354,6 +387,7 @@ fn write_gaussians(
             let members: Vec<&ChannelSubset> = group.iter().map(|s| &s.channels).collect();
             let estimators: Vec<CovarianceEstimator> = group.iter().map(|s| s.estimator).collect();
             let group_pool = group[0].pool;
+            let cells = plan.model_info(job, &group[0], total.count(), fit_hash).anchor_patches();
             let stats = if group_pool.is_none() {
                 total
             } else {
@@ -369,7 +403,7 @@ fn write_gaussians(
                 }
                 &pooled.as_ref().expect("pooled just above").1
             };
-            let fitted = match stats.gaussians_many_by(&members, job.fit.epsilon, &estimators) {
+            let fitted = match stats.gaussians_at(&members, job.fit.epsilon, &estimators, &cells) {
                 Ok(fitted) => fitted,
                 Err((index, source)) => {
                     fitted_all = Err(stats_error(&group[index].name, source));
@@ -413,9 +447,12 @@ fn write_nearest(
 /// Most bytes of f64 precision matrices one group of subsets may hold while it is inverted.
 const GROUP_BYTES: u64 = 1 << 28;
 
-/// Bytes of one subset's f64 precision matrices.
-fn precision_bytes(n_patches: usize, k: usize) -> u64 {
-    (n_patches * k * k * 8) as u64
+impl PlannedSubset {
+    /// Bytes of the subset's f64 precision matrices on its grid, of an embedding of `n_patches`.
+    fn precision_bytes(&self, n_patches: usize) -> u64 {
+        let k = self.channels.len();
+        (n_patches / (self.grid_factor * self.grid_factor) * k * k * 8) as u64
+    }
 }
 
 /// Consecutive subsets in groups of at most [`GROUP_BYTES`] of precision matrices (a larger subset
@@ -424,7 +461,7 @@ fn model_groups(subsets: &[PlannedSubset], n_patches: usize) -> Vec<&[PlannedSub
     let mut groups = Vec::new();
     let (mut start, mut bytes) = (0, 0u64);
     for (i, subset) in subsets.iter().enumerate() {
-        let size = precision_bytes(n_patches, subset.channels.len());
+        let size = subset.precision_bytes(n_patches);
         if i > start && bytes + size > GROUP_BYTES {
             groups.push(&subsets[start..i]);
             (start, bytes) = (i, 0);

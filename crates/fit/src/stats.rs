@@ -156,8 +156,7 @@ impl PatchStats {
                 let mut centred = x.slice_mut(s![..n, ..]);
                 centred -= &batch_mean;
                 x.row_mut(n).assign(&(&delta * (n_a * n_b / (n_a + n_b)).sqrt()));
-                let mut comoment = ArrayViewMut2::from_shape((d, d), comoment).expect("d x d");
-                general_mat_mul(1.0, &x.t(), &x, 1.0, &mut comoment);
+                crate::blas::add_gram(x.as_slice().expect("a contiguous block"), n + 1, d, comoment);
                 mean.scaled_add(n_b / (n_a + n_b), &delta);
             });
         self.count += n as u64;
@@ -378,7 +377,22 @@ impl PatchStats {
         epsilon: f64,
         estimators: &[CovarianceEstimator],
     ) -> Result<Vec<Gaussians>, (usize, StatsError)> {
+        let every: Vec<usize> = (0..self.n_patches).collect();
+        self.gaussians_at(subsets, epsilon, estimators, &every)
+    }
+
+    /// [`PatchStats::gaussians_many_by`] at the patches `cells` only (in that order): the Gaussians
+    /// of a model on a coarser grid, one per block of patches (see `ModelInfo::grid_factor`), taken
+    /// where each block starts. The result's patches are `cells`.
+    pub fn gaussians_at(
+        &self,
+        subsets: &[&ChannelSubset],
+        epsilon: f64,
+        estimators: &[CovarianceEstimator],
+        cells: &[usize],
+    ) -> Result<Vec<Gaussians>, (usize, StatsError)> {
         assert_eq!(subsets.len(), estimators.len(), "one covariance estimator per subset");
+        assert!(cells.iter().all(|&c| c < self.n_patches), "cells within the patches");
         let positions: Vec<Vec<usize>> = subsets
             .iter()
             .enumerate()
@@ -389,15 +403,14 @@ impl PatchStats {
         }
         warm_blas();
         let d = self.channels.len();
-        let mut precisions: Vec<Vec<f64>> =
-            positions.iter().map(|p| vec![0f64; self.n_patches * p.len() * p.len()]).collect();
-        // Patch-major: each patch's shrinkage of every subset.
-        let mut shrinkages = vec![0f64; self.n_patches * subsets.len()];
-        // Per patch, its slice of every subset's output.
-        let mut per_patch: Vec<Vec<&mut [f64]>> =
-            (0..self.n_patches).map(|_| Vec::with_capacity(subsets.len())).collect();
+        let n_cells = cells.len();
+        let mut precisions: Vec<Vec<f64>> = positions.iter().map(|p| vec![0f64; n_cells * p.len() * p.len()]).collect();
+        // Cell-major: each cell's shrinkage of every subset.
+        let mut shrinkages = vec![0f64; n_cells * subsets.len()];
+        // Per cell, its slice of every subset's output.
+        let mut per_patch: Vec<Vec<&mut [f64]>> = (0..n_cells).map(|_| Vec::with_capacity(subsets.len())).collect();
         for precision in &mut precisions {
-            let size = precision.len() / self.n_patches.max(1);
+            let size = precision.len() / n_cells.max(1);
             let mut rest: &mut [f64] = precision;
             for slices in &mut per_patch {
                 let (out, tail) = std::mem::take(&mut rest).split_at_mut(size);
@@ -406,7 +419,7 @@ impl PatchStats {
             }
         }
         let shrink_per_patch = shrinkages.par_chunks_mut(subsets.len().max(1));
-        per_patch.into_par_iter().zip(shrink_per_patch).enumerate().try_for_each(|(patch, (outputs, shrinks))| {
+        per_patch.into_par_iter().zip(shrink_per_patch).zip(cells).try_for_each(|((outputs, shrinks), &patch)| {
             for (index, (((out, positions), shrink), &estimator)) in
                 outputs.into_iter().zip(&positions).zip(shrinks).zip(estimators).enumerate()
             {
@@ -434,13 +447,13 @@ impl PatchStats {
             .enumerate()
             .map(|(index, ((subset, positions), precision))| {
                 let shrinkage = shrinkages.iter().skip(index).step_by(subsets.len()).copied().collect();
-                let mut mean = Vec::with_capacity(self.n_patches * positions.len());
-                for patch in 0..self.n_patches {
+                let mut mean = Vec::with_capacity(n_cells * positions.len());
+                for &patch in cells {
                     mean.extend(positions.iter().map(|&p| self.mean[patch * d + p]));
                 }
                 Gaussians {
                     channels: (*subset).clone(),
-                    n_patches: self.n_patches,
+                    n_patches: n_cells,
                     count: self.count,
                     epsilon,
                     mean,

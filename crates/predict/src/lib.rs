@@ -17,7 +17,7 @@ pub use run::{PredictOptions, PredictSummary, run_predict};
 use padim_core::config::{BackboneKind, DeviceChoice, ScoreKind, Tap};
 use padim_extract::{Backbone, Preprocessor};
 use padim_fit::bundle::{Bundle, decode_bundle};
-use padim_score::{MapFilter, MapStats, distances};
+use padim_score::{MapFilter, MapStats, Scorer};
 use rayon::prelude::*;
 use std::path::{Path, PathBuf};
 use tch::Tensor;
@@ -98,6 +98,8 @@ pub struct Predictor {
     net: Backbone,
     preprocessor: Preprocessor,
     filter: MapFilter,
+    /// The bundle's model, prepared to score as the score stage did (its precision).
+    scorer: Scorer,
 }
 
 impl Predictor {
@@ -133,15 +135,20 @@ impl Predictor {
         let (mean, std) = net.normalization();
         let preprocessor = Preprocessor::new(info.preprocess.clone(), mean, std);
         let (model, settings) = (&bundle.info.model, &bundle.info.score_settings);
+        let (grid_height, grid_width) = model.embedding_grid();
         let filter = MapFilter::new(
-            model.grid_height,
-            model.grid_width,
+            grid_height,
+            grid_width,
             model.input_height,
             model.input_width,
             settings.sigma,
             settings.kernel_size,
         );
-        Ok(Predictor { bundle, net, preprocessor, filter })
+        let scorer = Scorer::new(bundle.model.clone(), settings.precision).map_err(|e| PredictError::Bundle {
+            path: bundle_location.display().to_string(),
+            message: e.to_string(),
+        })?;
+        Ok(Predictor { bundle, net, preprocessor, filter, scorer })
     }
 
     /// Scores one batch of encoded images (`path` names each in errors); with `heatmaps`, keeps the
@@ -214,7 +221,7 @@ impl Predictor {
             }
         }
         let info = &self.bundle.info;
-        let (grid_h, grid_w) = (info.model.grid_height, info.model.grid_width);
+        let (grid_h, grid_w) = info.model.embedding_grid();
         let n_patches = grid_h * grid_w;
         let channels = info.model.embedding_channels;
         if all.len() != n * channels * n_patches {
@@ -231,7 +238,7 @@ impl Predictor {
             }
         }
         let ids: Vec<u32> = (0..n as u32).collect();
-        let maps = distances(model, &ids, &values).map_err(|e| e.to_string())?;
+        let (maps, _) = self.scorer.distances(&ids, &values).map_err(|e| e.to_string())?;
         let filter = &self.filter;
         Ok(maps
             .par_chunks(n_patches)

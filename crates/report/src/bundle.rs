@@ -20,7 +20,7 @@ pub(crate) fn bundle(
     let bad = |e: padim_fit::model::ModelError| ReportError::Table { what: store.url_of(&key), message: e.to_string() };
     let model = padim_fit::model::decode_model(&bytes).map_err(bad)?;
     let info = BundleInfo {
-        format_version: BundleInfo::FORMAT_VERSION,
+        format_version: BundleInfo::format_for(&model.info),
         job: job.name.clone(),
         model: model.info.clone(),
         weights_location: job.backbone.weights.display().to_string(),

@@ -6,11 +6,14 @@
 //!
 //! The numerics here do no IO.
 
+pub mod kernel;
 pub mod mahalanobis;
 pub mod maps;
 pub mod nearest;
+pub mod scorer;
 pub mod stage;
 
-pub use mahalanobis::{ScoreError, distances, distances_many};
+pub use mahalanobis::{Gaussian, ScoreError, distances, distances_many};
 pub use maps::{MapFilter, MapStats, gaussian_kernel, resize_bilinear, smooth_gaussian};
+pub use scorer::Scorer;
 pub use stage::{ScoreOptions, ScoreStageError, ScoreSummary, run_score};

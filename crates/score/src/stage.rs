@@ -1,16 +1,16 @@
 //! The score stage: every fitted model on every extract shard's images, one pass over each shard's
 //! embeddings reading only the channels the models use.
 
-use crate::mahalanobis::{ScoreError, distances_many};
+use crate::mahalanobis::{Gaussian, ScoreError, distances_many};
 use crate::maps::{MapFilter, MapStats};
-use crate::nearest::model_nearest_distances;
-use padim_core::config::Job;
+use crate::scorer::Scorer;
+use padim_core::config::{ComputePrecision, Job};
 use padim_core::{Progress, Shard};
-use padim_fit::model::{Model, ModelError, decode_model};
+use padim_fit::model::{ModelError, ModelInfo, decode_model};
 use padim_store::layout::{self, counts};
 use padim_store::{
-    DoneMarker, EmbeddingReader, Gate, GateRules, ImageRow, Inputs, MapsWriter, ScoreRow, ShardsError, Store,
-    StoreError, read_image_table, write_scores,
+    DoneMarker, EmbeddingBatch, EmbeddingReader, Gate, GateRules, ImageRow, Inputs, MapsWriter, ScoreRow, ShardsError,
+    Store, StoreError, read_image_table, write_scores,
 };
 use rayon::prelude::*;
 use std::collections::HashMap;
@@ -184,7 +184,12 @@ impl ScorePlan {
             );
         }
         let resident = match groups.as_slice() {
-            [_] => Some(Pass::load(store, &files)?),
+            [_] => {
+                let clock = Instant::now();
+                let pass = Pass::load(store, &files, job.score.precision)?;
+                tracing::info!(seconds = clock.elapsed().as_secs_f64(), "loaded and prepared the models");
+                Some(pass)
+            }
             _ => None,
         };
         Ok(ScorePlan { files, part, groups, resident })
@@ -239,7 +244,7 @@ fn score_shard(
         let pass = match &plan.resident {
             Some(pass) => pass,
             None => {
-                loaded = Pass::load(store, &plan.files[range.clone()])?;
+                loaded = Pass::load(store, &plan.files[range.clone()], job.score.precision)?;
                 &loaded
             }
         };
@@ -293,15 +298,15 @@ fn score_pass(
     let url = store.url_of(&embeddings_key);
     let mut reader = EmbeddingReader::open(store, &embeddings_key, Some(&pass.union), job.score.batch_images)?;
     let meta = reader.meta().clone();
-    for (name, model) in &pass.models {
-        let info = &model.info;
-        if (info.backbone.as_str(), info.weights_sha256.as_str(), info.grid_height, info.grid_width)
+    for (name, info, _) in &pass.models {
+        let (grid_height, grid_width) = info.embedding_grid();
+        if (info.backbone.as_str(), info.weights_sha256.as_str(), grid_height, grid_width)
             != (meta.backbone.as_str(), meta.weights_sha256.as_str(), meta.grid_height, meta.grid_width)
         {
             return Err(ScoreStageError::Mismatch {
                 model: name.clone(),
                 url,
-                found: format!("{} ({}x{} grid)", info.backbone, info.grid_height, info.grid_width),
+                found: format!("{} ({grid_height}x{grid_width} grid)", info.backbone),
                 expected: format!("{} ({}x{} grid)", meta.backbone, meta.grid_height, meta.grid_width),
             });
         }
@@ -315,48 +320,103 @@ fn score_pass(
         job.score.sigma,
         job.score.kernel_size,
     );
-    for (m, (name, _)) in pass.models.iter().enumerate() {
+    for (m, (name, _, _)) in pass.models.iter().enumerate() {
         out.names[at + m] = name.clone();
     }
-    let spill_error = |source| ScoreStageError::Spill { url: url.clone(), source };
-    let mut seen = 0;
-    while let Some(batch) = reader.next_batch()? {
-        let maps = batch_maps(pass, &batch, &url)?;
-        // Resizing and smoothing are independent per map: one map per task.
-        let stats: Vec<(MapStats, Duration)> = maps
-            .iter()
-            .flat_map(|(maps, _)| maps.chunks(n_patches))
-            .collect::<Vec<_>>()
-            .into_par_iter()
-            .map(|map| {
-                let clock = Instant::now();
-                let stats = MapStats::of(&filter.apply(map), job.score.top_fraction);
-                (stats, clock.elapsed())
-            })
-            .collect();
-        let mut stats = stats.into_iter();
-        for (m, (maps, spent)) in maps.into_iter().enumerate() {
-            out.time[at + m] += spent;
-            for (&id, map) in batch.image_ids.iter().zip(maps.chunks(n_patches)) {
-                let (stats, spent) = stats.next().expect("one statistic per map");
-                out.time[at + m] += spent;
-                let row = images.get(&id);
-                out.rows[at + m].push(ScoreRow {
-                    image: id,
-                    label: row.map(|r| r.label.clone()).unwrap_or_default(),
-                    split: row.and_then(|r| r.split.clone()),
-                    model: out.names[at + m].clone(),
-                    mean: stats.mean,
-                    max: stats.max,
-                    min: stats.min,
-                    top: stats.top,
-                });
-                spill_map(&mut out.spills[at + m], map).map_err(spill_error)?;
+    // A thread reads and decodes the next batch while this one is scored; the batch buffers go
+    // back to it to be refilled.
+    let (mut seen, mut read_wait_s, mut distance_s, mut maps_s) = (0, 0f64, 0f64, 0f64);
+    std::thread::scope(|scope| -> Result<(), ScoreStageError> {
+        let (sender, batches) = std::sync::mpsc::sync_channel::<Result<EmbeddingBatch, StoreError>>(1);
+        let (recycle, recycled) = std::sync::mpsc::channel::<Vec<f32>>();
+        scope.spawn(move || {
+            loop {
+                if let Ok(values) = recycled.try_recv() {
+                    reader.recycle(values);
+                }
+                let next = reader.next_batch().transpose();
+                let Some(next) = next else { break };
+                let failed = next.is_err();
+                if sender.send(next).is_err() || failed {
+                    break; // the scoring side stopped, or this error ends the stream
+                }
             }
+        });
+        let context = BatchContext { job, pass, images, filter: &filter, n_patches, url: &url, at };
+        loop {
+            let clock = Instant::now();
+            let Ok(batch) = batches.recv() else { break };
+            let batch = batch?;
+            read_wait_s += clock.elapsed().as_secs_f64();
+            let (distances, maps) = score_batch(&context, &batch, out)?;
+            (distance_s, maps_s) = (distance_s + distances, maps_s + maps);
+            seen += batch.image_ids.len();
+            let _ = recycle.send(batch.values);
         }
-        seen += batch.image_ids.len();
-    }
+        Ok(())
+    })?;
+    tracing::info!(read_wait_s, distance_s, maps_s, images = seen, "scored shard {shard}");
     Ok(seen)
+}
+
+/// What scoring a batch needs besides the batch.
+struct BatchContext<'a> {
+    job: &'a Job,
+    pass: &'a Pass,
+    images: &'a HashMap<u32, ImageRow>,
+    filter: &'a MapFilter,
+    n_patches: usize,
+    url: &'a str,
+    /// The first model of the pass among the plan's models.
+    at: usize,
+}
+
+/// Scores one batch with the pass's models: distances, then per map its resizing, smoothing and
+/// statistics (one map per task), its row and its spilled map. Returns the seconds spent on the
+/// distances and on the maps.
+fn score_batch(
+    context: &BatchContext,
+    batch: &EmbeddingBatch,
+    out: &mut ShardScores,
+) -> Result<(f64, f64), ScoreStageError> {
+    let BatchContext { job, pass, images, filter, n_patches, url, at } = *context;
+    let clock = Instant::now();
+    let maps = batch_maps(pass, batch, url)?;
+    let distances = clock.elapsed().as_secs_f64();
+    let clock = Instant::now();
+    let stats: Vec<(MapStats, Duration)> = maps
+        .iter()
+        .flat_map(|(maps, _)| maps.chunks(n_patches))
+        .collect::<Vec<_>>()
+        .into_par_iter()
+        .map(|map| {
+            let clock = Instant::now();
+            let stats = MapStats::of(&filter.apply(map), job.score.top_fraction);
+            (stats, clock.elapsed())
+        })
+        .collect();
+    let spill_error = |source| ScoreStageError::Spill { url: url.to_string(), source };
+    let mut stats = stats.into_iter();
+    for (m, (maps, spent)) in maps.into_iter().enumerate() {
+        out.time[at + m] += spent;
+        for (&id, map) in batch.image_ids.iter().zip(maps.chunks(n_patches)) {
+            let (stats, spent) = stats.next().expect("one statistic per map");
+            out.time[at + m] += spent;
+            let row = images.get(&id);
+            out.rows[at + m].push(ScoreRow {
+                image: id,
+                label: row.map(|r| r.label.clone()).unwrap_or_default(),
+                split: row.and_then(|r| r.split.clone()),
+                model: out.names[at + m].clone(),
+                mean: stats.mean,
+                max: stats.max,
+                min: stats.min,
+                top: stats.top,
+            });
+            spill_map(&mut out.spills[at + m], map).map_err(spill_error)?;
+        }
+    }
+    Ok((distances, clock.elapsed().as_secs_f64()))
 }
 
 /// Every model's distance maps of a batch (`[n_images, n_patches]` each) and the CPU time they
@@ -367,22 +427,25 @@ fn batch_maps(
     url: &str,
 ) -> Result<Vec<(Vec<f32>, Duration)>, ScoreStageError> {
     let score_error = |source| ScoreStageError::Score { url: url.to_string(), source };
-    let with_positions: Vec<(&Model, &[usize])> = pass
+    let gaussians: Vec<(&Gaussian, &[usize])> = pass
         .models
         .iter()
         .zip(&pass.positions)
-        .filter(|((_, model), _)| !model.is_nearest())
-        .map(|((_, model), p)| (model, p.as_slice()))
+        .filter_map(|((_, _, scorer), p)| match scorer {
+            Scorer::Gaussian(g) => Some((g, p.as_slice())),
+            Scorer::Nearest(_) => None,
+        })
         .collect();
     let mut gaussian_maps =
-        distances_many(&with_positions, &pass.union, &batch.image_ids, &batch.values).map_err(score_error)?.into_iter();
+        distances_many(&gaussians, &pass.union, &batch.image_ids, &batch.values).map_err(score_error)?.into_iter();
     pass.models
         .iter()
         .zip(&pass.positions)
-        .map(|((_, model), positions)| match model.is_nearest() {
-            true => model_nearest_distances(model, positions, &pass.union, &batch.image_ids, &batch.values)
-                .map_err(score_error),
-            false => Ok(gaussian_maps.next().expect("one map set per Gaussian model")),
+        .map(|((_, _, scorer), positions)| match scorer {
+            Scorer::Nearest(_) => {
+                scorer.distances_of(positions, &pass.union, &batch.image_ids, &batch.values).map_err(score_error)
+            }
+            Scorer::Gaussian(_) => Ok(gaussian_maps.next().expect("one map set per Gaussian model")),
         })
         .collect()
 }
@@ -430,31 +493,35 @@ fn write_maps_from_spills(
     writer.finish().map_err(SpillOrStore::Store)
 }
 
-/// Models read and decoded together (in parallel), with the union of their channels (sorted) and
-/// each model's channel positions in it.
+/// Models read, decoded and prepared together (in parallel), with the union of their channels
+/// (sorted) and each model's channel positions in it.
 struct Pass {
-    models: Vec<(String, Model)>,
+    /// Each model's subset name, metadata and scorer.
+    models: Vec<(String, ModelInfo, Scorer)>,
     union: Vec<usize>,
     positions: Vec<Vec<usize>>,
 }
 
 impl Pass {
-    fn load(store: &Store, keys: &[String]) -> Result<Pass, ScoreStageError> {
-        let models: Vec<(String, Model)> = keys
+    fn load(store: &Store, keys: &[String], precision: ComputePrecision) -> Result<Pass, ScoreStageError> {
+        let models: Vec<(String, ModelInfo, Scorer)> = keys
             .par_iter()
             .map(|key| {
-                let bytes = store.get(key)?.ok_or_else(|| ScoreStageError::NoFit { url: store.url_of(key) })?;
-                let model =
-                    decode_model(&bytes).map_err(|source| ScoreStageError::Model { url: store.url_of(key), source })?;
-                Ok((model.info.subset.clone(), model))
+                let url = || store.url_of(key);
+                let bytes = store.get(key)?.ok_or_else(|| ScoreStageError::NoFit { url: url() })?;
+                let model = decode_model(&bytes).map_err(|source| ScoreStageError::Model { url: url(), source })?;
+                let info = model.info.clone();
+                let scorer =
+                    Scorer::new(model, precision).map_err(|source| ScoreStageError::Score { url: url(), source })?;
+                Ok((info.subset.clone(), info, scorer))
             })
             .collect::<Result<_, ScoreStageError>>()?;
-        let mut union: Vec<usize> = models.iter().flat_map(|(_, m)| m.channels.iter().copied()).collect();
+        let mut union: Vec<usize> = models.iter().flat_map(|(_, _, m)| m.channels().iter().copied()).collect();
         union.sort_unstable();
         union.dedup();
         let positions = models
             .iter()
-            .map(|(_, m)| m.channels.iter().map(|c| union.binary_search(c).unwrap_or(0)).collect())
+            .map(|(_, _, m)| m.channels().iter().map(|c| union.binary_search(c).unwrap_or(0)).collect())
             .collect();
         Ok(Pass { models, union, positions })
     }

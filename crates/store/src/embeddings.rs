@@ -469,6 +469,8 @@ pub struct EmbeddingReader {
     stream: ParquetRecordBatchStream<ParquetObjectReader>,
     /// Column index in the projected batches of each requested channel.
     positions: Vec<usize>,
+    /// A batch's values handed back ([`EmbeddingReader::recycle`]), reused for the next batch.
+    spare: Vec<f32>,
 }
 
 /// The embedding metadata in a Parquet footer, of a format this padim reads.
@@ -591,11 +593,16 @@ impl EmbeddingReader {
             .with_batch_size(images_per_batch.max(1) * meta.n_patches())
             .build()
             .map_err(parquet_error)?;
-        Ok(EmbeddingReader { store: store.clone(), url, meta, channels, stream, positions })
+        Ok(EmbeddingReader { store: store.clone(), url, meta, channels, stream, positions, spare: Vec::new() })
     }
 
     pub fn meta(&self) -> &EmbeddingMeta {
         &self.meta
+    }
+
+    /// Hands a batch's values back, for the next batch to be read into.
+    pub fn recycle(&mut self, values: Vec<f32>) {
+        self.spare = values;
     }
 
     /// The next batch of whole images, or `None` at the end.
@@ -618,7 +625,11 @@ impl EmbeddingReader {
             .downcast_ref::<UInt32Array>()
             .ok_or_else(|| format_error("column `image` is not UInt32".into()))?;
         let image_ids: Vec<u32> = (0..n_images).map(|i| ids.value(i * n_patches)).collect();
-        let mut values = vec![0f32; n_images * self.channels.len() * n_patches];
+        // A buffer handed back by `recycle` is refilled: a batch is hundreds of megabytes, which a
+        // fresh allocation gets from the kernel as pages to fault in and zero, batch after batch.
+        let mut values = std::mem::take(&mut self.spare);
+        values.clear();
+        values.resize(n_images * self.channels.len() * n_patches, 0.0);
         let mut halves: Vec<f32> = Vec::new();
         for (k, &position) in self.positions.iter().enumerate() {
             let column = batch.column(position);

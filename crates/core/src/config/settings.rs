@@ -546,11 +546,31 @@ pub struct ScoreSettings {
     /// The `top` image score: the mean of this fraction of the smoothed map's highest values
     /// (at least one value).
     pub top_fraction: f64,
+    /// The precision of the Mahalanobis distances: `f32` (the default: twice the arithmetic speed,
+    /// scores within about 1e-6 of f64, see docs/benchmarks.md) or `f64`. Part of the score's
+    /// identity: it shapes the values.
+    pub precision: ComputePrecision,
+}
+
+/// The floating-point precision of a computation.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ComputePrecision {
+    #[default]
+    F32,
+    F64,
 }
 
 impl Default for ScoreSettings {
     fn default() -> Self {
-        ScoreSettings { sigma: 4.0, kernel_size: 33, batch_images: 32, memory_budget_gib: 8.0, top_fraction: 0.01 }
+        ScoreSettings {
+            sigma: 4.0,
+            kernel_size: 33,
+            batch_images: 128,
+            memory_budget_gib: 8.0,
+            top_fraction: 0.01,
+            precision: ComputePrecision::F32,
+        }
     }
 }
 
