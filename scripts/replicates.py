@@ -15,12 +15,24 @@ Usage:
       --arm crop272='preprocess.resize=[272, 272]' \
       --arm full240='preprocess.resize=[240, 240]' 'preprocess.crop=[240, 240]'
 Options: --padim PATH (default $PADIM or target/release/padim), --prune (delete each run's embeddings
-and models once its report is done; the reports stay).
+once its report is done; the models, scores and reports stay, so that reports can be redone),
+--rules RULE ... (threshold rules to compare: each replicate's report is redone with each rule, its
+metrics.json kept as RUN/rules/RULE.json, and a table gives per arm and rule the test accuracy's mean,
+sd and 10th percentile, FPR, FNR, the gap to the best threshold in hindsight on that test split, and
+how often the report's 90% forecast interval held the test accuracy; the arm's own report is redone
+last).
+
+The threshold table of docs/results.md:
+  replicates.py --job configs/concrete-crack.toml --root ../shared/data/concrete-crack-scale \
+      --seeds $(seq 1 20) --out runs/replicates-threshold --arm job --prune \
+      --rules youden youden-midpoint kde eer max-f1
 """
 import argparse
+import csv
 import json
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -37,6 +49,7 @@ def parse_args():
     parser.add_argument("--arm", required=True, nargs="+", action="append", metavar="NAME=SECTION.KEY=VALUE")
     parser.add_argument("--padim", default=os.environ.get("PADIM", "target/release/padim"))
     parser.add_argument("--prune", action="store_true")
+    parser.add_argument("--rules", nargs="*", default=[], metavar="RULE")
     return parser.parse_args()
 
 
@@ -89,6 +102,81 @@ def headline(metrics_path: Path) -> dict:
     sys.exit(f"{metrics_path}: the headline model is not among its models")
 
 
+def headline_entry(metrics: dict) -> dict:
+    for model in metrics["models"]:
+        if model["model"] == metrics["headline-model"] and model["score"] == metrics["headline-score"]:
+            return model
+    sys.exit("metrics.json: the headline model is not among its models")
+
+
+def hindsight_accuracy(run: Path, metrics: dict, normal: list[str]) -> float:
+    """The best test accuracy of any threshold, from the headline model's normalised test scores."""
+    column = f"{metrics['headline-score']}_normalised"
+    scores = []
+    with open(run / "report" / "scores.csv") as f:
+        for row in csv.DictReader(f):
+            if row["model"] == metrics["headline-model"] and row["split"] == "test":
+                scores.append((float(row[column]), row["label"] not in normal))
+    scores.sort(key=lambda s: -s[0])
+    anomalous = sum(a for _, a in scores)
+    best = correct = len(scores) - anomalous  # nothing flagged
+    for i, (score, truth) in enumerate(scores):
+        correct += 1 if truth else -1
+        if i + 1 == len(scores) or scores[i + 1][0] != score:
+            best = max(best, correct)
+    return best / len(scores)
+
+
+def compare_rules(args, name: str, seed: int, overrides: list[str], run: Path, job: Path) -> dict:
+    """Redoes the replicate's report under each rule (kept as RUN/rules/RULE.json), then its own."""
+    (run / "rules").mkdir(exist_ok=True)
+    out = {}
+    for rule in args.rules:
+        kept = run / "rules" / f"{rule}.json"
+        if not kept.exists():
+            variant = args.out / f"{name}-s{seed}.{rule}.toml"
+            variant.write_text(job_text(args.job, args.root, seed, run, [*overrides, f'report.threshold="{rule}"']))
+            subprocess.run([args.padim, "report", "--force", "--quiet", str(variant)], check=True)
+            shutil.copyfile(run / "report" / "metrics.json", kept)
+        out[rule] = json.loads(kept.read_text())
+    subprocess.run([args.padim, "report", "--force", "--quiet", str(job)], check=True)
+    normal = tomllib.loads(job.read_text())["dataset"]["normal"]
+    best = hindsight_accuracy(run, json.loads((run / "report" / "metrics.json").read_text()), normal)
+    rows = {}
+    for rule, metrics in out.items():
+        entry = headline_entry(metrics)
+        test, forecast = entry["test"], entry.get("forecast")
+        c = test["confusion"]
+        rows[rule] = {
+            "accuracy": test["accuracy"],
+            "fpr": c["fp"] / max(c["fp"] + c["tn"], 1),
+            "fnr": c["fn"] / max(c["fn"] + c["tp"], 1),
+            "gap": best - test["accuracy"],
+            "held": forecast is not None
+            and forecast["accuracy"]["low"] <= test["accuracy"] <= forecast["accuracy"]["high"],
+            "width": forecast["accuracy"]["high"] - forecast["accuracy"]["low"] if forecast else float("nan"),
+        }
+    return rows
+
+
+def rules_table(args, arms, by_rule: dict):
+    print("\n| arm | threshold rule | test accuracy | sd | 10th percentile | FPR | FNR | gap to hindsight "
+          "| forecast held (90%) | forecast width |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for name, _ in arms:
+        for rule in args.rules:
+            rows = [by_rule[name, s][rule] for s in args.seeds]
+            accuracy = [r["accuracy"] for r in rows]
+            tenth = statistics.quantiles(accuracy, n=10, method="inclusive")[0] if len(accuracy) > 1 else accuracy[0]
+            mean = lambda key: statistics.fmean(r[key] for r in rows)  # noqa: E731
+            print(
+                f"| {name} | {rule} | {statistics.fmean(accuracy):.4f} "
+                f"| {statistics.stdev(accuracy) if len(accuracy) > 1 else 0:.4f} | {tenth:.4f} | {mean('fpr'):.4f} "
+                f"| {mean('fnr'):.4f} | {mean('gap'):.4f} | {sum(r['held'] for r in rows)} of {len(rows)} "
+                f"| {mean('width'):.4f} |"
+            )
+
+
 def spread(values: list[float]) -> str:
     mean = statistics.fmean(values)
     return f"{mean:.4f} ± {statistics.stdev(values):.4f}" if len(values) > 1 else f"{mean:.4f}"
@@ -99,19 +187,25 @@ def main():
     arms = []
     for arm in args.arm:
         name, _, first = arm[0].partition("=")
-        arms.append((name, [first, *arm[1:]]))
+        arms.append((name, [o for o in [first, *arm[1:]] if o]))
     args.out.mkdir(parents=True, exist_ok=True)
-    results = {}
+    results, by_rule = {}, {}
     for name, overrides in arms:
         for seed in args.seeds:
             run = args.out / f"{name}-s{seed}"
             job = args.out / f"{name}-s{seed}.toml"
             job.write_text(job_text(args.job, args.root, seed, run, overrides))
-            print(f"== {name}, seed {seed}: {args.padim} run {job}", flush=True)
-            subprocess.run([args.padim, "run", str(job)], check=True)
+            if args.rules and (run / "report" / "metrics.json").exists():
+                # Only the report differs between rules: it is redone below, whatever job made it.
+                print(f"== {name}, seed {seed}: reports of {run}", flush=True)
+            else:
+                print(f"== {name}, seed {seed}: {args.padim} run {job}", flush=True)
+                subprocess.run([args.padim, "run", str(job)], check=True)
+            if args.rules:
+                by_rule[name, seed] = compare_rules(args, name, seed, overrides, run, job)
             results[name, seed] = headline(run / "report" / "metrics.json")
             if args.prune:
-                for path in [*run.glob("extract/embeddings-*.parquet"), *run.glob("fit/model-*.safetensors")]:
+                for path in run.glob("extract/embeddings-*.parquet"):
                     path.unlink()
 
     print("\n| arm | seed | headline model | calibration AUROC | test AUROC | test accuracy |")
@@ -128,6 +222,8 @@ def main():
             f"| {name} | {spread([r['calibration'] for r in rows])} | {spread([r['test'] for r in rows])} "
             f"| {spread([r['accuracy'] for r in rows])} | {'-' if name == first else f'{wins} of {len(args.seeds)}'} |"
         )
+    if args.rules:
+        rules_table(args, arms, by_rule)
 
 
 if __name__ == "__main__":

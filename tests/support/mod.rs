@@ -251,7 +251,15 @@ pub fn assert_page_matches_metrics(run: &Path) {
             seen.push(metric);
         }
     }
-    for metric in ["threshold", "test.auroc", "test.accuracy", "test.confusion.tp", "test.confusion.fn"] {
+    for metric in [
+        "threshold",
+        "test.auroc",
+        "test.accuracy",
+        "test.confusion.tp",
+        "test.confusion.fn",
+        "forecast.accuracy.low",
+        "forecast.accuracy.high",
+    ] {
         assert!(seen.iter().any(|m| m == metric), "the headline lacks {metric}: {section}");
     }
     // A sweep's leaderboard comes before the pictures: at most ten experiments, the best (by

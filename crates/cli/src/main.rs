@@ -488,11 +488,11 @@ fn report_text(job: &Job, summary: &padim_report::ReportSummary) -> String {
     let mut text = format!("report {verb} -> {}/{}", job.output, padim_store::layout::report::HTML);
     if let Some(h) = summary.headline() {
         text.push_str(&format!(
-            "\n{} ({} score, {:?} threshold {:.4}): calibration AUROC {:.4}; test AUROC {:.4}, accuracy {:.4}, \
+            "\n{} ({} score, {} threshold {:.4}): calibration AUROC {:.4}; test AUROC {:.4}, accuracy {:.4}, \
              F1 {:.4} (TP {} FP {} TN {} FN {})",
             summary.backbone.as_ref().map_or(h.model.clone(), |b| format!("{b}/{}", h.model)),
             h.score.name(),
-            h.threshold_rule,
+            h.threshold_rule.name(),
             h.threshold,
             h.calibration.auroc,
             h.test.auroc,
@@ -503,6 +503,14 @@ fn report_text(job: &Job, summary: &padim_report::ReportSummary) -> String {
             h.test.confusion.tn,
             h.test.confusion.fn_
         ));
+        if let Some(f) = &h.forecast {
+            text.push_str(&format!(
+                "\nforecast for images to come ({:.0}%, from the calibration split): accuracy {:.4} to {:.4}",
+                f.confidence * 100.0,
+                f.accuracy.low,
+                f.accuracy.high
+            ));
+        }
     }
     if let Some(p) = &summary.pixel {
         text.push_str(&format!("\npixel AUROC {:.4}, PRO {:.4} ({} images)", p.auroc, p.pro, p.images));

@@ -7,7 +7,7 @@
 //! split takes the reference recipe's sizes (250 normal images train; 100 + 100 calibrate; 1,000 +
 //! 1,000 test), scaled down in proportion when the folder holds fewer, with floors below which the
 //! numbers would mean nothing. The rest is the main job's configuration (EfficientNet-Lite1 at
-//! 240 px, the whole image, layers 2+3 and all layers, `auto` score, Youden threshold).
+//! 240 px, the whole image, layers 2+3 and all layers, `auto` score, `kde` threshold).
 //!
 //! What cannot be guessed is refused with what to do: no sub-folders, no label that says it is
 //! normal, too few images to split, no weights. The job text is checked by loading it as `padim run`
@@ -502,7 +502,7 @@ subsets = [
 
 [report]
 score = "auto"
-threshold = "youden"
+threshold = "kde"
 model = "best"
 "#,
         root = p.root,

@@ -48,13 +48,13 @@ pub fn auroc(anomalous: &[f64], normal: &[f64]) -> f64 {
 /// The `[low, high]` percentile interval of `values` at [`CONFIDENCE`].
 fn interval(values: Vec<f64>) -> [f64; 2] {
     let tail = (1.0 - CONFIDENCE) / 2.0 * 100.0;
-    [crate::evaluate::percentile(values.clone(), tail), crate::evaluate::percentile(values, 100.0 - tail)]
+    [crate::metrics::percentile(values.clone(), tail), crate::metrics::percentile(values, 100.0 - tail)]
 }
 
 /// The units a bootstrap resamples from `set`: its images in order, or with `groups` (image path to
 /// group) the groups in order of first appearance, each with its images (an image without a group
 /// is a unit of its own).
-fn units<'a>(set: &[&'a Scored], groups: Option<&BTreeMap<String, String>>) -> Vec<Vec<&'a Scored>> {
+pub(crate) fn units<'a>(set: &[&'a Scored], groups: Option<&BTreeMap<String, String>>) -> Vec<Vec<&'a Scored>> {
     let Some(groups) = groups else {
         return set.iter().map(|row| vec![*row]).collect();
     };

@@ -5,7 +5,8 @@ use crate::error::ReportError;
 use crate::inputs::Scored;
 use crate::metrics::{Confusion, MetricError, Roc, average_precision};
 use crate::summary::{ModelMetrics, SetMetrics};
-use padim_core::config::{Job, ScoreKind, SplitName, ThresholdRule};
+use padim_core::config::{Job, ScoreKind, SplitName};
+use std::collections::BTreeMap;
 
 pub(crate) fn set_metrics(
     scores: &[f64],
@@ -49,51 +50,25 @@ pub(crate) fn evaluate(
     kind: ScoreKind,
     job: &Job,
     normal: &[String],
+    groups: Option<&BTreeMap<String, String>>,
 ) -> Result<ModelMetrics, ReportError> {
     let what = format!("model {model}, {} score, calibration", kind.name());
-    let calibration: Vec<&Scored> = rows.iter().filter(|r| r.split == Some(SplitName::Calibration)).collect();
-    let lo = calibration.iter().map(|r| r.min).fold(f64::INFINITY, f64::min);
-    let hi = calibration.iter().map(|r| r.max).fold(f64::NEG_INFINITY, f64::max);
+    let calibration_rows: Vec<&Scored> = rows.iter().filter(|r| r.split == Some(SplitName::Calibration)).collect();
+    let lo = calibration_rows.iter().map(|r| r.min).fold(f64::INFINITY, f64::min);
+    let hi = calibration_rows.iter().map(|r| r.max).fold(f64::NEG_INFINITY, f64::max);
     if hi.partial_cmp(&lo) != Some(std::cmp::Ordering::Greater) {
         return Err(ReportError::Metric { what: what.clone(), source: MetricError::Constant { what, value: lo } });
     }
     let range = [lo, hi];
     let (cal_scores, cal_truth) = split_scores(rows, SplitName::Calibration, kind, range, normal);
-    let roc = Roc::new(&cal_scores, &cal_truth, &what)
-        .map_err(|source| ReportError::Metric { what: what.clone(), source })?;
-    if cal_scores.iter().all(|&s| s == cal_scores[0]) {
-        return Err(ReportError::Metric {
-            what: what.clone(),
-            source: MetricError::Constant { what: what.clone(), value: cal_scores[0] },
-        });
-    }
-    let point = match job.report.threshold {
-        ThresholdRule::Youden => roc.youden(),
-        ThresholdRule::MaxF1 => roc.max_f1(),
-        ThresholdRule::Fpr => roc.at_fpr(job.report.target_rate),
-        ThresholdRule::Fnr => roc.at_fnr(job.report.target_rate).ok_or_else(|| ReportError::Metric {
-            what: what.clone(),
-            source: MetricError::Unreachable {
-                what: what.clone(),
-                rate: "false-negative rate",
-                target: job.report.target_rate,
-            },
-        })?,
-    };
-    if point == 0 {
-        // The +inf point: nothing would ever be flagged.
-        let rule = match job.report.threshold {
-            ThresholdRule::Youden => "the best Youden's J is 0",
-            ThresholdRule::MaxF1 => "the best F1 is 0",
-            ThresholdRule::Fpr | ThresholdRule::Fnr => "the target rate allows no flagged image",
-        };
-        return Err(ReportError::Metric { what: what.clone(), source: MetricError::NoOperatingPoint { what, rule } });
-    }
-    let threshold = roc.thresholds[point];
+    let threshold =
+        crate::threshold::choose(job.report.threshold, &cal_scores, &cal_truth, job.report.target_rate, &what)
+            .map_err(|source| ReportError::Metric { what: what.clone(), source })?;
     let calibration = set_metrics(&cal_scores, &cal_truth, threshold, &what)?;
     let (test_scores, test_truth) = split_scores(rows, SplitName::Test, kind, range, normal);
     let test =
         set_metrics(&test_scores, &test_truth, threshold, &format!("model {model}, {} score, test", kind.name()))?;
+    let forecast = forecast(&calibration_rows, kind, range, normal, groups, threshold, (test.normal, test.anomalous));
     Ok(ModelMetrics {
         model: model.to_string(),
         score: kind,
@@ -102,16 +77,28 @@ pub(crate) fn evaluate(
         threshold,
         calibration,
         test,
+        forecast: Some(forecast),
     })
 }
 
-/// The `p`-th percentile (linear interpolation between order statistics, NumPy's default).
-pub fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
-    if values.is_empty() {
-        return 0.0;
-    }
-    values.sort_by(f64::total_cmp);
-    let rank = p / 100.0 * (values.len() - 1) as f64;
-    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
-    values[low] + (values[high] - values[low]) * (rank - low as f64)
+/// The forecast at `threshold` for `test` (normal, anomalous) images, from the calibration rows'
+/// normalised scores, resampled by image or by group.
+fn forecast(
+    calibration: &[&Scored],
+    kind: ScoreKind,
+    range: [f64; 2],
+    normal: &[String],
+    groups: Option<&BTreeMap<String, String>>,
+    threshold: f64,
+    test: (usize, usize),
+) -> crate::forecast::Forecast {
+    let (bad, good): (Vec<&Scored>, Vec<&Scored>) = calibration.iter().partition(|r| !normal.contains(&r.label));
+    let values = |set: &[&Scored]| -> Vec<Vec<f64>> {
+        crate::choice::units(set, groups)
+            .iter()
+            .map(|unit| unit.iter().map(|r| (r.score(kind) - range[0]) / (range[1] - range[0])).collect())
+            .collect()
+    };
+    let unit = if groups.is_some() { "groups" } else { "images" };
+    crate::forecast::forecast(threshold, &values(&good), &values(&bad), test, unit)
 }

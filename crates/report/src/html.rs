@@ -36,6 +36,9 @@ fn row(model: &str, score: &str, set: &str, threshold: f64, m: &SetMetrics) -> S
 fn rule_name(rule: ThresholdRule, target_rate: f64) -> String {
     match rule {
         ThresholdRule::Youden => "Youden's J".into(),
+        ThresholdRule::YoudenMidpoint => "the middle of the best Youden's J".into(),
+        ThresholdRule::Kde => "Youden's J of the smoothed ROC".into(),
+        ThresholdRule::Eer => "the equal error rate".into(),
         ThresholdRule::MaxF1 => "maximum F1".into(),
         ThresholdRule::Fpr => format!("false-positive rate at most {target_rate}"),
         ThresholdRule::Fnr => format!("false-negative rate at most {target_rate}"),
@@ -102,6 +105,33 @@ fn candidates_text(candidates: &[Candidate]) -> String {
         .join("; ")
 }
 
+/// The forecast for images to come, and what it rests on.
+fn forecast_line(h: &ModelMetrics) -> String {
+    let Some(f) = &h.forecast else {
+        return String::new();
+    };
+    let n = |metric: &str, value: f64| number(Some(h), metric, format!("{value:.4}"));
+    let (normal, anomalous) = (h.calibration.normal, h.calibration.anomalous);
+    format!(
+        "<p class=\"headline\">Forecast for images to come, {:.0}% intervals: accuracy {} to {}, false-positive rate \
+         {} to {}, false-negative rate {} to {}.</p><p>It rests on the calibration split alone ({normal} normal and \
+         {anomalous} anomalous images; a bootstrap of its {}, {} resamples): each class's scores as a smoothed density rate the \
+         threshold, and the test split's mix ({} normal, {} anomalous) weighs the two rates. It holds for images like \
+         the calibration split's; a new camera, material or defect type is not covered.</p>",
+        f.confidence * 100.0,
+        n("forecast.accuracy.low", f.accuracy.low),
+        n("forecast.accuracy.high", f.accuracy.high),
+        n("forecast.fpr.low", f.fpr.low),
+        n("forecast.fpr.high", f.fpr.high),
+        n("forecast.fnr.low", f.fnr.low),
+        n("forecast.fnr.high", f.fnr.high),
+        escape(&f.unit),
+        f.resamples,
+        f.normal,
+        f.anomalous,
+    )
+}
+
 /// The answer first: the headline model's threshold, test AUROC, accuracy and confusion counts, the
 /// best model by calibration AUROC when that is another, the pixel metrics, and what was left out.
 fn headline(job: &Job, summary: &ReportSummary) -> String {
@@ -132,6 +162,7 @@ fn headline(job: &Job, summary: &ReportSummary) -> String {
             count("test.confusion.tn", c.tn),
             count("test.confusion.fn", c.fn_),
         ));
+        html.push_str(&forecast_line(h));
         html.push_str(&choice_line(job, summary, h));
         // The best by calibration AUROC (each model with its chosen score), when that is another.
         let best = summary.chosen().fold(None::<&ModelMetrics>, |best, m| match best {

@@ -18,6 +18,7 @@ pub mod decision;
 pub mod error;
 pub mod evaluate;
 pub mod figures;
+pub mod forecast;
 pub mod html;
 pub mod inputs;
 pub mod manifest;
@@ -28,6 +29,7 @@ pub mod stage;
 pub mod summary;
 pub mod sweep;
 pub mod tables;
+pub mod threshold;
 
 pub use error::ReportError;
 

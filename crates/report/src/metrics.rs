@@ -264,6 +264,22 @@ pub fn label_regions(mask: &[bool], height: usize, width: usize) -> (Vec<Option<
     (labels, count as usize)
 }
 
+/// The `p`-th percentile (linear interpolation between order statistics, NumPy's default).
+pub fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    percentile_sorted(&values, p)
+}
+
+/// [`percentile`] of values already sorted.
+pub fn percentile_sorted(values: &[f64], p: f64) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    let rank = p / 100.0 * (values.len() - 1) as f64;
+    let (low, high) = (rank.floor() as usize, rank.ceil() as usize);
+    values[low] + (values[high] - values[low]) * (rank - low as f64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,11 +6,12 @@
 
 use crate::ReportOptions;
 use crate::error::ReportError;
-use crate::evaluate::{evaluate, percentile};
+use crate::evaluate::evaluate;
 use crate::inputs::{
     ScoreShard, Scored, group_by_model, image_rows, left_out, load_maps, load_scores, score_shards,
     stored_model_channels,
 };
+use crate::metrics::percentile;
 use crate::pixels::{calibration_pixel_metrics, pixel_metrics};
 use crate::summary::{ModelMetrics, PixelMetrics, ReportSummary, ScoreChoice, Unusable};
 use padim_core::config::{BEST_MODEL, Job, ScoreKind, SplitName};
@@ -133,10 +134,11 @@ fn evaluate_models(job: &Job, by_model: &BTreeMap<String, Vec<Scored>>) -> Resul
     let normal = &job.dataset.normal;
     let named = named_model(job);
     let mut out = Evaluated { models: Vec::new(), unusable: Vec::new(), choices: Vec::new() };
+    let groups = job.split.as_ref().and_then(|split| split.groups.as_ref()).map(|groups| &groups.of);
     for (model, rows) in by_model {
         let mut usable = Vec::new();
         for kind in ScoreKind::ALL {
-            match evaluate(model, rows, kind, job, normal) {
+            match evaluate(model, rows, kind, job, normal, groups) {
                 Ok(metrics) => {
                     out.models.push(metrics);
                     usable.push(kind);
@@ -152,7 +154,6 @@ fn evaluate_models(job: &Job, by_model: &BTreeMap<String, Vec<Scored>>) -> Resul
                 Err(error) => return Err(error),
             }
         }
-        let groups = job.split.as_ref().and_then(|split| split.groups.as_ref()).map(|groups| &groups.of);
         let (candidates, resampled) = crate::choice::candidates(rows, &usable, normal, groups);
         let chosen = crate::choice::choose(job.report.score, &candidates);
         if usable.contains(&chosen) {

@@ -36,6 +36,10 @@ pub struct ModelMetrics {
     pub threshold: f64,
     pub calibration: SetMetrics,
     pub test: SetMetrics,
+    /// The test accuracy and error rates at the threshold forecast from the calibration split
+    /// alone (absent in reports written before forecasts).
+    #[serde(default)]
+    pub forecast: Option<crate::forecast::Forecast>,
 }
 
 /// One image score of one model on the calibration split.

@@ -114,3 +114,25 @@ fn pro_equals_a_threshold_by_threshold_reference() {
     let theirs = want["pro"].as_f64().unwrap();
     assert!((ours - theirs).abs() < 1e-9, "PRO {ours} vs {theirs}");
 }
+
+#[test]
+fn the_kde_rule_and_the_forecast_densities_equal_scipy() {
+    use padim_core::config::ThresholdRule;
+    use padim_report::threshold::{LogScale, Smoothed, choose};
+    for (n, seed, levels) in [(200, 5, 1000), (120, 6, 40), (300, 7, 5000)] {
+        let (s, y) = scores(n, seed, levels);
+        let want = reference(serde_json::json!({ "kind": "kde", "scores": s, "labels": y }));
+        let t = choose(ThresholdRule::Kde, &s, &y, 0.05, "test").unwrap();
+        let t_want = want["threshold"].as_f64().unwrap();
+        // The smoothed J is flat at its maximum: the thresholds agree to the optimisers' tolerance.
+        assert!((t - t_want).abs() < 1e-6, "kde threshold {t} vs scipy {t_want} (n = {n})");
+        let scale = LogScale::new(&s);
+        let (normal, anomalous) = scale.classes(&s, &y);
+        let at = want["log_threshold"].as_f64().unwrap();
+        let (fpr, tpr) = Smoothed::new(&normal, &anomalous).rates(at);
+        assert!((tpr - fpr - want["j"].as_f64().unwrap()).abs() < 1e-9, "smoothed J at scipy's threshold");
+        let (fpr, tpr) = Smoothed::variance_corrected(&normal, &anomalous).rates(at);
+        let rates: Vec<f64> = serde_json::from_value(want["corrected_rates"].clone()).unwrap();
+        assert!((fpr - rates[0]).abs() < 1e-9 && (tpr - rates[1]).abs() < 1e-9, "{fpr} {tpr} vs {rates:?}");
+    }
+}

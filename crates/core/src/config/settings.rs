@@ -777,14 +777,36 @@ pub const BEST_MODEL: &str = "best";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ThresholdRule {
-    /// Maximises Youden's J = TPR - FPR (the recipe's choice).
+    /// Maximises Youden's J = TPR - FPR (the recipe's choice): the lowest score of the best point.
     Youden,
+    /// The middle of the range of thresholds with the best Youden's J.
+    YoudenMidpoint,
+    /// Maximises Youden's J of the smoothed ROC: each class's log scores as a Gaussian kernel
+    /// density (the best mean and 10th-percentile test accuracy over 20 replicates).
+    Kde,
+    /// The middle of the range of thresholds where the larger of FPR and FNR is smallest.
+    Eer,
     /// Maximises F1.
     MaxF1,
     /// The lowest threshold whose false-positive rate is at most `report.target-rate`.
     Fpr,
     /// The highest threshold whose false-negative rate is at most `report.target-rate`.
     Fnr,
+}
+
+impl ThresholdRule {
+    /// The name a job file uses.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThresholdRule::Youden => "youden",
+            ThresholdRule::YoudenMidpoint => "youden-midpoint",
+            ThresholdRule::Kde => "kde",
+            ThresholdRule::Eer => "eer",
+            ThresholdRule::MaxF1 => "max-f1",
+            ThresholdRule::Fpr => "fpr",
+            ThresholdRule::Fnr => "fnr",
+        }
+    }
 }
 
 /// Settings of the `report` stage.
@@ -814,7 +836,7 @@ impl Default for ReportSettings {
     fn default() -> Self {
         ReportSettings {
             score: ScoreRule::Mean,
-            threshold: ThresholdRule::Youden,
+            threshold: ThresholdRule::Kde,
             target_rate: 0.05,
             model: None,
             display_percentile: 80.0,
