@@ -161,12 +161,36 @@ impl Data<'_> {
     }
 }
 
-/// A safetensors file: the 8-byte header length, the JSON header (tensors and one `__metadata__`
-/// entry, keys sorted, padded with spaces to a multiple of 8 bytes), then the tensors' bytes in the
-/// given order. Written into one buffer: each tensor is converted straight into its place rather
-/// than into a buffer of its own that `safetensors::serialize` would copy again (hundreds of
-/// megabytes for a sweep's models). Every file is read back with the `safetensors` crate.
-fn serialize(tensors: &[(&str, Vec<usize>, Data)], metadata: String) -> Vec<u8> {
+impl Data<'_> {
+    /// Writes the little-endian bytes to `out`, a block of values at a time through `buffer`.
+    fn write_to(&self, out: &mut dyn std::io::Write, buffer: &mut Vec<u8>) -> std::io::Result<()> {
+        const BLOCK: usize = 1 << 18;
+        fn blocks<T: Copy, const N: usize>(
+            values: &[T],
+            bytes: impl Fn(T) -> [u8; N],
+            out: &mut dyn std::io::Write,
+            buffer: &mut Vec<u8>,
+        ) -> std::io::Result<()> {
+            for block in values.chunks(BLOCK) {
+                buffer.clear();
+                buffer.extend(block.iter().flat_map(|&v| bytes(v)));
+                out.write_all(buffer)?;
+            }
+            Ok(())
+        }
+        match self {
+            Data::F32(values) => blocks(values, |v| (v as f32).to_le_bytes(), out, buffer),
+            Data::Single(values) => blocks(values, f32::to_le_bytes, out, buffer),
+            Data::F64(values) => blocks(values, f64::to_le_bytes, out, buffer),
+            Data::I64(values) => blocks(values, i64::to_le_bytes, out, buffer),
+        }
+    }
+}
+
+/// A safetensors file's header: the 8-byte header length, the JSON header (tensors and one
+/// `__metadata__` entry, keys sorted, padded with spaces to a multiple of 8 bytes). The tensors'
+/// bytes follow in the given order.
+fn header(tensors: &[(&str, Vec<usize>, Data)], metadata: String) -> Vec<u8> {
     let mut header = serde_json::Map::new();
     header.insert("__metadata__".into(), serde_json::json!({ METADATA_KEY: metadata }));
     let mut offset = 0;
@@ -180,10 +204,34 @@ fn serialize(tensors: &[(&str, Vec<usize>, Data)], metadata: String) -> Vec<u8> 
     }
     let mut json = serde_json::Value::Object(header).to_string().into_bytes();
     json.resize(json.len().next_multiple_of(8), b' ');
-    let start = 8 + json.len();
-    let mut out = vec![0u8; start + offset];
-    out[..8].copy_from_slice(&(json.len() as u64).to_le_bytes());
-    out[8..start].copy_from_slice(&json);
+    let mut out = (json.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&json);
+    out
+}
+
+/// [`serialize`] streamed to `out`: a model of hundreds of megabytes is never held whole.
+fn serialize_to(
+    tensors: &[(&str, Vec<usize>, Data)],
+    metadata: String,
+    out: &mut dyn std::io::Write,
+) -> std::io::Result<()> {
+    out.write_all(&header(tensors, metadata))?;
+    let mut buffer = Vec::new();
+    for (_, _, data) in tensors {
+        data.write_to(out, &mut buffer)?;
+    }
+    Ok(())
+}
+
+/// A safetensors file (see [`header`]) in one buffer: each tensor is converted straight into its
+/// place rather than into a buffer of its own that `safetensors::serialize` would copy again. Every
+/// file is read back with the `safetensors` crate.
+fn serialize(tensors: &[(&str, Vec<usize>, Data)], metadata: String) -> Vec<u8> {
+    let head = header(tensors, metadata);
+    let start = head.len();
+    let size: usize = tensors.iter().map(|(_, _, data)| data.byte_len()).sum();
+    let mut out = vec![0u8; start + size];
+    out[..start].copy_from_slice(&head);
     let mut rest = &mut out[start..];
     for (_, _, data) in tensors {
         let (place, tail) = rest.split_at_mut(data.byte_len());
@@ -195,17 +243,37 @@ fn serialize(tensors: &[(&str, Vec<usize>, Data)], metadata: String) -> Vec<u8> 
 
 /// Encodes a fitted model.
 pub fn encode_model(gaussians: &Gaussians, info: &ModelInfo) -> Result<Vec<u8>, ModelError> {
+    let (tensors, json) = model_tensors(gaussians, info)?;
+    Ok(serialize(&tensors, json))
+}
+
+/// A fitted model's file, as [`encode_model`] encodes it, streamed to `out` (a fitted model is
+/// hundreds of megabytes: the fit need not hold a second copy of it to write it). The metadata is
+/// encoded first, so that only the writes can fail inside.
+pub fn model_writer<'a>(
+    gaussians: &'a Gaussians,
+    info: &ModelInfo,
+) -> Result<impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()> + 'a, ModelError> {
+    let (tensors, json) = model_tensors(gaussians, info)?;
+    Ok(move |out: &mut dyn std::io::Write| serialize_to(&tensors, json, out))
+}
+
+/// A tensor to write: its name, shape and values.
+type Tensor<'a> = (&'static str, Vec<usize>, Data<'a>);
+
+/// A fitted model's tensors and metadata JSON.
+fn model_tensors<'a>(gaussians: &'a Gaussians, info: &ModelInfo) -> Result<(Vec<Tensor<'a>>, String), ModelError> {
     let (p, k) = (gaussians.n_patches, gaussians.channels.len());
     let json = serde_json::to_string(info).map_err(|e| ModelError::Format { kind: "model", message: e.to_string() })?;
     let mut tensors = vec![
         ("channels", vec![k], Data::I64(gaussians.channels.channels().iter().map(|&c| c as i64).collect())),
         ("mean", vec![p, k], Data::F32(&gaussians.mean)),
-        ("precision", vec![p, k, k], Data::F32(&gaussians.precision)),
+        ("precision", vec![p, k, k], Data::Single(&gaussians.precision)),
     ];
     if let Some(shrinkage) = &gaussians.shrinkage {
         tensors.push(("shrinkage", vec![p], Data::F32(shrinkage)));
     }
-    Ok(serialize(&tensors, json))
+    Ok((tensors, json))
 }
 
 /// Encodes a nearest-patch model: `bank` is `[n_patches, n_train, k]` (`Bank::patch_major`).
@@ -316,13 +384,13 @@ fn metadata(bytes: &[u8], kind: &'static str) -> Result<String, ModelError> {
         .ok_or(ModelError::Format { kind, message: format!("no `{METADATA_KEY}` metadata") })
 }
 
-fn tensor<'a>(
-    file: &'a SafeTensors<'a>,
+fn tensor<'data>(
+    file: &SafeTensors<'data>,
     name: &str,
     dtype: Dtype,
     shape: &[usize],
     kind: &'static str,
-) -> Result<&'a [u8], ModelError> {
+) -> Result<&'data [u8], ModelError> {
     let view = file.tensor(name).map_err(|e| ModelError::Format { kind, message: format!("`{name}`: {e}") })?;
     if view.dtype() != dtype || view.shape() != shape {
         return Err(ModelError::Format {
@@ -346,6 +414,15 @@ pub fn channels_in_header(header: &[u8]) -> Result<usize, ModelError> {
 
 /// Decodes a model file.
 pub fn decode_model(bytes: &[u8]) -> Result<Model, ModelError> {
+    let (mut model, precision) = decode_model_parts(bytes)?;
+    model.precision = le_f32s(precision);
+    Ok(model)
+}
+
+/// Decodes a model file but for a Gaussian's precision matrices, which are returned as the file's
+/// little-endian f32 bytes (`[patches, k, k]`, checked finite): a scorer that factorises them reads
+/// them from there, without a copy of hundreds of megabytes first. The model's `precision` is empty.
+pub fn decode_model_parts(bytes: &[u8]) -> Result<(Model, &[u8]), ModelError> {
     let kind = "model";
     let format = |message: String| ModelError::Format { kind, message };
     let info: ModelInfo =
@@ -358,27 +435,40 @@ pub fn decode_model(bytes: &[u8]) -> Result<Model, ModelError> {
     let p = info.grid_height * info.grid_width;
     let channels =
         le_i64s(tensor(&file, "channels", Dtype::I64, &[k], kind)?).into_iter().map(|c| c as usize).collect();
-    let model = if info.covariance.is_nearest() {
+    let (model, precision) = if info.covariance.is_nearest() {
         let t = file.tensor("bank").map_err(|e| format(format!("`bank`: {e}")))?.shape().get(1).copied().unwrap_or(0);
         let bank = le_f32s(tensor(&file, "bank", Dtype::F32, &[p, t, k], kind)?);
-        Model { info, channels, mean: Vec::new(), precision: Vec::new(), bank }
+        (Model { info, channels, mean: Vec::new(), precision: Vec::new(), bank }, &[][..])
     } else {
         let mean = le_f32s(tensor(&file, "mean", Dtype::F32, &[p, k], kind)?);
-        let precision = le_f32s(tensor(&file, "precision", Dtype::F32, &[p, k, k], kind)?);
-        Model { info, channels, mean, precision, bank: Vec::new() }
+        let precision = tensor(&file, "precision", Dtype::F32, &[p, k, k], kind)?;
+        (Model { info, channels, mean, precision: Vec::new(), bank: Vec::new() }, precision)
     };
     model.validate().map_err(|problem| format(problem.to_string()))?;
-    Ok(model)
+    let not_finite = |b: &[u8]| !f32::from_le_bytes([b[0], b[1], b[2], b[3]]).is_finite();
+    if let Some(i) = precision.chunks_exact(4).position(not_finite) {
+        let problem = ModelProblem::Precision { patch: i / (k * k).max(1) };
+        return Err(format(problem.to_string()));
+    }
+    Ok((model, precision))
 }
 
-/// A tensor's little-endian I64 bytes (checked by [`tensor`]) as values.
+/// A tensor's little-endian bytes (whole values, checked by [`tensor`]) as values: one copy on a
+/// little-endian machine (the bytes need no alignment), a byte swap per value elsewhere.
+fn le_values<T: bytemuck::Pod>(data: &[u8], swap: fn(T) -> T) -> Vec<T> {
+    let mut values: Vec<T> = bytemuck::pod_collect_to_vec(data);
+    if cfg!(target_endian = "big") {
+        values.iter_mut().for_each(|v| *v = swap(*v));
+    }
+    values
+}
+
 fn le_i64s(data: &[u8]) -> Vec<i64> {
-    data.chunks_exact(8).map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default())).collect()
+    le_values(data, i64::swap_bytes)
 }
 
-/// A tensor's little-endian F32 bytes (checked by [`tensor`]) as values.
 fn le_f32s(data: &[u8]) -> Vec<f32> {
-    data.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap_or_default())).collect()
+    le_values(data, |v: f32| f32::from_bits(v.to_bits().swap_bytes()))
 }
 
 /// Encodes partial statistics (f64, exact) with `metadata` JSON.
@@ -402,9 +492,7 @@ pub fn decode_partial(bytes: &[u8], n_patches: usize) -> Result<(PatchStats, Str
     let json = metadata(bytes, kind)?;
     let file = SafeTensors::deserialize(bytes).map_err(|e| format(e.to_string()))?;
     let d = file.tensor("channels").map_err(|e| format(e.to_string()))?.shape().first().copied().unwrap_or(0);
-    let doubles = |data: &[u8]| -> Vec<f64> {
-        data.chunks_exact(8).map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default())).collect()
-    };
+    let doubles = |data: &[u8]| -> Vec<f64> { le_values(data, |v: f64| f64::from_bits(v.to_bits().swap_bytes())) };
     let count = le_i64s(tensor(&file, "count", Dtype::I64, &[1], kind)?)[0] as u64;
     let channels: Vec<usize> =
         le_i64s(tensor(&file, "channels", Dtype::I64, &[d], kind)?).into_iter().map(|c| c as usize).collect();
@@ -506,9 +594,14 @@ mod tests {
             pool: Default::default(),
             grid_factor: 1,
         };
-        let model = decode_model(&encode_model(&gaussians, &info).unwrap()).unwrap();
+        let encoded = encode_model(&gaussians, &info).unwrap();
+        let mut streamed = Vec::new();
+        model_writer(&gaussians, &info).unwrap()(&mut streamed).unwrap();
+        assert_eq!(streamed, encoded, "the streamed model is the encoded one");
+        let model = decode_model(&encoded).unwrap();
         assert_eq!(model.info, info);
         assert_eq!(model.channels, vec![2, 7]);
+        assert_eq!(model.precision, gaussians.precision);
         assert_eq!(model.mean, gaussians.mean.iter().map(|&v| v as f32).collect::<Vec<_>>());
         assert!(decode_model(&bytes).is_err(), "a partial is not a model");
     }

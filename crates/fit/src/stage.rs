@@ -2,8 +2,8 @@
 //! state per shard, kept so that a rerun resumes), merge them, and write one model per subset.
 
 use crate::model::{
-    ModelError, ModelInfo, decode_bank_partial, decode_partial, encode_bank_partial, encode_model, encode_nearest,
-    encode_partial,
+    ModelError, ModelInfo, decode_bank_partial, decode_partial, encode_bank_partial, encode_nearest, encode_partial,
+    model_writer,
 };
 use crate::nearest::{Bank, BankError};
 use crate::stats::{Gaussians, PatchStats, StatsError, state_bytes};
@@ -374,7 +374,7 @@ fn write_gaussians(
             for gaussians in receiver {
                 let subset = &plan.gaussian[written.len()];
                 let key = layout::fit::model(&subset.name);
-                store.put(&key, encode_model(&gaussians, &info(subset))?)?;
+                store.put_streamed(&key, model_writer(&gaussians, &info(subset))?)?;
                 written.push(key);
             }
             Ok(written)
@@ -444,14 +444,14 @@ fn write_nearest(
     Ok(written)
 }
 
-/// Most bytes of f64 precision matrices one group of subsets may hold while it is inverted.
+/// Most bytes of precision matrices (f32) one group of subsets may hold while it is inverted.
 const GROUP_BYTES: u64 = 1 << 28;
 
 impl PlannedSubset {
-    /// Bytes of the subset's f64 precision matrices on its grid, of an embedding of `n_patches`.
+    /// Bytes of the subset's precision matrices (f32) on its grid, of an embedding of `n_patches`.
     fn precision_bytes(&self, n_patches: usize) -> u64 {
         let k = self.channels.len();
-        (n_patches / (self.grid_factor * self.grid_factor) * k * k * 8) as u64
+        (n_patches / (self.grid_factor * self.grid_factor) * k * k * 4) as u64
     }
 }
 

@@ -142,6 +142,31 @@ impl Gaussian {
     /// Factorises `model`'s precision matrices (in f64, in parallel over cells) and keeps the
     /// factors and means in `precision`.
     pub fn new(model: &Model, precision: ComputePrecision) -> Result<Gaussian, ScoreError> {
+        let k = model.channels.len();
+        let matrix = |cell: usize, out: &mut Vec<f64>| {
+            out.extend(model.precision[cell * k * k..(cell + 1) * k * k].iter().map(|&v| f64::from(v)));
+        };
+        Gaussian::with_matrices(model, matrix, precision)
+    }
+
+    /// [`Gaussian::new`] for a model decoded by [`padim_fit::model::decode_model_parts`], its
+    /// precision matrices read from the file's little-endian bytes.
+    pub fn from_le_bytes(model: &Model, bytes: &[u8], precision: ComputePrecision) -> Result<Gaussian, ScoreError> {
+        let k = model.channels.len();
+        assert_eq!(bytes.len(), model.n_patches() * k * k * 4, "the precision's bytes");
+        let matrix = |cell: usize, out: &mut Vec<f64>| {
+            let cell_bytes = &bytes[cell * k * k * 4..(cell + 1) * k * k * 4];
+            out.extend(cell_bytes.chunks_exact(4).map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]]))));
+        };
+        Gaussian::with_matrices(model, matrix, precision)
+    }
+
+    /// Factorises the precision matrices `matrix(cell, out)` appends to `out` (row-major, f64).
+    fn with_matrices(
+        model: &Model,
+        matrix: impl Fn(usize, &mut Vec<f64>) + Sync,
+        precision: ComputePrecision,
+    ) -> Result<Gaussian, ScoreError> {
         assert!(!model.is_nearest(), "a Gaussian model");
         let (k, cells) = (model.channels.len(), model.n_patches());
         let anchors = model.info.anchor_patches();
@@ -151,7 +176,7 @@ impl Gaussian {
             let not_pd = || ScoreError::NotPositiveDefinite { model: model.info.subset.clone(), patch: anchors[cell] };
             FACTOR_SCRATCH.with_borrow_mut(|buffer| {
                 buffer.clear();
-                buffer.extend(model.precision[cell * k * k..(cell + 1) * k * k].iter().map(|&v| v as f64));
+                matrix(cell, buffer);
                 let mut matrix = ArrayViewMut2::from_shape((k, k), &mut buffer[..]).expect("k x k");
                 matrix.cholesky_inplace(UPLO::Lower).map_err(|_| not_pd())?;
                 if !matrix.iter().all(|v| v.is_finite()) {
@@ -264,15 +289,28 @@ pub fn distances_many(
         .iter()
         .zip(by_cell)
         .zip(times)
-        .map(|(((model, _), by_cell), time)| {
-            // Every patch takes its cell's distance.
-            let mut map = Vec::with_capacity(n * n_patches);
-            for image in 0..n {
-                map.extend(model.cell_of.iter().map(|&cell| by_cell[cell * n + image]));
-            }
-            (map, time)
-        })
+        .map(|(((model, _), by_cell), time)| (expand_cells(&by_cell, &model.cell_of, n), time))
         .collect())
+}
+
+/// The maps `[n_images, patches]` from distances `[cell][image]`: every patch takes its cell's
+/// distance. Blocks of images in parallel; within a block, each cell's distances of the block's
+/// images are one cache line, read once per patch and written to the block's rows.
+fn expand_cells(by_cell: &[f32], cell_of: &[usize], n: usize) -> Vec<f32> {
+    const IMAGES: usize = 16;
+    let n_patches = cell_of.len();
+    let mut maps = vec![0f32; n * n_patches];
+    maps.par_chunks_mut((IMAGES * n_patches).max(1)).enumerate().for_each(|(block, rows)| {
+        let first = block * IMAGES;
+        let count = rows.len() / n_patches.max(1);
+        for (patch, &cell) in cell_of.iter().enumerate() {
+            let distances = &by_cell[cell * n + first..][..count];
+            for (image, &d) in distances.iter().enumerate() {
+                rows[image * n_patches + patch] = d;
+            }
+        }
+    });
+    maps
 }
 
 /// Blocks of consecutive patches, in parallel: each task transposes its block of the batch into
@@ -347,6 +385,19 @@ fn transpose<T: Real>(values: &[f32], (n, u, n_patches): (usize, usize, usize), 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cells_expand_to_every_patch_of_every_image() {
+        // 37 images (blocks of 16 and a remainder), 3 cells over 7 patches.
+        let (n, cell_of) = (37, vec![0, 0, 1, 2, 1, 2, 0]);
+        let by_cell: Vec<f32> = (0..3 * n).map(|i| i as f32).collect();
+        let maps = expand_cells(&by_cell, &cell_of, n);
+        for image in 0..n {
+            for (patch, &cell) in cell_of.iter().enumerate() {
+                assert_eq!(maps[image * 7 + patch], by_cell[cell * n + image]);
+            }
+        }
+    }
     use padim_fit::model::ModelInfo;
     use proptest::prelude::*;
 

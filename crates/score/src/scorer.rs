@@ -23,6 +23,16 @@ impl Scorer {
         }
     }
 
+    /// [`Scorer::new`] for a model decoded by [`padim_fit::model::decode_model_parts`] with its
+    /// precision's bytes.
+    pub fn from_parts(model: Model, precision_bytes: &[u8], precision: ComputePrecision) -> Result<Scorer, ScoreError> {
+        if model.is_nearest() {
+            Ok(Scorer::Nearest(model))
+        } else {
+            Gaussian::from_le_bytes(&model, precision_bytes, precision).map(Scorer::Gaussian)
+        }
+    }
+
     /// The model's channels, in its order.
     pub fn channels(&self) -> &[usize] {
         match self {

@@ -6,7 +6,7 @@ use crate::maps::{MapFilter, MapStats};
 use crate::scorer::Scorer;
 use padim_core::config::{ComputePrecision, Job};
 use padim_core::{Progress, Shard};
-use padim_fit::model::{ModelError, ModelInfo, decode_model};
+use padim_fit::model::{ModelError, ModelInfo, decode_model_parts};
 use padim_store::layout::{self, counts};
 use padim_store::{
     DoneMarker, EmbeddingBatch, EmbeddingReader, Gate, GateRules, ImageRow, Inputs, MapsWriter, ScoreRow, ShardsError,
@@ -450,10 +450,10 @@ fn batch_maps(
         .collect()
 }
 
-/// Appends a map's values (little-endian f32) to a model's spill file.
+/// Appends a map's values to a model's spill file (a temporary file of this process: native-endian
+/// f32, written and read back as they lie in memory).
 fn spill_map(spill: &mut impl std::io::Write, map: &[f32]) -> std::io::Result<()> {
-    let bytes: Vec<u8> = map.iter().flat_map(|v| v.to_le_bytes()).collect();
-    spill.write_all(&bytes)
+    spill.write_all(bytemuck::cast_slice(map))
 }
 
 enum SpillOrStore {
@@ -480,12 +480,10 @@ fn write_maps_from_spills(
         let mut file = std::io::BufReader::new(file);
         // A few MiB at a time.
         let per_chunk = (4 << 20) / (map_len * 4).max(1) + 1;
-        let mut bytes = Vec::new();
+        let mut values = Vec::new();
         for chunk in rows.chunks(per_chunk) {
-            bytes.resize(chunk.len() * map_len * 4, 0);
-            file.read_exact(&mut bytes).map_err(SpillOrStore::Spill)?;
-            let values: Vec<f32> =
-                bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+            values.resize(chunk.len() * map_len, 0f32);
+            file.read_exact(bytemuck::cast_slice_mut(&mut values)).map_err(SpillOrStore::Spill)?;
             let images: Vec<u32> = chunk.iter().map(|r| r.image).collect();
             writer.write(&first.model, &images, &values).map_err(SpillOrStore::Store)?;
         }
@@ -509,10 +507,11 @@ impl Pass {
             .map(|key| {
                 let url = || store.url_of(key);
                 let bytes = store.get(key)?.ok_or_else(|| ScoreStageError::NoFit { url: url() })?;
-                let model = decode_model(&bytes).map_err(|source| ScoreStageError::Model { url: url(), source })?;
+                let (model, precision_bytes) =
+                    decode_model_parts(&bytes).map_err(|source| ScoreStageError::Model { url: url(), source })?;
                 let info = model.info.clone();
-                let scorer =
-                    Scorer::new(model, precision).map_err(|source| ScoreStageError::Score { url: url(), source })?;
+                let scorer = Scorer::from_parts(model, precision_bytes, precision)
+                    .map_err(|source| ScoreStageError::Score { url: url(), source })?;
                 Ok((info.subset.clone(), info, scorer))
             })
             .collect::<Result<_, ScoreStageError>>()?;

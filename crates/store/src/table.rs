@@ -29,6 +29,27 @@ pub(crate) fn get_table(store: &Store, key: &str) -> Result<Vec<RecordBatch>, St
     reader.map(|batch| batch.map_err(|e| error(e.to_string()))).collect()
 }
 
+impl Store {
+    /// Writes the object at `key` as `write` streams it (in parts: an object of hundreds of
+    /// megabytes is never held whole). It appears only when `write` and the upload succeed; a
+    /// failed request underneath keeps its kind (transient or not).
+    pub fn put_streamed(
+        &self,
+        key: &str,
+        write: impl FnOnce(&mut dyn std::io::Write) -> std::io::Result<()>,
+    ) -> Result<(), StoreError> {
+        let mut upload = Upload::new(self, key);
+        write(&mut upload).map_err(|e| {
+            let url = self.url_of(key);
+            match e.get_ref().and_then(|inner| inner.downcast_ref::<object_store::Error>()) {
+                Some(inner) => StoreError::of_object_store(url, inner),
+                None => StoreError::Object { url, message: e.to_string() },
+            }
+        })?;
+        upload.complete()
+    }
+}
+
 /// The object being uploaded, as the `Write` the Parquet file writer needs: bytes are gathered into
 /// parts and put from the calling thread (the IO thread). Dropped before [`Upload::complete`], it
 /// aborts the upload and nothing appears.
