@@ -9,6 +9,7 @@
 //! and streams images in bounded memory. The file's key-value metadata `padim.embeddings` holds an
 //! [`EmbeddingMeta`] as JSON (backbone, weights, layers, grid, value type, stored channels).
 
+mod direct;
 mod pages;
 
 use crate::table::Upload;
@@ -471,6 +472,9 @@ pub struct EmbeddingReader {
     positions: Vec<usize>,
     /// A batch's values handed back ([`EmbeddingReader::recycle`]), reused for the next batch.
     spare: Vec<f32>,
+    /// The float columns read from their pages (the files padim writes); `None`: by the Arrow
+    /// stream.
+    direct: Option<direct::DirectReader>,
 }
 
 /// The embedding metadata in a Parquet footer, of a format this padim reads.
@@ -581,19 +585,29 @@ impl EmbeddingReader {
             .map(|&c| root_of(c).and_then(|r| roots.iter().position(|x| *x == r)).unwrap_or(0))
             .collect();
         let mask = ProjectionMask::roots(builder.parquet_schema(), roots);
-        let builder = match wanted {
-            None => builder,
-            Some(wanted) => {
-                let groups = wanted_row_groups(builder.metadata(), wanted);
-                builder.with_row_groups(groups)
-            }
+        let groups = match wanted {
+            None => (0..builder.metadata().num_row_groups()).collect(),
+            Some(wanted) => wanted_row_groups(builder.metadata(), wanted),
         };
+        // The schema is flat: a channel's root column is its leaf column.
+        let leaves = channels.iter().map(|&c| root_of(c).unwrap_or(0)).collect();
+        let direct = direct::DirectReader::new(
+            store,
+            key,
+            &url,
+            builder.metadata().clone(),
+            groups.clone(),
+            leaves,
+            meta.n_patches(),
+            images_per_batch,
+        );
+        let builder = builder.with_row_groups(groups);
         let stream = builder
             .with_projection(mask)
             .with_batch_size(images_per_batch.max(1) * meta.n_patches())
             .build()
             .map_err(parquet_error)?;
-        Ok(EmbeddingReader { store: store.clone(), url, meta, channels, stream, positions, spare: Vec::new() })
+        Ok(EmbeddingReader { store: store.clone(), url, meta, channels, stream, positions, spare: Vec::new(), direct })
     }
 
     pub fn meta(&self) -> &EmbeddingMeta {
@@ -607,6 +621,11 @@ impl EmbeddingReader {
 
     /// The next batch of whole images, or `None` at the end.
     pub fn next_batch(&mut self) -> Result<Option<EmbeddingBatch>, StoreError> {
+        if let Some(direct) = self.direct.as_mut() {
+            let mut values = std::mem::take(&mut self.spare);
+            let Some(image_ids) = direct.next_batch(&mut values)? else { return Ok(None) };
+            return Ok(Some(EmbeddingBatch { image_ids, channels: self.channels.clone(), values }));
+        }
         let store = self.store.clone();
         let Some(batch) = store.block_on(self.stream.next()) else { return Ok(None) };
         let batch = batch.map_err(|e| StoreError::parquet(&self.url, e))?;
@@ -760,6 +779,60 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn pages_read_directly_equal_the_arrow_reader() {
+        // 23,000 images of 6 patches in one row group: a column's pages (128 Ki values) end inside
+        // images, so runs of patches split across pages. Read directly (whole row groups fit a
+        // batch) and by the Arrow reader (they do not), the batches hold the same images and values.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().display().to_string()).unwrap();
+        let n = 23_000u32;
+        let v = |id: u32, c: usize, p: usize| ((id as usize * 7 + c * 13 + p) % 1000) as f32 * 0.01 - 3.0;
+        for (value_type, encoding, compression) in [
+            (ValueType::F16, FloatEncoding::ByteStreamSplit, Compression::Lz4),
+            (ValueType::F32, FloatEncoding::Plain, Compression::None),
+            (ValueType::F32, FloatEncoding::ByteStreamSplit, Compression::Zstd),
+            (ValueType::F16, FloatEncoding::Plain, Compression::Snappy),
+        ] {
+            let key = format!("e/{value_type:?}-{encoding:?}-{compression:?}.parquet");
+            let settings = WriterSettings { encoding, compression, row_group_bytes: 1 << 30 };
+            let mut writer =
+                EmbeddingWriter::create(&store, &key, EmbeddingMeta { value_type, ..meta() }, settings).unwrap();
+            let ids: Vec<u32> = (0..n).map(|i| (i * 31) % n).collect();
+            for chunk in ids.chunks(4096) {
+                let data: Vec<f32> =
+                    chunk.iter().flat_map(|&id| (0..5).flat_map(move |c| (0..6).map(move |p| v(id, c, p)))).collect();
+                writer.write(chunk, EmbeddingValues::F32(data)).unwrap();
+            }
+            writer.finish().unwrap();
+            let all = |per_batch: usize| {
+                let mut reader = EmbeddingReader::open(&store, &key, Some(&[4, 0, 2]), per_batch).unwrap();
+                let direct = reader.direct.is_some();
+                let (mut ids, mut values) = (Vec::new(), Vec::new());
+                while let Some(batch) = reader.next_batch().unwrap() {
+                    assert!(batch.image_ids.len() <= per_batch);
+                    ids.extend(batch.image_ids);
+                    values.extend(batch.values);
+                }
+                (direct, ids, values)
+            };
+            let (direct, ids_direct, values_direct) = all(n as usize);
+            let (arrow, ids_arrow, values_arrow) = all(1000);
+            assert!(direct && !arrow, "{key}: the direct reader reads when a row group fits a batch");
+            assert_eq!(ids_direct, ids, "{key}");
+            assert_eq!(ids_arrow, ids, "{key}");
+            assert!(values_direct == values_arrow, "{key}");
+            let expected = |i: usize| {
+                let (id, k, p) = (ids[i / 18], [4, 0, 2][(i / 6) % 3], i % 6);
+                match value_type {
+                    ValueType::F32 => v(id, k, p),
+                    ValueType::F16 => half::f16::from_f32(v(id, k, p)).to_f32(),
+                }
+            };
+            assert!((0..values_direct.len()).all(|i| values_direct[i] == expected(i)), "{key}");
         }
     }
 

@@ -144,6 +144,12 @@ impl Store {
         self.block_on(self.inner.get_range(&path, range)).map_err(|e| self.object_error(key, e))
     }
 
+    /// Byte `ranges` of `key` (which must exist and hold them), nearby ranges fetched together.
+    pub fn get_ranges(&self, key: &str, ranges: &[std::ops::Range<u64>]) -> Result<Vec<Bytes>, StoreError> {
+        let path = self.object_path(key);
+        self.block_on(self.inner.get_ranges(&path, ranges)).map_err(|e| self.object_error(key, e))
+    }
+
     /// The size of `key` in bytes, or `None` if it does not exist.
     pub fn size(&self, key: &str) -> Result<Option<u64>, StoreError> {
         let path = self.object_path(key);
