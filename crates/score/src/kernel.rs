@@ -5,7 +5,7 @@
 //!
 //! Packed layout: the columns of `L` in panels of [`LANES`]; panel `p` (columns `16p..16p + 16`,
 //! zero-padded past `k`) holds the rows `16p..k` of those columns, row after row, since a lower
-//! triangular matrix is zero above. Then for [`ROWS`] images at a time, every panel's outputs are
+//! triangular matrix is zero above. Then for `ROWS` images at a time, every panel's outputs are
 //! `ROWS x LANES` accumulators updated by one panel row times one broadcast deviation (a GEMM
 //! micro-kernel's shape), and their squares summed: the triangular product and the norm in one pass.
 //!
