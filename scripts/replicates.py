@@ -127,6 +127,24 @@ def hindsight_accuracy(run: Path, metrics: dict, normal: list[str]) -> float:
     return best / len(scores)
 
 
+def with_threshold(text: str, rule: str) -> str:
+    """The job's text with `threshold = "RULE"` in its [report] section (added where it has none)."""
+    lines = text.split("\n")
+    current, report_at = None, None
+    for i, line in enumerate(lines):
+        header = re.match(r"^\[([a-z-]+)\]\s*$", line)
+        if header:
+            current = header.group(1)
+            report_at = i if current == "report" else report_at
+        elif current == "report" and re.match(r"^threshold\s*=", line):
+            lines[i] = f'threshold = "{rule}"'
+            return "\n".join(lines)
+    if report_at is None:
+        return text.rstrip("\n") + f'\n\n[report]\nthreshold = "{rule}"\n'
+    lines.insert(report_at + 1, f'threshold = "{rule}"')
+    return "\n".join(lines)
+
+
 def compare_rules(args, name: str, seed: int, overrides: list[str], run: Path, job: Path) -> dict:
     """Redoes the replicate's report under each rule (kept as RUN/rules/RULE.json), then its own."""
     (run / "rules").mkdir(exist_ok=True)
@@ -135,7 +153,7 @@ def compare_rules(args, name: str, seed: int, overrides: list[str], run: Path, j
         kept = run / "rules" / f"{rule}.json"
         if not kept.exists():
             variant = args.out / f"{name}-s{seed}.{rule}.toml"
-            variant.write_text(job_text(args.job, args.root, seed, run, [*overrides, f'report.threshold="{rule}"']))
+            variant.write_text(with_threshold(job_text(args.job, args.root, seed, run, overrides), rule))
             subprocess.run([args.padim, "report", "--force", "--quiet", str(variant)], check=True)
             shutil.copyfile(run / "report" / "metrics.json", kept)
         out[rule] = json.loads(kept.read_text())

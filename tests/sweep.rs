@@ -378,6 +378,69 @@ fn replicates_redraw_the_split_per_seed_and_table_each_runs_headline() {
         assert!(out.lines().any(|line| line == row), "no row `{row}` in:\n{out}");
     }
 
+    // Threshold rules: each replicate's report redone per rule (the runs above are reused), kept as
+    // RUN/rules/RULE.json, and a row per rule of what those reports say; the run's own report is
+    // the job's again afterwards.
+    let output = {
+        let (data, out) = (dir.path().join("data"), reps.to_str().unwrap().to_string());
+        let args = [
+            "--job",
+            base.to_str().unwrap(),
+            "--root",
+            data.to_str().unwrap(),
+            "--seeds",
+            "1",
+            "2",
+            "--out",
+            &out,
+            "--padim",
+            env!("CARGO_BIN_EXE_padim"),
+            "--arm",
+            "r40=preprocess.resize=[40, 40]",
+            "preprocess.crop=[40, 40]",
+            "--rules",
+            "youden",
+            "eer",
+        ];
+        crate::support::python::script_output("replicates.py", &args)
+    };
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let out = String::from_utf8_lossy(&output.stdout).into_owned();
+    let entry = |path: std::path::PathBuf| -> serde_json::Value {
+        let m: serde_json::Value = serde_json::from_slice(&std::fs::read(path).unwrap()).unwrap();
+        let models = m["models"].as_array().unwrap();
+        models.iter().find(|r| r["model"] == m["headline-model"] && r["score"] == m["headline-score"]).unwrap().clone()
+    };
+    for rule in ["youden", "eer"] {
+        let entries: Vec<serde_json::Value> =
+            (1..=2).map(|seed| entry(reps.join(format!("r40-s{seed}/rules/{rule}.json")))).collect();
+        let accuracy: Vec<f64> = entries.iter().map(|e| e["test"]["accuracy"].as_f64().unwrap()).collect();
+        assert!(entries.iter().all(|e| e["threshold-rule"] == rule), "{rule}: {entries:?}");
+        let rate = |e: &serde_json::Value, bad: &str, good: &str| {
+            let c = &e["test"]["confusion"];
+            c[bad].as_f64().unwrap() / (c[bad].as_f64().unwrap() + c[good].as_f64().unwrap()).max(1.0)
+        };
+        let mean = (accuracy[0] + accuracy[1]) / 2.0;
+        let sd = ((accuracy[0] - mean).powi(2) + (accuracy[1] - mean).powi(2)).sqrt();
+        let tenth = accuracy[0].min(accuracy[1]) + 0.1 * (accuracy[0] - accuracy[1]).abs();
+        let fpr = entries.iter().map(|e| rate(e, "fp", "tn")).sum::<f64>() / 2.0;
+        let fnr = entries.iter().map(|e| rate(e, "fn", "tp")).sum::<f64>() / 2.0;
+        let held = entries
+            .iter()
+            .zip(&accuracy)
+            .filter(|(e, a)| {
+                let f = &e["forecast"]["accuracy"];
+                f["low"].as_f64().unwrap() <= **a && **a <= f["high"].as_f64().unwrap()
+            })
+            .count();
+        let start = format!("| r40 | {rule} | {mean:.4} | {sd:.4} | {tenth:.4} | {fpr:.4} | {fnr:.4} | ");
+        let line = out.lines().find(|l| l.starts_with(&start)).unwrap_or_else(|| panic!("no `{start}` in:\n{out}"));
+        assert!(line.contains(&format!("| {held} of 2 |")), "{line}");
+    }
+    for seed in [1, 2] {
+        assert_eq!(entry(reps.join(format!("r40-s{seed}/report/metrics.json")))["threshold-rule"], "kde");
+    }
+
     // An arm that names a key the base job does not have is refused, naming it, before any run.
     std::fs::remove_dir_all(&reps).unwrap();
     let output = replicates(&[&["x=score.top-fraction=0.05"]]);
